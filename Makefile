@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - the main job on the embedded synthetic data
+#   make test   - the whole test suite
+# Both create or refresh .venv first, and skip that step when nothing changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where torch is already installed (Colab, a laptop) pass TORCH_SPEC= to keep it.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= outputs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install --quiet $(TORCH_SPEC))
+	$(PY) -m pip install --quiet -e . -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/make_synthetic.py $(DEMO_DIR)/labelme --images 60 --seed 0
+	$(PY) scripts/labelme_to_coco.py $(DEMO_DIR)/labelme $(DEMO_DIR)/coco \
+		--val-fraction 0.2 --seed 0 --preview $(DEMO_DIR)/coco/samples.png
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache
