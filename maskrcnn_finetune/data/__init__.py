@@ -1,0 +1,1 @@
+"""Data stage: every dataset path into COCO json."""
