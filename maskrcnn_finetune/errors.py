@@ -24,3 +24,7 @@ class DatasetError(KitError, ValueError):
         if hint:
             text += f"\n{hint}"
         super().__init__(text)
+
+
+class ConfigError(KitError, ValueError):
+    """An option or argument has a value the kit cannot use; the message says what to pass."""

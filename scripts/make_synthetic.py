@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 try:
-    from maskrcnn_finetune.data.synthetic import make_synthetic
-except ImportError:  # run from a checkout where the package is not installed
+    import maskrcnn_finetune  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from maskrcnn_finetune.data.synthetic import make_synthetic
+
+from maskrcnn_finetune.cli import run_cli
+from maskrcnn_finetune.data.synthetic import make_synthetic
 
 logger = logging.getLogger("make_synthetic")
 
@@ -38,12 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be at least 1, got {args.images}; pass e.g. --images 60")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        json_paths = make_synthetic(args.out_dir, args.images, seed=args.seed, image_size=(args.width, args.height))
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
+    json_paths = make_synthetic(args.out_dir, args.images, seed=args.seed, image_size=(args.width, args.height))
     # an instance is a shape without group_id, or all shapes sharing one group_id
     n_instances = 0
     for path in json_paths:
@@ -55,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

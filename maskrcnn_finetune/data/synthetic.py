@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from maskrcnn_finetune.data.labelme import rasterize
+from maskrcnn_finetune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -141,26 +142,26 @@ def clip_polygon_to_halfplane(points, normal, offset: float) -> np.ndarray:
 def _check_args(out_dir: Path, n_images, seed, image_size, classes) -> tuple[str, ...]:
     """Raises ValueError naming the bad argument and what to pass; returns classes as a tuple."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir {out_dir} is a file; pass a folder path (it is created if missing)")
+        raise ConfigError(f"out_dir {out_dir} is a file; pass a folder path (it is created if missing)")
     if isinstance(n_images, bool) or not isinstance(n_images, numbers.Integral) or n_images < 1:
-        raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}; pass e.g. n_images=60")
+        raise ConfigError(f"n_images must be an integer >= 1, got {n_images!r}; pass e.g. n_images=60")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}; pass e.g. seed=0")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}; pass e.g. seed=0")
     if (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2
         or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < _MIN_SIDE for s in image_size)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"image_size must be (width, height) with integers >= {_MIN_SIDE}, got {image_size!r}; "
             f"pass e.g. image_size=(320, 256)"
         )
     if isinstance(classes, str):
-        raise ValueError(f"classes must be a sequence of names, got the string {classes!r}; pass e.g. ({classes!r},)")
+        raise ConfigError(f"classes must be a sequence of names, got the string {classes!r}; pass e.g. ({classes!r},)")
     classes = tuple(classes)
     unknown = [c for c in classes if c not in SHAPES]
     if not classes or unknown or len(set(classes)) != len(classes):
-        raise ValueError(
+        raise ConfigError(
             f"classes must be distinct names from {SHAPES}, got {classes!r}; "
             f"pass a non-empty subset such as {SHAPES!r}"
         )

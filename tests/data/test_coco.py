@@ -11,7 +11,7 @@ from PIL import Image
 
 from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.data.dataset import CocoInstanceDataset
-from maskrcnn_finetune.data.labelme import convert_labelme
+from maskrcnn_finetune.data.convert import convert_labelme
 from maskrcnn_finetune.errors import DatasetError
 
 from labelme_builders import polygon, square, write_labelme

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskrcnn_finetune.data.labelme import convert_labelme
+from maskrcnn_finetune.data.convert import convert_labelme
 from maskrcnn_finetune.errors import DatasetError
 
 from labelme_builders import polygon, square, write_labelme
@@ -238,3 +238,20 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "broken.json: not valid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_takes_a_zip_url_of_a_labelme_folder(fixtures_dir, tmp_path, http_server):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted((fixtures_dir / "instance_segmentation" / "data_annotated").iterdir()):
+            zf.write(path, f"my_upload/{path.name}")
+    http_server.serve("/upload.zip", buf.getvalue())
+    out = tmp_path / "out"
+    proc = _run_script(http_server.url("/upload.zip"), out, "--val-fraction", "0")
+    assert proc.returncode == 0, proc.stderr
+    coco = json.loads((out / "dataset.json").read_text())
+    assert len(coco["images"]) == 3 and len(coco["annotations"]) == 12
+    assert http_server.count("/upload.zip") == 1

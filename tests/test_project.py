@@ -1,0 +1,54 @@
+"""The project as a user meets it: installed packages, requirements, and the `make demo` job."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_packages_import_from_anywhere(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import maskrcnn_finetune, rest_api_flask; print(maskrcnn_finetune.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_relative_to(ROOT)
+
+
+def test_requirements_use_ranges_so_colab_keeps_its_torch():
+    lines = [l.split("#")[0].strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
+    specs = [l for l in lines if l]
+    names = {re.split(r"[<>=!~ \[]", s)[0].lower() for s in specs}
+    assert {"torch", "torchvision", "pycocotools"} <= names
+    assert not [s for s in specs if "==" in s], "pins in requirements.txt would reinstall Colab's packages"
+    assert "detectron2" not in names  # optional, installed by its own script
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert re.search(r"^make test$", ci, re.M)
+
+
+@pytest.mark.slow
+def test_make_demo_writes_coco_and_a_preview(tmp_path):
+    proc = subprocess.run(["make", "-C", str(ROOT), "demo", f"DEMO_DIR={tmp_path}"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    train = json.loads((tmp_path / "coco" / "train.json").read_text())
+    val = json.loads((tmp_path / "coco" / "val.json").read_text())
+    assert (len(train["images"]), len(val["images"])) == (48, 12)
+    assert train["categories"] == val["categories"] and len(train["categories"]) >= 3
+    assert len(train["annotations"]) >= 48
+    with Image.open(tmp_path / "coco" / "samples.png") as img:
+        assert np.asarray(img.convert("RGB")).std() > 20
