@@ -78,3 +78,64 @@ def _quiet_coco(json_path: Path) -> COCO:
     """pycocotools' COCO without its prints on stdout."""
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(json_path))
+
+
+def plot_training_curves(metrics_jsonl, out_png) -> Path | None:
+    """Loss curves (total and parts) and validation AP50 per iteration, drawn from ``metrics.jsonl``.
+
+    Returns:
+        The PNG's path, or None when there is nothing to draw yet.
+    """
+    import json
+
+    metrics_jsonl, out_png = Path(metrics_jsonl), Path(out_png)
+    if not metrics_jsonl.is_file():
+        return None
+    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "segm_AP50" in r]
+    if not train and not evals:
+        return None
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        iters = [r["iter"] for r in train]
+        ax_loss.plot(iters, [r["loss"] for r in train], label="total", linewidth=2, color="black")
+        for key in sorted(k for k in train[-1] if k.startswith("loss_")):
+            ax_loss.plot(iters, [r.get(key, np.nan) for r in train], label=key[5:], linewidth=1)
+        ax_loss.set_yscale("log")
+    ax_loss.set(title="training loss", xlabel="iteration")
+    ax_loss.legend(fontsize=8)
+    if evals:
+        iters = [r["iter"] for r in evals]
+        ax_ap.plot(iters, [r["bbox_AP50"] for r in evals], "o-", label="box AP50")
+        ax_ap.plot(iters, [r["segm_AP50"] for r in evals], "s-", label="mask AP50")
+        ax_ap.plot(iters, [r["segm_AP"] for r in evals], "^--", label="mask AP")
+        ax_ap.legend(fontsize=8)
+    ax_ap.set(title="validation", xlabel="iteration", ylim=(0, 1))
+    ax_ap.grid(alpha=0.3)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_backbone_comparison(rows: list[dict], out_png) -> Path:
+    """Bar chart of mask/box AP50 (val) and ms per image for each backbone."""
+    out_png = Path(out_png)
+    names = [r["backbone"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax_ap, ax_ms) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(rows)), 4))
+    ax_ap.bar(x - 0.2, [r.get("val_box_AP50", 0) for r in rows], 0.4, label="box AP50")
+    ax_ap.bar(x + 0.2, [r.get("val_mask_AP50", 0) for r in rows], 0.4, label="mask AP50")
+    ax_ap.set(xticks=x, title="accuracy (val)", ylim=(0, 1))
+    ax_ap.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    ax_ap.legend(fontsize=8)
+    ax_ms.bar(x, [r["ms_per_image"] for r in rows], 0.6, color="tab:gray")
+    ax_ms.set(xticks=x, title=f"ms per image ({rows[0]['device'] if rows else ''})")
+    ax_ms.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

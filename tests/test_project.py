@@ -41,8 +41,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.slow
-def test_make_demo_writes_coco_and_a_preview(tmp_path):
-    proc = subprocess.run(["make", "-C", str(ROOT), "demo", f"DEMO_DIR={tmp_path}"],
+def test_make_demo_runs_data_training_and_evaluation(tmp_path):
+    proc = subprocess.run(["make", "-C", str(ROOT), "demo", f"DEMO_DIR={tmp_path}", "DEMO_TRAIN_ARGS=--max-iter 3"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     train = json.loads((tmp_path / "coco" / "train.json").read_text())
@@ -52,3 +52,6 @@ def test_make_demo_writes_coco_and_a_preview(tmp_path):
     assert len(train["annotations"]) >= 48
     with Image.open(tmp_path / "coco" / "samples.png") as img:
         assert np.asarray(img.convert("RGB")).std() > 20
+    info = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert info["training"]["preset"] == "demo" and info["training"]["max_iter"] == 3
+    assert "| segm |" in proc.stdout

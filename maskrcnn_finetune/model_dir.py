@@ -1,0 +1,132 @@
+"""The model folder: the one artifact that training writes and everything else reads.
+
+``DIR/model.json`` says how to rebuild the model (engine, backbone, classes, image size,
+thresholds), what trained it and how well it did; ``DIR/model_final.pth`` holds the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from maskrcnn_finetune import __version__
+from maskrcnn_finetune.data.coco import write_json_atomic
+from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.modeling import ModelSpec, build_model
+
+logger = logging.getLogger(__name__)
+
+MODEL_JSON = "model.json"
+WEIGHTS = "model_final.pth"
+FORMAT = "maskrcnn-finetune/model-dir"
+FORMAT_VERSION = 1
+
+
+class ModelDirError(KitError):
+    """A model folder is missing something, or its parts do not fit together."""
+
+
+def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine: str = "torchvision",
+                    score_threshold: float = 0.5, training: dict | None = None, metrics: dict | None = None) -> Path:
+    """Writes ``model.json`` and ``model_final.pth`` into ``out_dir``.
+
+    Args:
+        out_dir: the model folder (created when missing).
+        model: the trained model (a DDP wrapper is unwrapped).
+        spec: how to rebuild it.
+        engine: which engine trained it.
+        score_threshold: the default threshold for predictions shown to people.
+        training: the resolved training config.
+        metrics: a summary of the evaluation (e.g. bbox/segm AP50).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    tmp = out_dir / (WEIGHTS + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(out_dir / WEIGHTS)
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "engine": engine,
+        "model": spec.to_dict(),
+        "backbone": spec.backbone,
+        "class_names": list(spec.class_names),
+        "image_size": spec.min_size,
+        "score_threshold": score_threshold,
+        "training": training or {},
+        "metrics": metrics or {},
+    }
+    write_json_atomic(out_dir / MODEL_JSON, info)
+    return out_dir
+
+
+def read_model_info(model_dir) -> dict:
+    """``model.json`` of a model folder, checked.
+
+    Raises:
+        ModelDirError: the folder, ``model.json`` or the weights are missing, or the json is damaged.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"model folder '{model_dir}' does not exist; pass the --output-dir of a training run")
+    path = model_dir / MODEL_JSON
+    if not path.is_file():
+        raise ModelDirError(f"'{model_dir}' has no {MODEL_JSON}, so it is not a model folder of this kit; "
+                            "pass the --output-dir of a finished training run")
+    try:
+        info = json.loads(path.read_text())
+        ModelSpec.from_dict(info["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelDirError(f"{path} is damaged ({type(exc).__name__}: {exc}); train again or restore the file") from None
+    if info.get("format") != FORMAT:
+        raise ModelDirError(f"{path} is not a model description of this kit (format {info.get('format')!r})")
+    if not (model_dir / WEIGHTS).is_file():
+        raise ModelDirError(f"'{model_dir}' has no {WEIGHTS}; the training run did not finish. "
+                            "Resume it with --resume, or train again")
+    return info
+
+
+def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelSpec, dict]:
+    """Rebuilds the model of a model folder, in eval mode on ``device``.
+
+    Returns:
+        ``(model, spec, info)`` where ``info`` is the content of ``model.json``.
+
+    Raises:
+        ModelDirError: missing files, a corrupt checkpoint, or weights that do not fit the
+            description (e.g. trained for another number of classes).
+    """
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    if info.get("engine", "torchvision") != "torchvision":
+        raise ModelDirError(f"'{model_dir}' holds a {info['engine']} model; this build reads torchvision models")
+    spec = ModelSpec.from_dict(info["model"])
+    weights = model_dir / WEIGHTS
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ModelDirError(f"{weights} is corrupt or not a weights file ({exc}); train again or restore it") from None
+    model = build_model(spec, pretrained="none")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        head = state.get("roi_heads.box_predictor.cls_score.weight")
+        if head is not None and head.shape[0] != len(spec.class_names) + 1:
+            raise ModelDirError(
+                f"{weights} was trained for {head.shape[0] - 1} classes but {MODEL_JSON} lists "
+                f"{len(spec.class_names)} ({', '.join(spec.class_names)}); the two files come from different runs"
+            ) from None
+        first = str(exc).splitlines()[0]
+        raise ModelDirError(f"{weights} does not fit the {spec.backbone} model described in {MODEL_JSON} ({first}); "
+                            "the two files come from different runs") from None
+    model.to(device).eval()
+    return model, spec, info

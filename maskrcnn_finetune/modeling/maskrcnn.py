@@ -1,0 +1,155 @@
+"""Mask R-CNN assembled from a registered backbone, described by a small serialisable spec."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.modeling.backbones import BACKBONES, build_backbone
+
+logger = logging.getLogger(__name__)
+
+PRETRAINED_CHOICES = ("default", "none")
+"""``default``: COCO Mask R-CNN weights for resnet50_fpn, ImageNet weights for the others."""
+
+
+class WeightsUnavailableError(KitError):
+    """Pretrained weights were asked for but cannot be fetched (offline, blocked, ...)."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model exactly; stored in a model folder's ``model.json``.
+
+    Attributes:
+        backbone: a name from :data:`~maskrcnn_finetune.modeling.backbones.BACKBONES`.
+        class_names: the object classes (the background is implicit, class 0).
+        min_size / max_size: images are resized so the short side is ``min_size`` (a list
+            while training means multi-scale) and the long side at most ``max_size``.
+        anchor_sizes: one anchor size per FPN level (5 levels), in pixels of the resized image.
+        rpn_pre_nms_top_n_test / rpn_post_nms_top_n_test: proposals kept at test time.
+        rpn_*_nms_top_n_*: proposals kept before / after NMS, while training and at test time.
+        box_batch_size_per_image: sampled RoIs per image while training.
+        detections_per_image: the most instances one image can return.
+        box_head_dim: width of the box head's two fully connected layers.
+        mask_head_layers: channels of the mask head's 3x3 convolutions. The mask head runs on
+            every positive RoI, so on a CPU it dominates training time: the demo preset uses two
+            128-channel layers instead of four 256-channel ones.
+    """
+
+    backbone: str
+    class_names: list[str]
+    min_size: int = 800
+    max_size: int = 1333
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    detections_per_image: int = 100
+    box_head_dim: int = 1024
+    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def default_anchor_sizes(min_size: int) -> list[int]:
+    """Anchors that scale with the image size: torchvision's 32..512 at 800 px."""
+    scale = min_size / 800.0
+    return [max(8, int(round(s * scale))) for s in (32, 64, 128, 256, 512)]
+
+
+def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list[int] | None = None) -> MaskRCNN:
+    """Builds Mask R-CNN for ``spec``.
+
+    Args:
+        spec: the model's description.
+        pretrained: ``"default"`` to start from published weights (downloaded once, then
+            cached by torch/timm), ``"none"`` to start from random weights.
+        train_min_sizes: several short-side sizes to pick from at random while training
+            (multi-scale augmentation); test time always uses ``spec.min_size``.
+
+    Raises:
+        ConfigError: unknown backbone or ``pretrained`` value, or no classes.
+        WeightsUnavailableError: pretrained weights cannot be fetched; the message says to
+            connect or pass ``--pretrained none``.
+    """
+    if pretrained not in PRETRAINED_CHOICES:
+        raise ConfigError(f"--pretrained must be one of {', '.join(PRETRAINED_CHOICES)}, got '{pretrained}'")
+    if spec.backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone '{spec.backbone}'; choose one of: {', '.join(sorted(BACKBONES))}")
+    if not spec.class_names:
+        raise ConfigError("the model needs at least one class name")
+    num_classes = len(spec.class_names) + 1
+    min_size = tuple(train_min_sizes) if train_min_sizes else spec.min_size
+    options = dict(
+        min_size=min_size,
+        max_size=spec.max_size,
+        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in spec.anchor_sizes), ((0.5, 1.0, 2.0),) * len(spec.anchor_sizes)),
+        rpn_pre_nms_top_n_train=spec.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=spec.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=spec.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=spec.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=spec.box_batch_size_per_image,
+        box_detections_per_img=spec.detections_per_image,
+    )
+    use_weights = pretrained == "default"
+    try:
+        if spec.backbone == "resnet50_fpn" and use_weights:
+            if spec.box_head_dim != 1024 or spec.mask_head_layers != [256] * 4:
+                raise ConfigError("the COCO weights of resnet50_fpn come with the standard heads; "
+                                  "keep box_head_dim 1024 and mask_head_layers 256,256,256,256, or use --pretrained none")
+            model = maskrcnn_resnet50_fpn(weights=MaskRCNN_ResNet50_FPN_Weights.COCO_V1, **options)
+            _replace_heads(model, num_classes)
+        else:
+            backbone = build_backbone(spec.backbone, use_weights)
+            model = MaskRCNN(backbone, num_classes=None, **options, **_heads(spec, backbone.out_channels, num_classes))
+    except (OSError, RuntimeError) as exc:  # urllib/requests/hub errors are OSErrors
+        if not use_weights:
+            raise
+        raise WeightsUnavailableError(
+            f"could not fetch the pretrained weights for {spec.backbone} ({type(exc).__name__}: {exc}). "
+            "Connect to the internet once (they are cached afterwards), or pass --pretrained none "
+            "to train from scratch"
+        ) from exc
+    if not use_weights:
+        logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
+    return model
+
+
+def _heads(spec: ModelSpec, channels: int, num_classes: int) -> dict:
+    """Box and mask heads of the sizes the spec asks for (torchvision's defaults otherwise)."""
+    layers = list(spec.mask_head_layers)
+    return dict(
+        box_head=TwoMLPHead(channels * 7 * 7, spec.box_head_dim),
+        box_predictor=FastRCNNPredictor(spec.box_head_dim, num_classes),
+        mask_head=MaskRCNNHeads(channels, layers, dilation=1),
+        mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes),
+    )
+
+
+def _replace_heads(model: MaskRCNN, num_classes: int) -> None:
+    """New box and mask predictors for our classes on top of the COCO-trained heads."""
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    hidden = model.roi_heads.mask_predictor.conv5_mask.out_channels
+    in_channels = model.roi_heads.mask_predictor.conv5_mask.in_channels
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, hidden, num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

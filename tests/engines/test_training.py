@@ -1,0 +1,142 @@
+"""The torchvision training loop: exact resume, schedules, safety checks, the scripts, and DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskrcnn_finetune.config import TrainConfig, resolve_config
+from maskrcnn_finetune.engines import train
+from maskrcnn_finetune.engines.torchvision_engine import CHECKPOINT, BatchIndexSampler, TrainingError, lr_factor
+from maskrcnn_finetune.errors import ConfigError
+
+from conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(tiny_coco, out, **overrides):
+    options = {**TINY_MODEL, "backbone": "mobilenetv2_fpnlite", **overrides}
+    return resolve_config(None, train_json=str(tiny_coco["train"]), val_json=str(tiny_coco["val"]),
+                          output_dir=str(out), **options)
+
+
+def _weights(model_dir):
+    return torch.load(Path(model_dir) / "model_final.pth", weights_only=True)
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny_coco, tmp_path):
+    options = dict(max_iter=6, eval_period=3, train_sizes=[56, 64, 72], hflip=0.5, batch_size=2)
+    train(_cfg(tiny_coco, tmp_path / "straight", **options))
+    interrupted = _cfg(tiny_coco, tmp_path / "resumed", **options)
+    train(interrupted, stop_after=3)
+    assert (tmp_path / "resumed" / CHECKPOINT).is_file() and not (tmp_path / "resumed" / "model_final.pth").exists()
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["iteration"] == 3
+    train(_cfg(tiny_coco, tmp_path / "resumed", resume=True, **options))
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    log = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_existing_run_is_never_overwritten(tiny_coco, tmp_path):
+    train(_cfg(tiny_coco, tmp_path / "run"))
+    before = (tmp_path / "run" / "model_final.pth").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a training run; pass --resume"):
+        train(_cfg(tiny_coco, tmp_path / "run"))
+    assert (tmp_path / "run" / "model_final.pth").read_bytes() == before
+
+
+def test_diverging_loss_stops_with_advice(tiny_coco, tmp_path):
+    cfg = _cfg(tiny_coco, tmp_path / "nan", optimizer="sgd", lr=1e30, clip_grad=0.0, max_iter=5, warmup_iters=0)
+    with pytest.raises(TrainingError, match=r"the loss became .* Lower --lr \(now 1e\+30\)"):
+        train(cfg)
+
+
+def test_outputs_of_a_run(tiny_coco, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_coco, out, max_iter=4, eval_period=2))
+    info = json.loads((out / "model.json").read_text())
+    assert info["engine"] == "torchvision" and info["backbone"] == "mobilenetv2_fpnlite"
+    assert info["class_names"] == ["circle", "square", "triangle"] and info["image_size"] == 64
+    assert info["training"]["max_iter"] == 4 and set(info["metrics"]) >= {"bbox_AP50", "segm_AP50"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["val"]["segm"]["AP50"] <= 1.0 and metrics["iterations"] == 4
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "segm_AP50" in l]
+    assert [e["iter"] for e in evals] == [2, 4]
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    assert json.loads((out / "config.json").read_text())["lr"] == TINY_MODEL["lr"]
+
+
+def test_learning_rate_schedules():
+    step = TrainConfig(max_iter=100, warmup_iters=10, schedule="step", steps=[0.5, 0.8], gamma=0.1)
+    assert lr_factor(0, step, 100) == pytest.approx(0.001)
+    assert lr_factor(5, step, 100) == pytest.approx(0.5005)
+    assert [lr_factor(i, step, 100) for i in (10, 49, 50, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cosine = TrainConfig(max_iter=110, warmup_iters=10, schedule="cosine")
+    assert [lr_factor(i, cosine, 110) for i in (10, 60, 110)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-9)
+
+
+def test_batch_order_depends_only_on_seed_and_iteration():
+    full = list(BatchIndexSampler(10, 3, seed=1, start_iter=0, max_iter=12))
+    assert list(BatchIndexSampler(10, 3, seed=1, start_iter=5, max_iter=12)) == full[5:]
+    assert sorted(i for b in full[:10] for i in b)[:30] == sorted(list(range(10)) * 3)  # every image, once per epoch
+    ranks = [list(BatchIndexSampler(10, 2, seed=1, start_iter=0, max_iter=4, rank=r, world_size=2)) for r in (0, 1)]
+    single = list(BatchIndexSampler(10, 4, seed=1, start_iter=0, max_iter=4))
+    assert [a + b for a, b in zip(*ranks)] == single  # two ranks split exactly one global batch
+
+
+def test_bad_options_are_explained(tiny_coco, tmp_path):
+    with pytest.raises(ConfigError, match="give --max-iter or --epochs"):
+        resolve_config(None, train_json="t.json", output_dir="o")
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; choose one of: demo"):
+        resolve_config("fast")
+    with pytest.raises(ConfigError, match="--optimizer must be one of sgd, adamw"):
+        _cfg(tiny_coco, tmp_path, optimizer="adam")
+
+
+def _script(name, *args, env=None, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _tiny_flags(tiny_coco, out):
+    return ["--train-json", tiny_coco["train"], "--val-json", tiny_coco["val"], "--output-dir", out,
+            "--backbone", "mobilenetv2_fpnlite", "--pretrained", "none", "--max-iter", "2", "--batch-size", "1",
+            "--image-size", "64", "--max-size", "96", "--box-head-dim", "64", "--mask-head-layers", "32",
+            "--box-batch-size-per-image", "32", "--device", "cpu"]
+
+
+def test_train_and_evaluate_scripts(tiny_coco, tmp_path):
+    out = tmp_path / "model"
+    proc = _script("train.py", *_tiny_flags(tiny_coco, out), "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["epochs"] == 1.0
+    proc = _script("evaluate.py", "--model-dir", out, "--json", tiny_coco["val"], "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| segm |" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["val"]["segm"]) >= {"AP", "AP50", "AP75", "per_class_AP"}
+    proc = _script("train.py", *_tiny_flags(tiny_coco, out))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tiny_coco, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(ROOT / "scripts" / "train.py"), *map(str, _tiny_flags(tiny_coco, out))],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["max_iter"] == 2
+    assert "x2" in proc.stderr  # "training ... on cpu x2": both ranks took part

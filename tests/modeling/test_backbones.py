@@ -1,0 +1,85 @@
+"""Every registered backbone trains, saves, reloads and predicts; bad choices are explained."""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from maskrcnn_finetune.config import resolve_config
+from maskrcnn_finetune.engines import train
+from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model
+from maskrcnn_finetune.modeling.maskrcnn import WeightsUnavailableError
+from maskrcnn_finetune.predictor import Predictor
+
+from conftest import TINY_MODEL
+
+
+def test_registry_has_the_promised_backbones():
+    assert set(BACKBONES) == {"resnet50_fpn", "resnet101_fpn", "mobilenetv2_fpn", "mobilenetv2_fpnlite",
+                              "vovnet19_fpn", "vovnet39_fpn"}
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_trains_reloads_and_predicts(backbone, tiny_coco, tmp_path):
+    out = tmp_path / backbone
+    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), val_json=str(tiny_coco["val"]),
+                         output_dir=str(out), backbone=backbone, **TINY_MODEL)
+    train(cfg)
+    losses = [r["loss"] for r in map(eval_json_line, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    predictor = Predictor.from_dir(out, score_threshold=0.0)
+    assert predictor.class_names == ["circle", "square", "triangle"]
+    image = np.zeros((70, 90, 3), dtype=np.uint8)
+    image[10:40, 20:60] = (200, 30, 30)
+    result = predictor(image)
+    n = len(result)
+    assert result.masks.shape == (n, 70, 90) and result.masks.dtype == bool
+    assert result.boxes.shape == (n, 4) and result.scores.shape == (n,) and result.class_ids.shape == (n,)
+    assert all(0 <= c < 3 for c in result.class_ids)
+
+
+def eval_json_line(line):
+    import json
+
+    return json.loads(line)
+
+
+def test_anchor_generator_matches_feature_levels():
+    for name in BACKBONES:
+        model = build_model(ModelSpec(name, ["a"], min_size=64, max_size=96, anchor_sizes=[8, 16, 32, 64, 128],
+                                      box_head_dim=32, mask_head_layers=[16]))
+        model.eval()
+        with torch.no_grad():
+            features = model.backbone(torch.zeros(1, 3, 64, 64))
+        assert len(features) == len(model.rpn.anchor_generator.sizes) == 5, name
+        assert model.rpn.head.cls_logits.out_channels == 3  # one size x three ratios per level
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet18_fpn'; choose one of: mobilenetv2_fpn"):
+        build_model(ModelSpec("resnet18_fpn", ["a"]))
+
+
+def test_missing_pretrained_weights_say_what_to_do(monkeypatch, tmp_path):
+    # The network is the one thing that cannot exist here: downloads fail as they do offline.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError, match="pass --pretrained none to train from scratch"):
+        build_model(ModelSpec("mobilenetv2_fpnlite", ["a"]), pretrained="default")
+    with pytest.raises(WeightsUnavailableError, match="resnet50_fpn"):
+        build_model(ModelSpec("resnet50_fpn", ["a"]), pretrained="default")
+
+
+def test_scratch_models_have_trainable_normalisation():
+    model = build_model(ModelSpec("mobilenetv2_fpnlite", ["a"], box_head_dim=32, mask_head_layers=[16]))
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.weight.requires_grad for m in norms)

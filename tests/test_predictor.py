@@ -1,0 +1,103 @@
+"""The Predictor and the result type: inputs of every kind, thresholds, and the masked fraction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskrcnn_finetune.config import resolve_config
+from maskrcnn_finetune.engines import train
+from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.model_dir import ModelDirError
+from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.structures import Instances
+
+from conftest import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "m"
+    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="mobilenetv2_fpnlite",
+                         **{**TINY_MODEL, "max_iter": 3, "detections_per_image": 20})
+    train(cfg)
+    return out
+
+
+def test_every_input_kind_gives_the_same_result(model_dir, tiny_coco, tmp_path):
+    predictor = Predictor.from_dir(model_dir, score_threshold=0.0)
+    data = json.loads(tiny_coco["val"].read_text())
+    path = tiny_coco["val"].parent / data["images"][0]["file_name"]
+    rgb = np.array(Image.open(path).convert("RGB"))
+    from_path, from_array, from_pil = predictor(path), predictor(rgb), predictor(Image.open(path))
+    batch = predictor([path, rgb])
+    assert len(batch) == 2
+    for other in (from_array, from_pil, batch[0], batch[1]):
+        assert np.allclose(other.scores, from_path.scores, atol=1e-4)
+        assert np.array_equal(other.masks, from_path.masks)
+    assert from_path.masks.shape[1:] == rgb.shape[:2]
+
+
+def test_threshold_and_odd_images(model_dir, tmp_path):
+    predictor = Predictor.from_dir(model_dir, score_threshold=0.0)
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    everything = predictor(image)
+    assert len(everything) <= 20
+    cut = float(np.median(everything.scores)) if len(everything) else 0.5
+    above = predictor(image, threshold=cut)
+    assert len(above) == int((everything.scores >= cut).sum())
+    grey = predictor(image[:, :, 0])  # a 2-D grey array is accepted
+    assert grey.masks.shape[1:] == (60, 80)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([image, np.full((60, 80), 128, np.uint8)])).save(rgba)
+    assert predictor(rgba).masks.shape[1:] == (60, 80)
+    with pytest.raises(ConfigError, match="uint8"):
+        predictor(image.astype(np.float32))
+
+
+def test_masked_fraction_counts_overlaps_once():
+    masks = np.zeros((2, 10, 10), dtype=bool)
+    masks[0, :5, :] = True   # 50 pixels
+    masks[1, 3:6, :] = True  # 30 pixels, 20 of them shared
+    inst = Instances((10, 10), np.zeros((2, 4), np.float32), np.array([0.9, 0.4], np.float32),
+                     np.array([0, 1]), masks, ["a", "b"])
+    assert inst.masked_fraction() == pytest.approx(0.6)
+    assert inst.labels == ["a", "b"]
+    assert len(inst.above(0.5)) == 1 and inst.above(0.5).masked_fraction() == pytest.approx(0.5)
+
+
+def test_model_folder_problems_are_explained(model_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(ModelDirError, match="does not exist"):
+        Predictor.from_dir(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model_final.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelDirError, match="corrupt"):
+        Predictor.from_dir(broken)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(model_dir, mismatch)
+    info = json.loads((mismatch / "model.json").read_text())
+    info["model"]["class_names"].append("hexagon")
+    (mismatch / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ModelDirError, match="trained for 3 classes but model.json lists 4"):
+        Predictor.from_dir(mismatch)
+    (mismatch / "model.json").unlink()
+    with pytest.raises(ModelDirError, match="has no model.json"):
+        Predictor.from_dir(mismatch)
+    (broken / "model_final.pth").unlink()
+    with pytest.raises(ModelDirError, match="has no model_final.pth"):
+        Predictor.from_dir(broken)
+
+
+def test_reloaded_folder_predicts_like_the_trained_model(model_dir, tiny_coco):
+    a = Predictor.from_dir(model_dir, score_threshold=0.0)
+    b = Predictor.from_dir(model_dir, score_threshold=0.0)
+    data = json.loads(tiny_coco["val"].read_text())
+    path = tiny_coco["val"].parent / data["images"][0]["file_name"]
+    ra, rb = a(path), b(path)
+    assert np.array_equal(ra.boxes, rb.boxes) and np.array_equal(ra.masks, rb.masks)
