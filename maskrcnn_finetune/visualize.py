@@ -139,3 +139,60 @@ def plot_backbone_comparison(rows: list[dict], out_png) -> Path:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def draw_instances(image: np.ndarray, instances, alpha: float = 0.5, show_boxes: bool = True,
+                   show_labels: bool = True) -> np.ndarray:
+    """The image with each instance's mask tinted in its class colour, its box and its label.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        instances: :class:`~maskrcnn_finetune.structures.Instances` for that image.
+        alpha: mask opacity.
+
+    Returns:
+        A new ``(H, W, 3)`` uint8 RGB array.
+    """
+    from PIL import Image, ImageDraw
+
+    colors = (class_colors(len(instances.class_names)) * 255).astype(np.float64)
+    out = image.astype(np.float64).copy()
+    for k in np.argsort(-instances.scores)[::-1]:  # the best instance is drawn last, on top
+        mask = instances.masks[k]
+        out[mask] = (1 - alpha) * out[mask] + alpha * colors[instances.class_ids[k]]
+    canvas = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for k in range(len(instances)):
+        color = tuple(int(c) for c in colors[instances.class_ids[k]])
+        x0, y0, x1, y1 = (float(v) for v in instances.boxes[k])
+        if show_boxes:
+            draw.rectangle([x0, y0, x1, y1], outline=color, width=2)
+        if show_labels:
+            text = f"{instances.class_names[instances.class_ids[k]]} {instances.scores[k]:.2f}"
+            left, top, right, bottom = draw.textbbox((x0, y0), text)
+            ty = max(0.0, y0 - (bottom - top) - 2)
+            draw.rectangle([x0, ty, x0 + (right - left) + 4, ty + (bottom - top) + 2], fill=color)
+            draw.text((x0 + 2, ty), text, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
+def draw_predictions_grid(predictor, image_paths: list, out_png, threshold: float | None = None, columns: int = 4) -> Path:
+    """Predictions on several images side by side, drawn to a PNG (e.g. the val images after training)."""
+    from maskrcnn_finetune.data.images import load_rgb
+
+    out_png = Path(out_png)
+    rows = max(1, math.ceil(len(image_paths) / columns))
+    cols = max(1, min(columns, len(image_paths)))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path in zip(axes.flat, image_paths):
+        image = load_rgb(path)
+        instances = predictor(image, threshold=threshold)
+        ax.imshow(draw_instances(image, instances))
+        ax.set_title(f"{Path(path).name}: {len(instances)} found", fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -109,11 +109,3 @@ def tiny_coco(tmp_path_factory):
     make_synthetic(root / "labelme", 8, seed=3, image_size=(96, 80))
     result = convert_labelme(root / "labelme", root / "coco", val_fraction=0.25, seed=0)
     return result.json_paths
-
-
-TINY_MODEL = dict(
-    image_size=64, max_size=96, train_sizes=[], batch_size=2, max_iter=2, eval_period=100, log_period=1,
-    box_batch_size_per_image=32, box_head_dim=64, mask_head_layers=[32], rpn_pre_nms_top_n_train=100,
-    rpn_post_nms_top_n_train=50, pretrained="none", device="cpu", warmup_iters=1, lr=0.01,
-)
-"""Training options that make a model small and fast enough for unit tests."""

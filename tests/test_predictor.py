@@ -15,7 +15,7 @@ from maskrcnn_finetune.model_dir import ModelDirError
 from maskrcnn_finetune.predictor import Predictor
 from maskrcnn_finetune.structures import Instances
 
-from conftest import TINY_MODEL
+from training_options import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

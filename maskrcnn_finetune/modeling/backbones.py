@@ -65,6 +65,19 @@ def resnet50_fpn(pretrained: bool) -> nn.Module:
                                trainable_layers=3 if pretrained else 5)
 
 
+@register_backbone("resnet18_fpn")
+def resnet18_fpn(pretrained: bool) -> nn.Module:
+    """ResNet-18 with a 128-channel FPN: plain convolutions train fast from scratch on a CPU (the demo preset)."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    body = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None, norm_layer=_norm(pretrained))
+    if pretrained:  # as torchvision's resnet_fpn_backbone does: train layer2-4 only
+        for name, param in body.named_parameters():
+            param.requires_grad_(name.startswith(("layer2", "layer3", "layer4")))
+    return BackboneWithFPN(body, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                           in_channels_list=[64, 128, 256, 512], out_channels=128, extra_blocks=LastLevelMaxPool())
+
+
 @register_backbone("resnet101_fpn")
 def resnet101_fpn(pretrained: bool) -> nn.Module:
     weights = ResNet101_Weights.IMAGENET1K_V1 if pretrained else None

@@ -16,7 +16,7 @@ from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.engines.torchvision_engine import CHECKPOINT, BatchIndexSampler, TrainingError, lr_factor
 from maskrcnn_finetune.errors import ConfigError
 
-from conftest import TINY_MODEL
+from training_options import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,45 @@
+"""Parameters and GMACs of every registered backbone's Mask R-CNN at a given short side.
+
+Usage:
+    python benchmarks/backbone_complexity.py [--short-side 800] [--classes 1] [--out benchmarks/complexity.md]
+
+Counted with torch's FlopCounterMode on one 800x1066 image, with the default heads (1024-wide
+box head, 4x256 mask head) and 100 detections kept, so the mask head's share is the worst case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maskrcnn_finetune.modeling import BACKBONES  # noqa: E402
+from maskrcnn_finetune.modeling.complexity import describe_backbone  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short-side", type=int, default=800)
+    parser.add_argument("--classes", type=int, default=1, help="object classes (the balloon data has 1)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    rows = [describe_backbone(name, args.classes, args.short_side) for name in tqdm(sorted(BACKBONES), desc="backbones")]
+    lines = [f"| backbone | params (M) | GMACs at {rows[0]['input']} |", "|---|---|---|"]
+    lines += [f"| {r['backbone']} | {r['params_M']:.1f} | {r['gmacs']:.0f} |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
