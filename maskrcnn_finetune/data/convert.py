@@ -215,6 +215,6 @@ def convert_labelme_splits(
 
 def _result(out_dir, json_paths, cocos, class_names, warnings) -> ConversionResult:
     table = format_class_table(cocos)
-    logger.info("COCO json written to %s\n%s", ", ".join(str(p) for p in json_paths.values()), table)
+    logger.info("COCO json written to %s", ", ".join(str(p) for p in json_paths.values()))
     skipped = [w for w in warnings if w.startswith("left out: ")]
     return ConversionResult(out_dir, json_paths, class_names, table, warnings, skipped)
