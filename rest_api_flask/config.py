@@ -1,0 +1,39 @@
+"""The server's settings: one dict of defaults, filled from the command line or a test's overrides."""
+
+from __future__ import annotations
+
+DEFAULTS = {
+    "MODEL_DIR": None,            # a model folder written by training
+    "UPLOAD_FOLDER": "uploads",   # received images (API ones under api/), legacy routes read from here
+    "OUTPUT_FOLDER": "outputs",   # result files (under results/<id>/) and legacy output images
+    "DEVICE": "auto",             # "cpu" with --infer-with-cpu
+    "THRESHOLD": 0.5,             # default score threshold of a request
+    "MAX_UPLOAD_MB": 20,          # request body limit (413 above it)
+    "MAX_PIXELS": 40_000_000,     # width x height limit, checked before decoding
+    "RETENTION_MINUTES": 60,      # results older than this are removed (0: never)
+    "MAX_BATCH": 16,              # images per batch request
+    "MAX_WAITING": 32,            # requests queued for the model before new ones get 429
+    "URL_TIMEOUT_S": 10.0,        # whole-download limit for {"url": ...}
+    "URL_MAX_MB": None,           # size limit of a URL download (default: MAX_UPLOAD_MB)
+    "URL_ALLOW_LOOPBACK": False,  # test-only switch: let URL fetches reach 127.0.0.1
+    "AUTH": None,                 # "user:password": HTTP basic auth on every route but /health
+    "API_KEY": None,              # accepted in the X-API-Key header instead of basic auth
+    "WARMUP": True,               # run the model once before serving
+    "PREDICTOR": None,            # an already loaded Predictor (tests, notebooks) instead of MODEL_DIR
+}
+
+
+def config_from_args(args) -> dict:
+    """The app config from the parsed ``flask_app.py`` arguments."""
+    return {
+        "MODEL_DIR": args.model_dir,
+        "UPLOAD_FOLDER": args.upload_folder,
+        "OUTPUT_FOLDER": args.output_folder,
+        "DEVICE": "cpu" if args.infer_with_cpu else "auto",
+        "THRESHOLD": args.threshold,
+        "MAX_UPLOAD_MB": args.max_upload_mb,
+        "MAX_PIXELS": args.max_pixels,
+        "RETENTION_MINUTES": args.retention_minutes,
+        "AUTH": args.auth,
+        "API_KEY": args.api_key,
+    }

@@ -1,0 +1,83 @@
+"""Instances as JSON: COCO RLE masks, polygons, per-instance numbers and COCO results."""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from maskrcnn_finetune.structures import Instances
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """A boolean ``(H, W)`` mask as COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' encoding)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """The boolean mask of an RLE made by :func:`encode_rle`."""
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def mask_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
+    """Outlines of a mask as COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel-edge coordinates).
+
+    Traced with contourpy (matplotlib's contour engine) at level 0.5 around a padded mask, so
+    the outline runs half a pixel outside each covered pixel centre and closes at the borders.
+    """
+    from contourpy import contour_generator
+
+    if not mask.any():
+        return []
+    padded = np.pad(mask.astype(np.float64), 1)
+    lines = contour_generator(z=padded).lines(0.5)
+    polygons = []
+    for line in lines:
+        if len(line) < min_points:
+            continue
+        # padded index -> image pixel centre (-1), then +0.5 to pixel-edge coordinates as COCO uses
+        xy = np.clip(line - 0.5, 0, [mask.shape[1], mask.shape[0]])
+        polygons.append([round(float(v), 2) for v in xy.reshape(-1)])
+    return polygons
+
+
+def instances_json(instances: Instances, result_id: str, polygons: bool = False) -> list[dict]:
+    """One dict per instance, in the API's contract (class, score, box, area, RLE, links)."""
+    total = float(instances.image_size[0] * instances.image_size[1]) or 1.0
+    out = []
+    for k in range(len(instances)):
+        mask = instances.masks[k]
+        area = int(mask.sum())
+        item = {
+            "index": k,
+            "class_id": int(instances.class_ids[k]),
+            "class_name": instances.class_names[int(instances.class_ids[k])],
+            "score": round(float(instances.scores[k]), 5),
+            "box": [round(float(v), 2) for v in instances.boxes[k]],
+            "area": area,
+            "area_fraction": round(area / total, 6),
+            "mask_rle": encode_rle(mask),
+        }
+        if polygons:
+            item["polygons"] = mask_polygons(mask)
+        item["links"] = {
+            "mask": f"/api/v1/results/{result_id}/instances/{k}/mask.png",
+            "crop": f"/api/v1/results/{result_id}/instances/{k}/crop.png",
+        }
+        out.append(item)
+    return out
+
+
+def coco_results(instances: Instances, image_id: int = 1) -> list[dict]:
+    """The instances as a COCO results list (what ``COCO.loadRes`` reads); category ids start at 1."""
+    results = []
+    for k in range(len(instances)):
+        x0, y0, x1, y1 = (float(v) for v in instances.boxes[k])
+        results.append({
+            "image_id": image_id,
+            "category_id": int(instances.class_ids[k]) + 1,
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+            "score": round(float(instances.scores[k]), 5),
+            "segmentation": encode_rle(instances.masks[k]),
+        })
+    return results

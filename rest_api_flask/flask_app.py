@@ -1,0 +1,192 @@
+"""Serve a trained model folder: the REST API, the web page and, on request, a public URL.
+
+Usage:
+    python rest_api_flask/flask_app.py --model-dir outputs/demo/model --upload-folder uploads \\
+        --output-folder served [--use-ngrok | --tunnel colab] [--auth user:password] [--infer-with-cpu]
+    python -m rest_api_flask ...                      # the same
+
+It prints ``Serving on http://HOST:PORT`` once it accepts connections, and with a tunnel
+``Public URL: https://...``. Stop it with Ctrl+C (tunnels close on exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # run as a file: import the package, not this folder's modules as top-level names
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from maskrcnn_finetune.cli import run_cli  # noqa: E402
+from maskrcnn_finetune.errors import ConfigError  # noqa: E402
+
+logger = logging.getLogger("rest_api_flask")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (argparse prints the whole usage first), still with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; run with --help to see every option\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model-dir", required=True, help="a model folder written by scripts/train.py")
+    parser.add_argument("--upload-folder", default="uploads",
+                        help="received images are kept here; the legacy routes read images from here")
+    parser.add_argument("--output-folder", default="outputs/served", help="result files are written here")
+    parser.add_argument("--use-ngrok", action="store_true", help="the same as --tunnel ngrok")
+    parser.add_argument("--tunnel", choices=["none", "ngrok", "colab"], default="none",
+                        help="a public URL: an ngrok tunnel, or Colab's own proxy (default: none)")
+    parser.add_argument("--ngrok-authtoken", default=None,
+                        help="ngrok authtoken (default: env NGROK_AUTHTOKEN or the Colab secret NGROK_AUTHTOKEN)")
+    parser.add_argument("--infer-with-cpu", action="store_true", help="run the model on the CPU even with a GPU")
+    parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
+    parser.add_argument("--debug", action="store_true", help="Flask's development server with debug pages")
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                        help="require HTTP basic auth (also set on the ngrok tunnel)")
+    parser.add_argument("--api-key", default=None, help="accept this key in the X-API-Key header")
+    parser.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (413 above)")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
+    parser.add_argument("--retention-minutes", type=float, default=60,
+                        help="results older than this are deleted (0: keep)")
+    parser.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuses values the server cannot use, naming the fix (a ConfigError exits with status 2)."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not (user and sep and password):
+            raise ConfigError("--auth must be USER:PASSWORD with both parts non-empty, e.g. --auth demo:s3cret")
+    for name in ("max_upload_mb", "max_pixels", "threads"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.retention_minutes < 0:
+        raise ConfigError("--retention-minutes must be 0 (keep results) or positive")
+    if Path(args.model_dir).is_file():
+        raise ConfigError(f"--model-dir '{args.model_dir}' is a file; pass a model folder. A bare detectron2 "
+                          "model_final.pth becomes one with: python scripts/import_detectron2.py --weights "
+                          f"{args.model_dir} --config CONFIG.yaml --classes NAMES --output-dir DIR")
+    if not Path(args.model_dir).is_dir():
+        raise ConfigError(f"model folder '{args.model_dir}' does not exist; pass --model-dir with the "
+                          "--output-dir of a training run (it holds model.json and model_final.pth)")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fails before the (slow) model load when the address cannot be listened on."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
+                          "(0 picks a free one) or stop the program that uses it") from None
+
+
+def say(text: str) -> None:
+    """Prints a line for the user (and for notebooks that parse it), flushed at once."""
+    print(text, flush=True)
+
+
+def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, opened: list) -> None:
+    from rest_api_flask.tunnel import TunnelError, open_tunnel
+
+    try:
+        tunnel = open_tunnel(kind, port, token, auth)
+    except TunnelError as exc:
+        say(f"WARNING: no public URL: {exc}")
+        say("The server keeps serving locally.")
+        return
+    opened.append(tunnel)
+    line = "=" * max(40, len(tunnel.public_url) + 12)
+    say(f"{line}\nPublic URL: {tunnel.public_url}\n{line}")
+
+
+def _make_server(app, args: argparse.Namespace):
+    """A bound, listening server: ``(port, serve_forever, close)``; waitress unless ``--debug``."""
+    if args.debug:
+        from werkzeug.serving import make_server
+
+        app.debug = True
+        server = make_server(args.host, args.port, app, threaded=True)  # never the reloader: it loads the model twice
+        return server.server_port, server.serve_forever, server.server_close
+    from waitress import create_server
+
+    # waitress refuses bodies above its own limit with a plain-text 413; set it above the app's
+    # limit so that usual oversize uploads reach Flask and get the JSON message naming the flag
+    server = create_server(app, host=args.host, port=args.port, threads=args.threads,
+                           max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"] + 2**20)
+    return server.effective_port, server.run, server.close
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    tunnel_kind = "ngrok" if args.use_ngrok else args.tunnel
+    token = None
+    if tunnel_kind == "ngrok":
+        from rest_api_flask.tunnel import resolve_authtoken
+
+        if args.auth and not 8 <= len(args.auth.partition(":")[2]) <= 128:
+            raise ConfigError("ngrok's basic auth needs a password of 8 to 128 characters; "
+                              "choose a longer one in --auth USER:PASSWORD")
+        # no token: the tunnel thread says how to get one (ERR_NGROK_4018's advice), the server serves locally
+        token = resolve_authtoken(args.ngrok_authtoken)
+
+    check_port_free(args.host, args.port)
+    from rest_api_flask import create_app
+    from rest_api_flask.config import config_from_args
+
+    app = create_app(config_from_args(args))
+    try:
+        port, serve, shutdown = _make_server(app, args)
+    except OSError as exc:  # the address is taken or not this machine's
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pass another --port "
+                          "(0 picks a free one) or stop the program that uses it") from None
+    # the socket is bound and listening: connections from here on are queued and answered
+    say(f"Serving on http://{args.host}:{port}")
+    if tunnel_kind == "ngrok" and not (args.auth or args.api_key):  # Colab's proxy is the notebook user's only
+        say("WARNING: the public URL is open to anyone who has it; protect it with --auth USER:PASSWORD or --api-key KEY")
+    opened: list = []
+    if tunnel_kind != "none":
+        threading.Thread(target=_start_tunnel, args=(tunnel_kind, port, token, args.auth, opened), daemon=True).start()
+
+    def _terminate(signum, frame):  # SIGTERM: leave through the finally below, so tunnels close
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        serve()
+    except KeyboardInterrupt:
+        say("Stopping the server")
+    finally:
+        for tunnel in opened:
+            tunnel.close()
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001 - already stopping
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

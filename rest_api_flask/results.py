@@ -1,0 +1,202 @@
+"""The result store: each prediction's files under ``<output folder>/results/<id>/``.
+
+Ids are random (uuid4 hex), so one client cannot guess another's results. A result is
+written into a hidden temporary folder and renamed into place in one step, so a reader sees
+either nothing or every file. Results older than the retention are removed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, current_app
+from PIL import Image
+
+from maskrcnn_finetune.structures import Instances
+from maskrcnn_finetune.visualize import draw_instances
+from rest_api_flask.encoding import coco_results
+from rest_api_flask.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_INSTANCE_FILE = re.compile(r"^instances/(\d{1,6})/(mask|crop)\.png$")
+FILES = ("overlay.png", "masks.zip", "result.json", "coco_results.json")
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """An array (``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA uint8) as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A binary mask as a one-channel PNG of 0 and 255 at the mask's size."""
+    return png_bytes(mask.astype(np.uint8) * 255)
+
+
+def crop_png(image: np.ndarray, mask: np.ndarray, box) -> bytes:
+    """The instance cut out of the image: its box, with the pixels outside the mask transparent."""
+    height, width = mask.shape
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+    if x1 <= x0 or y1 <= y0:  # a degenerate box: fall back to the mask's own extent
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return png_bytes(np.zeros((1, 1, 4), dtype=np.uint8))
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    rgba = np.dstack([image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255])
+    return png_bytes(rgba)
+
+
+def zip_name(index: int, class_name: str) -> str:
+    """``instance_007_balloon.png``: the name of an instance's mask inside ``masks.zip``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", class_name).strip("._") or "class"
+    return f"instance_{index:03d}_{safe}.png"
+
+
+class PendingResult:
+    """A result being written; :meth:`commit` makes it visible under its id."""
+
+    def __init__(self, store: "ResultStore", result_id: str) -> None:
+        self.store = store
+        self.id = result_id
+        self.tmp = store.root / f".tmp-{result_id}"
+        self.tmp.mkdir(parents=True)
+
+    def write_files(self, image: np.ndarray, instances: Instances) -> None:
+        """Writes the overlay, each instance's mask and crop, and ``masks.zip`` (masks plus their union)."""
+        (self.tmp / "overlay.png").write_bytes(png_bytes(draw_instances(image, instances)))
+        with zipfile.ZipFile(self.tmp / "masks.zip", "w", compression=zipfile.ZIP_STORED) as archive:
+            for k in range(len(instances)):
+                folder = self.tmp / "instances" / str(k)
+                folder.mkdir(parents=True)
+                mask = mask_png(instances.masks[k])
+                (folder / "mask.png").write_bytes(mask)
+                (folder / "crop.png").write_bytes(crop_png(image, instances.masks[k], instances.boxes[k]))
+                archive.writestr(zip_name(k, instances.class_names[int(instances.class_ids[k])]), mask)
+            archive.writestr("union.png", mask_png(instances.union_mask()))
+        (self.tmp / "coco_results.json").write_text(json.dumps(coco_results(instances)))
+
+    def commit(self, payload: dict) -> None:
+        """Writes ``result.json`` and moves the folder into place in one rename."""
+        (self.tmp / "result.json").write_text(json.dumps(payload))
+        os.replace(self.tmp, self.store.root / self.id)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ResultStore:
+    """Result folders under ``output_folder/results``, removed after ``retention_minutes``.
+
+    Args:
+        output_folder: the server's output folder.
+        retention_minutes: age after which a result is deleted (0 keeps them forever).
+    """
+
+    def __init__(self, output_folder, retention_minutes: float = 60, upload_folder=None) -> None:
+        self.root = Path(output_folder).resolve() / "results"
+        self.root.mkdir(parents=True, exist_ok=True)
+        # the API keeps each received image beside its result id, apart from the user's own files
+        self.uploads = Path(upload_folder).resolve() / "api" if upload_folder else None
+        if self.uploads:
+            self.uploads.mkdir(parents=True, exist_ok=True)
+        self.retention_s = float(retention_minutes) * 60
+        self._last_cleanup = 0.0
+        self._cleanup_lock = threading.Lock()
+
+    def begin(self) -> PendingResult:
+        """A new result with a fresh unique id."""
+        self.cleanup()
+        return PendingResult(self, uuid.uuid4().hex)
+
+    def save_upload(self, result_id: str, data: bytes, suffix: str = "") -> Path | None:
+        """Keeps the received image bytes as ``<upload folder>/api/<id><suffix>`` (written atomically)."""
+        if self.uploads is None or not data:
+            return None
+        target = self.uploads / f"{result_id}{suffix}"
+        tmp = self.uploads / f".tmp-{result_id}"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return target
+
+    def path(self, result_id: str, name: str) -> Path:
+        """The file ``name`` of result ``result_id``.
+
+        Raises:
+            ApiError: 404 for a malformed or unknown id or file name (names are matched against
+                the known files, never joined as given).
+        """
+        if not _ID.match(result_id or ""):
+            raise ApiError(f"unknown result id {result_id[:64]!r}; use the id a prediction returned", 404)
+        if name not in FILES and not _INSTANCE_FILE.match(name):
+            raise ApiError(f"a result has no file {name[:100]!r}; it has {', '.join(FILES)} and "
+                           "instances/<k>/mask.png, instances/<k>/crop.png", 404)
+        folder = self.root / result_id
+        if not folder.is_dir():
+            raise ApiError(f"unknown result id {result_id}: it never existed or was removed after the "
+                           "retention time; run the prediction again", 404)
+        path = folder / name
+        if not path.is_file():
+            raise ApiError(f"result {result_id} has no {name}; instance numbers run from 0 to num_instances - 1", 404)
+        return path
+
+    def cleanup(self, force: bool = False) -> int:
+        """Removes results (and abandoned temporary folders) older than the retention; at most once a minute.
+
+        Returns:
+            How many folders were removed.
+        """
+        if self.retention_s <= 0:
+            return 0
+        now = time.time()
+        if not force and now - self._last_cleanup < min(60.0, self.retention_s / 2):
+            return 0
+        if not self._cleanup_lock.acquire(blocking=False):
+            return 0
+        removed = 0
+        try:
+            self._last_cleanup = now
+            entries = list(self.root.iterdir()) + (list(self.uploads.iterdir()) if self.uploads else [])
+            for entry in entries:
+                try:
+                    old = now - entry.stat().st_mtime > self.retention_s
+                except FileNotFoundError:
+                    continue
+                if not old:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed += 1
+        finally:
+            self._cleanup_lock.release()
+        if removed:
+            logger.info("removed %d results older than %.0f minutes", removed, self.retention_s / 60)
+        return removed
+
+
+def init_app(app: Flask) -> None:
+    """Attaches the app's :class:`ResultStore` and removes expired results at start."""
+    store = ResultStore(app.config["OUTPUT_FOLDER"], app.config["RETENTION_MINUTES"], app.config["UPLOAD_FOLDER"])
+    store.cleanup(force=True)
+    app.extensions["results"] = store
+
+
+def get_store() -> ResultStore:
+    """The app's :class:`ResultStore`."""
+    return current_app.extensions["results"]

@@ -1,0 +1,250 @@
+"""The /api/v1 routes through Flask's test client: the JSON contract, the result files, bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rest_api_flask.encoding import decode_rle
+
+from server_helpers import png_of
+
+
+def _predict(client, png, **query):
+    return client.post("/api/v1/predict", query_string=query,
+                       data={"image": (io.BytesIO(png), "../../etc/sample.png")}, content_type="multipart/form-data")
+
+
+def test_predict_follows_the_contract_and_equals_the_predictor(client, predictor, sample_paths, sample_png):
+    response = _predict(client, sample_png, polygons=1)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    image = np.array(Image.open(io.BytesIO(sample_png)).convert("RGB"))
+    expected = predictor(image, threshold=0.0)
+    assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
+    assert body["image"] == {"width": image.shape[1], "height": image.shape[0], "filename": "sample.png"}
+    assert body["model"]["classes"] == predictor.class_names
+    assert body["model"]["engine"] == "torchvision" and body["model"]["backbone"] == "mobilenetv2_fpnlite"
+    assert body["threshold"] == 0.0 and body["timing_ms"]["model"] > 0
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["model"]
+    assert body["num_instances"] == len(expected) == len(body["instances"]) > 0
+    assert body["masked_fraction"] == pytest.approx(expected.masked_fraction(), abs=1e-6)
+    for k, inst in enumerate(body["instances"]):
+        assert inst["index"] == k and inst["class_name"] == predictor.class_names[inst["class_id"]]
+        assert inst["score"] == pytest.approx(float(expected.scores[k]), abs=1e-5)
+        np.testing.assert_allclose(inst["box"], expected.boxes[k], atol=0.01)
+        mask = decode_rle(inst["mask_rle"])
+        assert inst["mask_rle"]["size"] == [image.shape[0], image.shape[1]]
+        assert np.array_equal(mask, expected.masks[k])
+        assert inst["area"] == int(mask.sum())
+        assert inst["area_fraction"] == pytest.approx(mask.mean(), abs=1e-6)
+        assert isinstance(inst["polygons"], list)
+        assert inst["links"]["mask"] == f"/api/v1/results/{body['id']}/instances/{k}/mask.png"
+    assert body["links"] == {
+        "overlay": f"/api/v1/results/{body['id']}/overlay.png",
+        "masks_zip": f"/api/v1/results/{body['id']}/masks.zip",
+        "result_json": f"/api/v1/results/{body['id']}/result.json",
+        "coco_json": f"/api/v1/results/{body['id']}/coco_results.json",
+    }
+
+
+def test_result_files_match_the_json(client, sample_png, folders):
+    body = _predict(client, sample_png).get_json()
+    n, (height, width) = body["num_instances"], (body["image"]["height"], body["image"]["width"])
+    overlay = client.get(body["links"]["overlay"])
+    assert overlay.status_code == 200 and overlay.mimetype == "image/png"
+    assert Image.open(io.BytesIO(overlay.data)).size == (width, height)
+    archive = zipfile.ZipFile(io.BytesIO(client.get(body["links"]["masks_zip"]).data))
+    names = archive.namelist()
+    assert names[-1] == "union.png" and len(names) == n + 1
+    union = np.zeros((height, width), dtype=bool)
+    for inst, name in zip(body["instances"], names):
+        assert name == f"instance_{inst['index']:03d}_{inst['class_name']}.png"
+        png = np.array(Image.open(io.BytesIO(archive.read(name))))
+        assert png.shape == (height, width) and set(np.unique(png)) <= {0, 255}
+        mask = decode_rle(inst["mask_rle"])
+        assert np.array_equal(png == 255, mask)
+        assert np.array_equal(np.array(Image.open(io.BytesIO(client.get(inst["links"]["mask"]).data))) == 255, mask)
+        crop = Image.open(io.BytesIO(client.get(inst["links"]["crop"]).data))
+        assert crop.mode == "RGBA"
+        union |= mask
+    assert np.array_equal(np.array(Image.open(io.BytesIO(archive.read("union.png")))) == 255, union)
+    assert union.mean() == pytest.approx(body["masked_fraction"], abs=1e-6)
+    assert client.get(body["links"]["result_json"]).get_json() == body
+    coco = client.get(body["links"]["coco_json"]).get_json()
+    assert [c["category_id"] for c in coco] == [i["class_id"] + 1 for i in body["instances"]]
+    # every file lies inside the two folders: results under outputs/, the received image under uploads/
+    upload, output = folders
+    assert (output / "results" / body["id"] / "result.json").is_file()
+    assert (upload / "api" / f"{body['id']}.png").read_bytes() == sample_png
+
+
+def test_threshold_is_honoured_from_query_form_and_json(client, predictor, sample_png):
+    scores = predictor(np.array(Image.open(io.BytesIO(sample_png)).convert("RGB")), threshold=0.0).scores
+    cut = float(np.sort(scores)[len(scores) // 2])  # keeps the upper half of the instances
+    expected = int((scores >= cut).sum())
+    via_query = _predict(client, sample_png, threshold=cut).get_json()
+    via_form = client.post("/api/v1/predict", data={"image": (io.BytesIO(sample_png), "a.png"), "threshold": str(cut)},
+                           content_type="multipart/form-data").get_json()
+    via_json = client.post("/api/v1/predict", json={"image_base64": base64.b64encode(sample_png).decode(),
+                                                    "threshold": cut}).get_json()
+    for body in (via_query, via_form, via_json):
+        assert body["threshold"] == pytest.approx(cut)
+        assert body["num_instances"] == expected < len(scores)
+        assert all(inst["score"] >= cut - 1e-5 for inst in body["instances"])
+    assert via_json["image"]["filename"] is None
+    bad = client.post("/api/v1/predict?threshold=2", data={"image": (io.BytesIO(sample_png), "a.png")})
+    assert bad.status_code == 400 and "between 0 and 1" in bad.get_json()["error"]
+    word = client.post("/api/v1/predict?threshold=high", data={"image": (io.BytesIO(sample_png), "a.png")})
+    assert word.status_code == 400 and "threshold" in word.get_json()["error"]
+
+
+def test_polygons_only_on_request_and_they_cover_the_mask(client, sample_png):
+    plain = _predict(client, sample_png).get_json()
+    assert all("polygons" not in inst for inst in plain["instances"])
+    body = _predict(client, sample_png, polygons=1).get_json()
+    from PIL import ImageDraw
+    for inst in body["instances"]:
+        mask = decode_rle(inst["mask_rle"])
+        if mask.sum() < 20:
+            continue
+        canvas = Image.new("L", (mask.shape[1], mask.shape[0]), 0)
+        for poly in inst["polygons"]:
+            ImageDraw.Draw(canvas).polygon(poly, fill=1)
+        drawn = np.array(canvas, dtype=bool)
+        iou = (drawn & mask).sum() / (drawn | mask).sum()
+        assert iou > 0.6, iou
+
+
+def test_batch_multipart_and_json_give_one_result_per_image(client, predictor, sample_paths):
+    pngs = [png_of(np.array(Image.open(p).convert("RGB"))) for p in sample_paths[:3]]
+    multi = client.post("/api/v1/predict/batch", data={"images": [(io.BytesIO(b), f"im{i}.png") for i, b in enumerate(pngs)]},
+                        content_type="multipart/form-data")
+    assert multi.status_code == 200, multi.get_json()
+    results = multi.get_json()["results"]
+    assert [r["image"]["filename"] for r in results] == ["im0.png", "im1.png", "im2.png"]
+    assert len({r["id"] for r in results}) == 3
+    for png, result in zip(pngs, results):
+        expected = predictor(np.array(Image.open(io.BytesIO(png))), threshold=0.0)
+        assert result["num_instances"] == len(expected)
+        assert np.array_equal(decode_rle(result["instances"][0]["mask_rle"]), expected.masks[0])
+    as_json = client.post("/api/v1/predict/batch", json=[{"image_base64": base64.b64encode(b).decode()} for b in pngs])
+    assert [r["num_instances"] for r in as_json.get_json()["results"]] == [r["num_instances"] for r in results]
+    broken = client.post("/api/v1/predict/batch", json=[{"image_base64": base64.b64encode(pngs[0]).decode()},
+                                                        {"image_base64": base64.b64encode(b"not an image").decode()}])
+    assert broken.status_code == 415 and "image 1" in broken.get_json()["error"]
+    empty = client.post("/api/v1/predict/batch", json=[])
+    assert empty.status_code == 400 and "non-empty list" in empty.get_json()["error"]
+
+
+def test_model_health_and_openapi(client, predictor):
+    model = client.get("/api/v1/model").get_json()
+    assert model["classes"] == predictor.class_names and model["backbone"] == "mobilenetv2_fpnlite"
+    assert model["engine"] == "torchvision" and model["device"] == "cpu"
+    health = client.get("/health")
+    assert health.status_code == 200 and health.get_json()["status"] == "ok" and health.get_json()["model_loaded"] is True
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for path in ("/api/v1/predict", "/api/v1/predict/batch", "/api/v1/model", "/health", "/api/detect-area-base64"):
+        assert path in spec["paths"]
+
+
+@pytest.mark.parametrize("url", [
+    "/api/v1/results/0123456789abcdef0123456789abcdef/overlay.png",   # well-formed but unknown
+    "/api/v1/results/nothex/overlay.png",
+    "/api/v1/results/..%2F..%2Fetc/passwd",
+])
+def test_unknown_result_ids_are_404_json(client, url):
+    response = client.get(url)
+    assert response.status_code == 404
+    assert "error" in response.get_json()
+
+
+def test_result_file_names_outside_the_list_are_404(client, sample_png, folders):
+    body = _predict(client, sample_png).get_json()
+    (folders[1] / "secret.txt").write_text("not for clients")
+    for name in ("../../secret.txt", "..%2F..%2Fsecret.txt", "instances/99/mask.png", "result.json/..", "x.json"):
+        response = client.get(f"/api/v1/results/{body['id']}/{name}")
+        assert response.status_code == 404, name
+        assert b"not for clients" not in response.data
+
+
+def test_ids_are_unique_and_nothing_half_written_is_left(client, sample_png, folders):
+    ids = {_predict(client, sample_png).get_json()["id"] for _ in range(4)}
+    assert len(ids) == 4
+    results = folders[1] / "results"
+    assert sorted(p.name for p in results.iterdir()) == sorted(ids)  # no .tmp-* folders remain
+    # nothing is written outside the two folders' own sub-folders
+    assert sorted(p.name for p in folders[1].iterdir()) == ["results"]
+    assert sorted(p.name for p in folders[0].iterdir()) == ["api"]
+
+
+def test_old_results_are_removed_after_the_retention(predictor, folders, sample_png):
+    import os
+    import time
+
+    from rest_api_flask import create_app
+
+    app = create_app({"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
+                      "THRESHOLD": 0.0, "WARMUP": False, "RETENTION_MINUTES": 1})
+    client = app.test_client()
+    old = _predict(client, sample_png).get_json()["id"]
+    hour_ago = time.time() - 3600
+    os.utime(folders[1] / "results" / old, (hour_ago, hour_ago))
+    os.utime(folders[0] / "api" / f"{old}.png", (hour_ago, hour_ago))
+    app.extensions["results"]._last_cleanup = 0  # the store cleans at most once a minute
+    new = _predict(client, sample_png).get_json()["id"]
+    assert client.get(f"/api/v1/results/{old}/result.json").status_code == 404
+    assert client.get(f"/api/v1/results/{new}/result.json").status_code == 200
+    assert not (folders[0] / "api" / f"{old}.png").exists()
+
+
+def test_auth_and_api_key_protect_everything_but_health(predictor, folders, sample_png):
+    from rest_api_flask import create_app
+
+    app = create_app({"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
+                      "THRESHOLD": 0.0, "WARMUP": False, "AUTH": "demo:s3cret", "API_KEY": "key123"})
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    denied = client.get("/api/v1/model")
+    assert denied.status_code == 401 and "--auth" in denied.get_json()["error"]
+    assert denied.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = client.get("/api/v1/model", headers={"Authorization": "Basic " + base64.b64encode(b"demo:nope").decode()})
+    assert wrong.status_code == 401
+    good = {"Authorization": "Basic " + base64.b64encode(b"demo:s3cret").decode()}
+    assert client.get("/api/v1/model", headers=good).status_code == 200
+    assert client.get("/api/v1/model", headers={"X-API-Key": "key123"}).status_code == 200
+    assert client.get("/api/v1/model", headers={"X-API-Key": "key12"}).status_code == 401
+    body = client.post("/api/v1/predict", data={"image": (io.BytesIO(sample_png), "a.png")}, headers=good).get_json()
+    assert client.get(body["links"]["overlay"]).status_code == 401
+    assert client.get(body["links"]["overlay"], headers=good).status_code == 200
+
+
+def test_a_full_queue_answers_429_and_the_waiting_request_still_succeeds(predictor, folders, sample_png):
+    import threading
+
+    from rest_api_flask import create_app
+
+    app = create_app({"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
+                      "THRESHOLD": 0.0, "WARMUP": False, "MAX_WAITING": 1})
+    service = app.extensions["inference"]
+    service._lock.acquire()  # the model is busy with another request
+    first = {}
+    waiting = threading.Thread(target=lambda: first.update(r=_predict(app.test_client(), sample_png)))
+    try:
+        waiting.start()
+        for _ in range(100):  # until the first request waits for the model
+            if service._waiting == 1:
+                break
+            threading.Event().wait(0.05)
+        busy = _predict(app.test_client(), sample_png)
+        assert busy.status_code == 429 and "retry" in busy.get_json()["error"]
+    finally:
+        service._lock.release()
+        waiting.join(30)
+    assert first["r"].status_code == 200

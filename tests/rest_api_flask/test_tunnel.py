@@ -1,0 +1,96 @@
+"""Tunnels: pyngrok runs for real against a stand-in ngrok agent program; Colab's module is faked.
+
+The ngrok service cannot be reached from here, so the *binary* that pyngrok starts is replaced
+by a small script that prints what the real agent prints (log lines, error codes) and answers its
+local API. Everything in pyngrok and in rest_api_flask.tunnel runs unchanged. The "binary cannot
+be installed" path runs for real (the download fails offline) in test_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from rest_api_flask.tunnel import TunnelError, open_colab_proxy, open_ngrok, open_tunnel, resolve_authtoken
+
+from server_helpers import agent_log, fake_ngrok_binary
+
+def _fake_ngrok(tmp_path, mode):
+    from pyngrok import conf
+
+    binary, log = fake_ngrok_binary(tmp_path, mode)
+    config = conf.PyngrokConfig(ngrok_path=str(binary), config_path=str(tmp_path / "ngrok.yml"), startup_timeout=10)
+    return config, log
+
+
+def test_ngrok_tunnel_opens_with_basic_auth_and_closes(tmp_path):
+    config, log = _fake_ngrok(tmp_path, "ok")
+    tunnel = open_ngrok(5123, "tok-123", auth="demo:s3cret", pyngrok_config=config)
+    assert tunnel.public_url == "https://fake-tunnel.ngrok-free.app"
+    entries = agent_log(log)
+    assert entries[0]["argv"][entries[0]["argv"].index("--authtoken") + 1] == "tok-123"
+    post = next(e for e in entries if "post" in e)
+    assert "5123" in json.dumps(post["body"]) and post["body"]["basic_auth"] == ["demo:s3cret"]
+    tunnel.close()
+    assert any("delete" in e for e in agent_log(log))
+
+
+@pytest.mark.parametrize("mode, words", [("4018", "authtoken"), ("108", "ngrok.kill()")])
+def test_known_ngrok_errors_say_what_to_do(tmp_path, mode, words):
+    config, _ = _fake_ngrok(tmp_path, mode)
+    with pytest.raises(TunnelError) as info:
+        open_ngrok(5123, "tok-123", pyngrok_config=config)
+    assert f"ERR_NGROK_{mode}" in str(info.value) and words in str(info.value)
+
+
+def test_no_token_is_refused_before_starting_anything():
+    with pytest.raises(TunnelError, match="--ngrok-authtoken"):
+        open_ngrok(5123, None)
+
+
+def _fake_colab(monkeypatch, secrets):
+    # google.colab exists only inside Colab: this stands in for its two functions used here
+    colab = types.ModuleType("google.colab")
+    userdata = types.ModuleType("google.colab.userdata")
+    output = types.ModuleType("google.colab.output")
+
+    def get(name):
+        if name not in secrets:
+            raise KeyError(name)  # Colab raises SecretNotFoundError here
+        return secrets[name]
+
+    userdata.get = get
+    output.eval_js = lambda js: "https://5000-m-s-abc.colab.googleusercontent.com/" if "proxyPort(5000)" in js else None
+    colab.userdata, colab.output = userdata, output
+    google = types.ModuleType("google")
+    google.colab = colab
+    for name, module in {"google": google, "google.colab": colab, "google.colab.userdata": userdata,
+                         "google.colab.output": output}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_token_sources_in_order(monkeypatch):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # outside Colab: the import fails
+    assert resolve_authtoken(None) is None
+    _fake_colab(monkeypatch, {"NGROK_AUTHTOKEN": "from-colab"})
+    assert resolve_authtoken(None) == "from-colab"
+    monkeypatch.setenv("NGROK_AUTHTOKEN", "from-env")
+    assert resolve_authtoken(None) == "from-env"
+    assert resolve_authtoken("from-flag") == "from-flag"
+    _fake_colab(monkeypatch, {})
+    monkeypatch.delenv("NGROK_AUTHTOKEN")
+    assert resolve_authtoken(None) is None
+
+
+def test_colab_proxy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.colab", None)
+    with pytest.raises(TunnelError, match="only inside Google Colab"):
+        open_colab_proxy(5000)
+    _fake_colab(monkeypatch, {})
+    tunnel = open_tunnel("colab", 5000)
+    assert tunnel.public_url == "https://5000-m-s-abc.colab.googleusercontent.com"
+    assert open_tunnel("none", 5000) is None
