@@ -12,24 +12,36 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _boxes(n: int, height: int, width: int) -> torch.Tensor:
+    """``n`` fixed boxes spread over a ``height x width`` image (xyxy)."""
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([width * 0.8, height * 0.8])
+    wh = (0.05 + torch.rand(n, 2, generator=g) * 0.15) * torch.tensor([width, height])
+    return torch.cat([xy, xy + wh], dim=1)
+
+
 @torch.inference_mode()
 def count_gmacs(model: torch.nn.Module, height: int = 800, width: int = 1066) -> float:
     """Giga multiply-adds of one inference on a ``height x width`` image (after the model's resize).
 
-    The model is run with its score threshold at 0 so that it keeps ``detections_per_image``
-    instances, which makes the mask head's share the worst case and the count repeatable.
-    RoIAlign and NMS are not matrix work and are not counted.
+    Counts the backbone and FPN, the RPN head on every level, the box head on the RPN's full
+    test-time proposal count and the mask head on ``detections_per_image`` boxes: the worst
+    case, and a count that does not depend on the weights (an untrained network's RPN may keep
+    no proposals at all). RoIAlign, box decoding and NMS are not matrix work and are not counted.
     """
     model.eval()
+    images, _ = model.transform([torch.rand(3, height, width)])
+    sizes = images.image_sizes
     heads = model.roi_heads
-    saved = heads.score_thresh
-    heads.score_thresh = 0.0
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model([torch.rand(3, height, width)])
-    finally:
-        heads.score_thresh = saved
+    proposals = _boxes(model.rpn._post_nms_top_n["testing"], *sizes[0])
+    detections = _boxes(heads.detections_per_img, *sizes[0])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        features = model.backbone(images.tensors)
+        model.rpn.head(list(features.values()))
+        heads.box_predictor(heads.box_head(heads.box_roi_pool(features, [proposals], sizes)))
+        if heads.has_mask():
+            heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, [detections], sizes)))
     return counter.get_total_flops() / 2 / 1e9
 
 
