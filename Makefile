@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - the main job on the embedded synthetic data: data -> COCO -> train -> evaluate
+#   make demo   - the main job on the embedded synthetic data: data -> COCO -> train -> evaluate -> serve
 #   make test   - the whole test suite
 # Both create or refresh .venv first, and skip that step when nothing changed.
 
@@ -9,9 +9,18 @@ PY := $(VENV)/bin/python
 # Where torch is already installed (Colab, a laptop) pass TORCH_SPEC= to keep it.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Debian's chromium for the web page's browser test (root, or sudo)
+BROWSER_STAMP := $(VENV)/.browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# detectron2 for its engine's tests: the offline, Python-only install (scripts/install_detectron2.py)
+D2_STAMP := $(VENV)/.detectron2
 DEMO_DIR ?= outputs/demo
 # extra flags for the demo training, e.g. DEMO_TRAIN_ARGS="--max-iter 20" for a quick look
 DEMO_TRAIN_ARGS ?=
+# the demo ends by serving its model until Ctrl+C (DEMO_SERVE=0: stop after evaluation);
+# extra server flags, e.g. DEMO_SERVE_ARGS="--port 8000" or "--use-ngrok"
+DEMO_SERVE ?= 1
+DEMO_SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean
@@ -25,6 +34,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
+# the browser test drives Debian's chromium through Playwright (never `playwright install`)
+$(BROWSER_STAMP): | $(STAMP)
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	touch $@
+
+$(D2_STAMP): $(STAMP) scripts/install_detectron2.py
+	$(PY) scripts/install_detectron2.py --source wheel
+	touch $@
+
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic.py $(DEMO_DIR)/labelme --images 60 --seed 0
 	$(PY) scripts/labelme_to_coco.py $(DEMO_DIR)/labelme $(DEMO_DIR)/coco \
@@ -32,8 +51,13 @@ demo: $(STAMP)
 	$(PY) scripts/train.py --preset demo --resume --train-json $(DEMO_DIR)/coco/train.json \
 		--val-json $(DEMO_DIR)/coco/val.json --output-dir $(DEMO_DIR)/model $(DEMO_TRAIN_ARGS)
 	$(PY) scripts/evaluate.py --model-dir $(DEMO_DIR)/model --json $(DEMO_DIR)/coco/val.json
+ifeq ($(DEMO_SERVE),1)
+	@echo "Serving the demo model: open the URL below in a browser; Ctrl+C stops it"
+	$(PY) rest_api_flask/flask_app.py --model-dir $(DEMO_DIR)/model --upload-folder $(DEMO_DIR)/uploads \
+		--output-folder $(DEMO_DIR)/served --infer-with-cpu $(DEMO_SERVE_ARGS)
+endif
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP) $(D2_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -107,8 +107,12 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
     """
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
-    if info.get("engine", "torchvision") != "torchvision":
-        raise ModelDirError(f"'{model_dir}' holds a {info['engine']} model; this build reads torchvision models")
+    engine = info.get("engine", "torchvision")
+    if engine == "detectron2":
+        return _load_detectron2_dir(model_dir, device, info)
+    if engine != "torchvision":
+        raise ModelDirError(f"'{model_dir}' holds a model of the unknown engine '{engine}'; "
+                            "this kit reads torchvision and detectron2 models")
     spec = ModelSpec.from_dict(info["model"])
     weights = model_dir / WEIGHTS
     try:
@@ -130,3 +134,14 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
                             "the two files come from different runs") from None
     model.to(device).eval()
     return model, spec, info
+
+
+def _load_detectron2_dir(model_dir: Path, device, info: dict):
+    """A detectron2 model folder: its model behind torchvision's inference interface (see
+    :class:`maskrcnn_finetune.modeling.detectron2.inference.Detectron2Model`)."""
+    from maskrcnn_finetune.modeling.detectron2 import require_detectron2
+
+    require_detectron2()
+    from maskrcnn_finetune.modeling.detectron2.checkpoints import load_detectron2_dir
+
+    return load_detectron2_dir(model_dir, device, info)

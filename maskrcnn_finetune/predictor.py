@@ -48,7 +48,10 @@ class Predictor:
     """Runs a Mask R-CNN on images and returns :class:`Instances`.
 
     Args:
-        model: a torchvision Mask R-CNN (moved to ``device`` and put in eval mode here).
+        model: a torchvision Mask R-CNN, or a detectron2 one behind the same interface
+            (:class:`~maskrcnn_finetune.modeling.detectron2.inference.Detectron2Model`, what
+            :meth:`from_dir` builds for a folder whose ``model.json`` names the detectron2 engine);
+            moved to ``device`` and put in eval mode here.
         spec: its :class:`ModelSpec` (class names, sizes).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         score_threshold: instances below it are dropped unless a call says otherwise.

@@ -15,4 +15,11 @@ def train(cfg: TrainConfig, **kwargs) -> Path:
         from maskrcnn_finetune.engines.torchvision_engine import train as train_torchvision
 
         return train_torchvision(cfg, **kwargs)
-    raise ConfigError(f"engine '{cfg.engine}' is not available in this build; use --engine torchvision")
+    if cfg.engine == "detectron2":
+        from maskrcnn_finetune.modeling.detectron2 import require_detectron2
+
+        require_detectron2()  # a message with the install command, before anything else is imported
+        from maskrcnn_finetune.engines.detectron2_engine import train as train_detectron2
+
+        return train_detectron2(cfg, **kwargs)
+    raise ConfigError(f"unknown engine '{cfg.engine}'; use --engine torchvision or --engine detectron2")

@@ -114,7 +114,7 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _spec_for(cfg: TrainConfig, class_names: list[str]) -> ModelSpec:
+def spec_for(cfg: TrainConfig, class_names: list[str]) -> ModelSpec:
     return ModelSpec(
         backbone=cfg.backbone,
         class_names=class_names,
@@ -199,7 +199,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
                           f"{val_data.class_names}); convert both with the same --labels")
     dataset = CocoInstanceDataset(train_data)
     max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(dataset) / (cfg.batch_size * world)))
-    spec = _spec_for(cfg, train_data.class_names)
+    spec = spec_for(cfg, train_data.class_names)
 
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.pretrained, train_min_sizes=cfg.train_sizes or None).to(device)
@@ -244,7 +244,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=_collate,
                         generator=torch.Generator().manual_seed(cfg.seed))
     log_file = (out / METRICS_LOG).open("a") if main else None
-    writer = _tensorboard(out) if main else None
+    writer = open_tensorboard(out) if main else None
     bar = tqdm(total=max_iter, initial=start_iter, desc="Training", unit="it", disable=not main, dynamic_ncols=True)
     smoothed = None
     iteration = start_iter
@@ -288,7 +288,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             if periodic or iteration == stop_after:
                 if main:
                     if periodic and val_data is not None:
-                        history.append(_log_eval(iteration, _evaluate(model, spec, device, cfg, val_data), log_file, writer))
+                        history.append(log_eval(iteration, _evaluate(model, spec, device, cfg, val_data), log_file, writer))
                         plot_training_curves(out / METRICS_LOG, out / "training_curves.png")
                     _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
                 if world > 1:
@@ -312,7 +312,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         if val_data is not None:
             metrics = _evaluate(model, spec, device, cfg, val_data)
             with (out / METRICS_LOG).open("a") as fh:
-                history.append(_log_eval(iteration, metrics, fh, writer))
+                history.append(log_eval(iteration, metrics, fh, writer))
         _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
         summary = {f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")} if metrics else {}
         write_model_dir(out, model, spec, engine="torchvision", score_threshold=cfg.score_threshold,
@@ -329,7 +329,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     return out
 
 
-def _log_eval(iteration: int, metrics: dict, log_file, writer) -> dict:
+def log_eval(iteration: int, metrics: dict, log_file, writer) -> dict:
     record = {"iter": iteration, **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")}}
     log_file.write(json.dumps(record) + "\n")
     log_file.flush()
@@ -341,7 +341,7 @@ def _log_eval(iteration: int, metrics: dict, log_file, writer) -> dict:
     return record
 
 
-def _tensorboard(out: Path):
+def open_tensorboard(out: Path):
     """A TensorBoard writer when the tensorboard package is installed (Colab has it), else None."""
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -12,7 +12,7 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _boxes(n: int, height: int, width: int) -> torch.Tensor:
+def fixed_boxes(n: int, height: int, width: int) -> torch.Tensor:
     """``n`` fixed boxes spread over a ``height x width`` image (xyxy)."""
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(n, 2, generator=g) * torch.tensor([width * 0.8, height * 0.8])
@@ -29,12 +29,14 @@ def count_gmacs(model: torch.nn.Module, height: int = 800, width: int = 1066) ->
     case, and a count that does not depend on the weights (an untrained network's RPN may keep
     no proposals at all). RoIAlign, box decoding and NMS are not matrix work and are not counted.
     """
+    if hasattr(model, "count_gmacs"):  # a detectron2 model behind the Predictor's interface counts itself
+        return model.count_gmacs(height, width)
     model.eval()
     images, _ = model.transform([torch.rand(3, height, width)])
     sizes = images.image_sizes
     heads = model.roi_heads
-    proposals = _boxes(model.rpn._post_nms_top_n["testing"], *sizes[0])
-    detections = _boxes(heads.detections_per_img, *sizes[0])
+    proposals = fixed_boxes(model.rpn._post_nms_top_n["testing"], *sizes[0])
+    detections = fixed_boxes(heads.detections_per_img, *sizes[0])
     counter = FlopCounterMode(display=False)
     with counter:
         features = model.backbone(images.tensors)

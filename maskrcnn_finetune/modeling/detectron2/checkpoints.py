@@ -1,0 +1,222 @@
+"""detectron2 weights in and out of model folders.
+
+* :func:`load_weights_file` reads a ``.pth`` under torch >= 2.6, whose ``torch.load`` reads only
+  tensors by default and so refuses detectron2's own training checkpoints (detectron2 issue 5456).
+* :func:`load_detectron2_dir` rebuilds the model of a model folder written by the detectron2
+  engine or by :func:`import_checkpoint`.
+* :func:`import_checkpoint` makes a model folder from a bare ``model_final.pth``, its config
+  yaml (or a model-zoo name) and the class names, as older detectron2 kits served them.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+
+from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
+from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
+from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+CONFIG_YAML = "detectron2_config.yaml"
+"""The detectron2 config in a model folder, beside ``model.json`` and ``model_final.pth``."""
+
+
+class CheckpointError(KitError):
+    """A detectron2 checkpoint cannot be read, or does not fit its config."""
+
+
+def load_weights_file(path, trusted: bool = False) -> dict:
+    """The content of a ``.pth`` file, read safely where possible.
+
+    torch >= 2.6 reads only tensors and plain containers by default. Files this kit writes hold
+    nothing else; detectron2's training checkpoints may hold other Python objects, which
+    unpickling would run as code, so those are read only when ``trusted``.
+
+    Args:
+        path: the file.
+        trusted: the file comes from a source you trust (your own training run).
+
+    Raises:
+        CheckpointError: the file is missing, damaged, or holds objects and is not trusted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trusted:
+            raise CheckpointError(
+                f"{path} holds Python objects besides the weights, which torch >= 2.6 does not load by default "
+                f"({str(exc).splitlines()[0]}). If you trust where the file comes from, pass --trust-checkpoint "
+                "(trusted=True); the model folder then gets a copy with the weights only") from None
+        logger.warning("%s holds more than weights; loading it fully because it is trusted", path)
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a weights file ({exc}); train again or restore it") from None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The model's tensors from a detectron2 checkpoint (``{"model": ...}``) or a bare state dict."""
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("the file holds no model weights (expected a state dict or {'model': state dict})")
+    return state
+
+
+class TrustedCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer for files a training run wrote itself (``--resume``): read in full."""
+
+    def _torch_load(self, f):
+        return load_weights_file(f, trusted=True)
+
+
+def fit_weights(model: torch.nn.Module, state: dict, source: str, num_classes: int) -> None:
+    """Loads ``state`` into ``model`` strictly, explaining a mismatch.
+
+    Raises:
+        CheckpointError: the weights belong to another config (other classes, backbone or heads).
+    """
+    own = model.state_dict()
+    head = state.get("roi_heads.box_predictor.cls_score.weight")
+    if head is not None and head.shape[0] != num_classes + 1:
+        raise CheckpointError(f"{source} was trained for {head.shape[0] - 1} classes but the config and class names "
+                              f"give {num_classes}; pass the class names and config the weights were trained with")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
+        raise CheckpointError(f"{source} does not fit the model its config describes: weights {'; '.join(parts)}. "
+                              "The config and the weights come from different models: pass the config.yaml "
+                              "the weights were trained with")
+    model.load_state_dict(state, strict=True)
+
+
+def spec_from_config(cfg: CfgNode, class_names: list[str]) -> ModelSpec:
+    """The :class:`ModelSpec` summary of a detectron2 config (for ``model.json``)."""
+    backbone = cfg.MODEL.BACKBONE.NAME
+    for name, choice in D2_BACKBONES.items():
+        if choice.builder and choice.builder == backbone and cfg.MODEL[choice.family].TIMM_NAME == choice.timm_name \
+                and cfg.MODEL.FPN.OUT_CHANNELS == choice.fpn_channels:
+            backbone = name
+    if backbone == "build_resnet_fpn_backbone" and cfg.MODEL.RESNETS.DEPTH in (50, 101):
+        backbone = f"resnet{cfg.MODEL.RESNETS.DEPTH}_fpn"
+    return ModelSpec(
+        backbone=backbone,
+        class_names=list(class_names),
+        min_size=cfg.INPUT.MIN_SIZE_TEST,
+        max_size=cfg.INPUT.MAX_SIZE_TEST,
+        anchor_sizes=[int(s[0]) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES],
+        rpn_pre_nms_top_n_train=cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+        rpn_post_nms_top_n_train=cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+        rpn_pre_nms_top_n_test=cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+        rpn_post_nms_top_n_test=cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+        box_batch_size_per_image=cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        box_head_dim=cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
+        mask_head_layers=[cfg.MODEL.ROI_MASK_HEAD.CONV_DIM] * cfg.MODEL.ROI_MASK_HEAD.NUM_CONV,
+    )
+
+
+def build_for_inference(cfg: CfgNode, device) -> tuple[torch.nn.Module, CfgNode]:
+    """detectron2's model for ``cfg`` on ``device`` (and the config it used), fetching no pretrained weights."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = str(torch.device(device))
+    cfg.MODEL.WEIGHTS = ""
+    for family in ("MOBILENETV2", "VOVNET"):  # the folder's weights replace ImageNet's: do not fetch them
+        cfg.MODEL[family].PRETRAINED = False
+    cfg.freeze()
+    return build_model(cfg), cfg
+
+
+def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model, ModelSpec, dict]:
+    """Rebuilds the detectron2 model of a model folder (see :func:`maskrcnn_finetune.model_dir.load_model_dir`).
+
+    Returns:
+        ``(model, spec, info)``; ``model`` takes and returns what a torchvision Mask R-CNN does.
+
+    Raises:
+        ModelDirError: a missing or damaged config or weights file, or weights that do not fit.
+    """
+    from maskrcnn_finetune.model_dir import WEIGHTS, ModelDirError
+
+    model_dir = Path(model_dir)
+    spec = ModelSpec.from_dict(info["model"])
+    config_path = model_dir / CONFIG_YAML
+    if not config_path.is_file():
+        raise ModelDirError(f"'{model_dir}' holds a detectron2 model but has no {CONFIG_YAML}; "
+                            "train again, or import the checkpoint again with scripts/import_detectron2.py")
+    try:
+        cfg = load_config(config_path)
+        model, cfg = build_for_inference(cfg, device)
+        fit_weights(model, model_state(load_weights_file(model_dir / WEIGHTS)), str(model_dir / WEIGHTS),
+                    len(spec.class_names))
+    except (CheckpointError, ConfigError) as exc:
+        raise ModelDirError(str(exc)) from None
+    wrapped = Detectron2Model(model, cfg).to(device).eval()
+    return wrapped, spec, info
+
+
+def import_checkpoint(weights, config, class_names: list[str], out_dir, score_threshold: float = 0.5,
+                      trusted: bool = False) -> Path:
+    """Makes a model folder from a detectron2 checkpoint, so the Predictor and the server load it.
+
+    Args:
+        weights: ``model_final.pth`` of a detectron2 run (a training checkpoint or a state dict).
+        config: the run's config yaml, or the model-zoo name it was trained from unchanged
+            (apart from the number of classes, taken from ``class_names``).
+        class_names: the class names, in the order of the training set's categories.
+        out_dir: the model folder to write (must not hold one already).
+        score_threshold: the default threshold of the Predictor and the server.
+        trusted: read a checkpoint that holds Python objects besides weights (see :func:`load_weights_file`).
+
+    Returns:
+        The model folder.
+
+    Raises:
+        ConfigError: bad class names, config, or an existing folder.
+        CheckpointError: weights that cannot be read or do not fit the config.
+    """
+    from maskrcnn_finetune.model_dir import MODEL_JSON, write_model_dir
+
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_JSON).exists():
+        raise ConfigError(f"'{out_dir}' already holds a model folder; choose another output folder")
+    class_names = [c.strip() for c in class_names if c.strip()]
+    if not class_names:
+        raise ConfigError("give the class names, in the order of the training set's categories (e.g. --classes balloon)")
+    if len(set(class_names)) != len(class_names):
+        raise ConfigError(f"class names must be distinct, got {class_names}")
+    cfg = load_config(config)
+    if not Path(config).is_file():
+        # a model-zoo name: runs take it unchanged apart from the number of classes
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(class_names):
+        raise ConfigError(f"the config says {cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes (MODEL.ROI_HEADS.NUM_CLASSES) "
+                          f"but {len(class_names)} class names were given ({', '.join(class_names)})")
+    if not cfg.MODEL.MASK_ON:
+        raise ConfigError("the config has MODEL.MASK_ON False: it is a box-only model, and this kit serves masks")
+    model, cfg = build_for_inference(cfg, "cpu")
+    fit_weights(model, model_state(load_weights_file(weights, trusted=trusted)), str(weights), len(class_names))
+    spec = spec_from_config(cfg, class_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_YAML).write_text(cfg.dump())
+    write_model_dir(out_dir, model, spec, engine="detectron2", score_threshold=score_threshold,
+                    training={"imported_from": str(Path(weights).resolve()), "config": str(config)})
+    logger.info("model folder written: %s", out_dir)
+    return out_dir

@@ -1,0 +1,179 @@
+"""The kit's options as a detectron2 config: one :class:`ModelSpec` (and a :class:`TrainConfig`
+for training) in, a detectron2 ``CfgNode`` out.
+
+ResNets come from the model-zoo configs ``COCO-InstanceSegmentation/mask_rcnn_R_{50,101}_FPN_3x.yaml``
+(with their COCO weights for ``--pretrained default``); MobileNetV2 and VoVNet are the timm
+backbones of :mod:`.timm_backbones`, which start from ImageNet weights or from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+
+from maskrcnn_finetune.config import TrainConfig
+from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.modeling.detectron2.timm_backbones import add_mobilenetv2_config, add_vovnet_config
+from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
+
+ZOO_R50 = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+ZOO_R101 = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
+# timm networks expect RGB scaled like ImageNet; detectron2 wants the statistics in 0-255
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+@dataclass(frozen=True)
+class D2Backbone:
+    """How one of the kit's backbone names is built in detectron2."""
+
+    zoo_config: str = ""  # model-zoo yaml (ResNets)
+    builder: str = ""  # a BACKBONE_REGISTRY name (timm backbones)
+    family: str = ""  # the config node the builder reads
+    timm_name: str = ""
+    fpn_channels: int = 256
+
+
+D2_BACKBONES: dict[str, D2Backbone] = {
+    "resnet50_fpn": D2Backbone(zoo_config=ZOO_R50),
+    "resnet101_fpn": D2Backbone(zoo_config=ZOO_R101),
+    "mobilenetv2_fpn": D2Backbone(builder="build_mobilenetv2_fpn_backbone", family="MOBILENETV2",
+                                  timm_name="mobilenetv2_100"),
+    "mobilenetv2_fpnlite": D2Backbone(builder="build_mobilenetv2_fpn_backbone", family="MOBILENETV2",
+                                      timm_name="mobilenetv2_100", fpn_channels=128),
+    "vovnet19_fpn": D2Backbone(builder="build_vovnet_fpn_backbone", family="VOVNET", timm_name="ese_vovnet19b_dw"),
+    "vovnet39_fpn": D2Backbone(builder="build_vovnet_fpn_backbone", family="VOVNET", timm_name="ese_vovnet39b"),
+}
+"""The kit's backbone names that the detectron2 engine can train."""
+
+
+def empty_config() -> CfgNode:
+    """detectron2's defaults plus the config keys of this kit's registered backbones."""
+    cfg = get_cfg()
+    add_mobilenetv2_config(cfg)
+    add_vovnet_config(cfg)
+    return cfg
+
+
+def load_config(path_or_zoo_name) -> CfgNode:
+    """A config from a yaml file (e.g. the ``config.yaml`` of a detectron2 run) or a model-zoo name.
+
+    Raises:
+        ConfigError: neither a file nor a model-zoo name, or keys detectron2 does not know
+            (often a config of a detectron2 project whose ``add_*_config`` this kit lacks).
+    """
+    cfg = empty_config()
+    path = Path(path_or_zoo_name)
+    if not path.is_file():
+        if path.is_absolute() or not path.suffix == ".yaml":
+            raise ConfigError(f"config '{path_or_zoo_name}' does not exist; pass the config.yaml the weights were "
+                              f"trained with, or a model-zoo name such as {ZOO_R50}")
+        try:
+            path = Path(model_zoo.get_config_file(str(path_or_zoo_name)))
+        except RuntimeError:
+            raise ConfigError(f"config '{path_or_zoo_name}' is neither an existing yaml file nor a detectron2 "
+                              f"model-zoo name (e.g. {ZOO_R50}); pass the config.yaml the weights were "
+                              "trained with") from None
+    try:
+        cfg.merge_from_file(str(path))
+    except KeyError as exc:
+        raise ConfigError(f"config '{path}' has a key detectron2 does not know ({exc}); it belongs to a detectron2 "
+                          "project this kit cannot build. Only standard Mask R-CNN configs (and this kit's "
+                          "MobileNetV2 / VoVNet backbones) can be served") from None
+    return cfg
+
+
+def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
+    """The detectron2 config of the model ``spec`` describes (and of its training, when given).
+
+    Args:
+        spec: the model description (backbone name, classes, sizes, heads).
+        train: training options (schedule, optimiser, augmentation, device, pretrained).
+
+    Returns:
+        A frozen ``CfgNode``.
+
+    Raises:
+        ConfigError: a backbone this engine cannot build, or options detectron2 cannot express.
+    """
+    if spec.backbone not in D2_BACKBONES:
+        raise ConfigError(f"backbone '{spec.backbone}' is not available with --engine detectron2; choose one of: "
+                          f"{', '.join(D2_BACKBONES)}")
+    layers = list(spec.mask_head_layers)
+    if len(set(layers)) != 1:
+        raise ConfigError(f"detectron2's mask head has convolutions of one width; --mask-head-layers {layers} "
+                          "mixes widths: repeat one value, e.g. 128 128")
+    if len(spec.anchor_sizes) != 5:
+        raise ConfigError(f"--anchor-sizes needs 5 values (one per FPN level), got {spec.anchor_sizes}")
+    choice = D2_BACKBONES[spec.backbone]
+    pretrained = train is not None and train.pretrained == "default"
+    cfg = empty_config()
+    if choice.zoo_config:
+        cfg.merge_from_file(model_zoo.get_config_file(choice.zoo_config))
+        if pretrained:
+            cfg.MODEL.WEIGHTS = model_zoo.get_checkpoint_url(choice.zoo_config)
+        else:
+            # random frozen statistics would make the network untrainable: plain BatchNorm, all stages trained
+            cfg.MODEL.WEIGHTS = ""
+            cfg.MODEL.RESNETS.NORM = "BN"
+            cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    else:
+        cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))  # the FPN heads of the zoo configs
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.BACKBONE.NAME = choice.builder
+        node = cfg.MODEL[choice.family]
+        node.TIMM_NAME = choice.timm_name
+        node.PRETRAINED = pretrained
+        node.FREEZE_BN = pretrained
+        cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUT_CHANNELS = choice.fpn_channels
+        cfg.MODEL.PIXEL_MEAN = list(IMAGENET_MEAN)
+        cfg.MODEL.PIXEL_STD = list(IMAGENET_STD)
+        cfg.INPUT.FORMAT = "RGB"
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(spec.class_names)
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in spec.anchor_sizes]
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = spec.rpn_pre_nms_top_n_train
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = spec.rpn_post_nms_top_n_train
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = spec.rpn_pre_nms_top_n_test
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = spec.rpn_post_nms_top_n_test
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = spec.box_batch_size_per_image
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = spec.box_head_dim
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = len(layers)
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = layers[0]
+    cfg.TEST.DETECTIONS_PER_IMAGE = spec.detections_per_image
+    cfg.INPUT.MIN_SIZE_TEST = spec.min_size
+    cfg.INPUT.MAX_SIZE_TEST = spec.max_size
+    cfg.INPUT.MIN_SIZE_TRAIN = (spec.min_size,)
+    cfg.INPUT.MAX_SIZE_TRAIN = spec.max_size
+    cfg.MODEL.DEVICE = "cpu"
+    if train is not None:
+        _apply_training(cfg, train)
+    cfg.freeze()
+    return cfg
+
+
+def _apply_training(cfg: CfgNode, train: TrainConfig) -> None:
+    """Schedule, optimiser, augmentation and bookkeeping of ``train`` (iterations are set by the engine)."""
+    cfg.INPUT.MIN_SIZE_TRAIN = tuple(train.train_sizes or [train.image_size])
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    cfg.INPUT.RANDOM_FLIP = "horizontal" if train.hflip > 0 else "none"
+    cfg.SOLVER.IMS_PER_BATCH = train.batch_size
+    cfg.SOLVER.BASE_LR = train.lr
+    cfg.SOLVER.MOMENTUM = train.momentum
+    cfg.SOLVER.WEIGHT_DECAY = train.weight_decay
+    cfg.SOLVER.WARMUP_ITERS = train.warmup_iters
+    cfg.SOLVER.WARMUP_FACTOR = 0.001
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR" if train.schedule == "cosine" else "WarmupMultiStepLR"
+    cfg.SOLVER.GAMMA = train.gamma
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = train.clip_grad > 0
+    # detectron2 clips each parameter's gradient by norm (the torchvision engine clips the whole model's)
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = float(train.clip_grad or 1.0)
+    cfg.SOLVER.CHECKPOINT_PERIOD = train.eval_period
+    cfg.TEST.EVAL_PERIOD = 0  # the engine evaluates with the kit's evaluator (same metrics as torchvision)
+    cfg.DATALOADER.NUM_WORKERS = train.num_workers
+    cfg.SEED = train.seed
