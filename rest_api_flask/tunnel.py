@@ -126,7 +126,13 @@ def open_colab_proxy(port: int) -> Tunnel:
     except ImportError:
         raise TunnelError("--tunnel colab works only inside Google Colab; elsewhere use --tunnel ngrok "
                           "(or none, and open the local URL)") from None
-    url = eval_js(f"google.colab.kernel.proxyPort({int(port)})")
+    try:
+        url = eval_js(f"google.colab.kernel.proxyPort({int(port)})")
+    except Exception as exc:  # noqa: BLE001 - eval_js fails in many ways outside the notebook's kernel
+        raise TunnelError(f"Colab's proxy can only be asked for from the notebook's kernel ({type(exc).__name__}: "
+                          f"{exc}); a server started with !python or in the background cannot. In a notebook cell, "
+                          f"run maskrcnn_finetune.colab.proxy_url({int(port)}) (03_serve does), or use --tunnel ngrok"
+                          ) from None
     if not url:
         raise TunnelError("Colab did not give a proxy URL for the port; use --tunnel ngrok instead")
     return Tunnel("colab", str(url).rstrip("/"))

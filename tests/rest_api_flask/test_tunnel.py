@@ -94,3 +94,14 @@ def test_colab_proxy(monkeypatch):
     tunnel = open_tunnel("colab", 5000)
     assert tunnel.public_url == "https://5000-m-s-abc.colab.googleusercontent.com"
     assert open_tunnel("none", 5000) is None
+
+
+def test_colab_proxy_from_a_server_process_says_what_to_do(monkeypatch):
+    _fake_colab(monkeypatch, {})
+
+    def no_kernel(js):  # what eval_js does in a process that is not the notebook's kernel
+        raise AttributeError("'NoneType' object has no attribute 'kernel'")
+
+    monkeypatch.setattr(sys.modules["google.colab.output"], "eval_js", no_kernel)
+    with pytest.raises(TunnelError, match=r"notebook's kernel.*proxy_url\(5000\)"):
+        open_tunnel("colab", 5000)

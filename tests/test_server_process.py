@@ -1,0 +1,113 @@
+"""The server as a notebook's background process, against the real server (waitress) and a tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from maskrcnn_finetune.config import resolve_config
+from maskrcnn_finetune.engines import train
+from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.server_process import ServerStartError, server_command, start_server
+
+from training_options import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("served") / "m"
+    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="mobilenetv2_fpnlite",
+                         **{**TINY_MODEL, "detections_per_image": 5})
+    return train(cfg)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_command_line():
+    cmd = server_command("m", "u", "o", port=5001, tunnel="ngrok", infer_with_cpu=True, threshold=0.3,
+                         extra_args=["--api-key", "k"])
+    assert cmd[:4] == [sys.executable, "-u", "-m", "rest_api_flask"]
+    assert cmd[4:] == ["--model-dir", "m", "--upload-folder", "u", "--output-folder", "o", "--host", "127.0.0.1",
+                       "--port", "5001", "--use-ngrok", "--infer-with-cpu", "--threshold", "0.3", "--api-key", "k"]
+    assert "--use-ngrok" not in server_command("m", "u", "o")
+    with pytest.raises(KitError, match="proxy_url"):
+        server_command("m", "u", "o", tunnel="colab")
+
+
+@pytest.mark.slow
+def test_start_predict_stop(model_dir, tiny_coco, tmp_path, monkeypatch):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    with start_server(model_dir, tmp_path / "up", tmp_path / "out", threshold=0.0) as server:
+        assert server.running and server.public_url is None
+        assert server.url == f"http://127.0.0.1:{server.port}"
+        assert server.health()["status"] == "ok"
+        val = json.loads(tiny_coco["val"].read_text())
+        image = tiny_coco["val"].parent / val["images"][0]["file_name"]
+        with image.open("rb") as fh:
+            answer = requests.post(f"{server.url}/api/v1/predict", files={"image": fh}, timeout=120).json()
+        assert answer["image"]["width"] == val["images"][0]["width"]
+        overlay = requests.get(server.url + answer["links"]["overlay"], timeout=60)
+        assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+        port = server.port
+    assert not server.running and server.process.returncode == 0  # SIGTERM ends it cleanly
+    assert _port_is_free(port)
+    log = (tmp_path / "out" / "server.log").read_text()
+    assert f"Serving on http://127.0.0.1:{port}" in log and "model warmed up" in log
+    assert server.stop() == 0  # a second stop is harmless
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_start_says_why(tmp_path, monkeypatch):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    with pytest.raises(ServerStartError) as info:
+        start_server(tmp_path / "no_model", tmp_path / "up", tmp_path / "out", timeout=120)
+    message = str(info.value)
+    assert "exited with code 2" in message
+    assert "does not exist" in message and "--model-dir" in message  # the server's own explanation
+    assert str(tmp_path / "out" / "server.log") in message
+
+
+@pytest.mark.slow
+def test_without_a_tunnel_the_server_keeps_serving_locally(model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    with start_server(model_dir, tmp_path / "up", tmp_path / "out", tunnel="ngrok", tunnel_timeout=120) as server:
+        assert server.public_url is None
+        assert "authtoken" in server.tunnel_error  # the server's advice: where to get one
+        assert server.health()["status"] == "ok"
+        assert "--use-ngrok" in server.process.args
+
+
+@pytest.mark.slow
+def test_a_server_that_does_not_answer_in_time_is_stopped(model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    with pytest.raises(ServerStartError, match=r"did not print 'Serving on \.\.\.' within 1 s") as info:
+        start_server(model_dir, tmp_path / "up", tmp_path / "out", timeout=1.0)  # loading the model takes longer
+    assert "Fix the problem it names" in str(info.value)
+    assert _children_with(str(tmp_path / "out")) == []  # the process was ended, not left behind
+
+
+def _children_with(text: str) -> list[int]:
+    """Child processes of this test run whose command line holds ``text`` (Linux /proc)."""
+    import os
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                status = (proc / "status").read_text()
+            except OSError:
+                continue
+            ppid = int(re.search(r"PPid:\s+(\d+)", status).group(1))
+            if text in cmdline and ppid == os.getpid():
+                pids.append(int(proc.name))
+    return pids
