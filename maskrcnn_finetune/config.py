@@ -80,24 +80,26 @@ PRESETS: dict[str, dict] = {
     # A CPU without pretrained weights: small images, a light backbone, a schedule that fits
     # about ten minutes on two cores. Measured in benchmarks/RESULTS.md.
     "demo": dict(
-        backbone="mobilenetv2_fpnlite",
+        # plain 3x3 convolutions (ResNet-18, 128-channel FPN) learn faster from scratch per CPU
+        # second than MobileNetV2's depthwise ones: 0.84 against 0.55 mask AP50 on the demo data
+        backbone="resnet18_fpn",
         pretrained="none",
-        max_iter=450,
+        max_iter=800,
         batch_size=4,
         optimizer="adamw",
-        lr=1e-3,
+        lr=1.5e-3,
         weight_decay=1e-4,
         warmup_iters=50,
         schedule="cosine",
-        image_size=256,
-        max_size=400,
-        train_sizes=[224, 256, 288],
+        image_size=192,
+        max_size=320,
+        train_sizes=[160, 192, 224],
         box_batch_size_per_image=128,
         rpn_pre_nms_top_n_train=600,
         rpn_post_nms_top_n_train=300,
         box_head_dim=256,
-        mask_head_layers=[128, 128],
-        eval_period=150,
+        mask_head_layers=[64, 64],  # the mask head ran on every positive RoI: [128, 128] cost a fifth of the time
+        eval_period=200,
         device="cpu",
     ),
     # Fine-tuning pretrained weights on a GPU (Colab): the usual detectron2-style recipe.
