@@ -196,3 +196,30 @@ def draw_predictions_grid(predictor, image_paths: list, out_png, threshold: floa
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """A binary mask as a ``(H, W)`` uint8 picture of 0 and 255 (what a mask PNG holds)."""
+    return mask.astype(np.uint8) * 255
+
+
+def crop_instance(image: np.ndarray, mask: np.ndarray, box) -> np.ndarray:
+    """One instance cut out of the image: its box, RGBA, the pixels outside its mask transparent.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        mask: ``(H, W)`` bool, the instance's mask.
+        box: ``x0, y0, x1, y1`` in pixels; a degenerate box falls back to the mask's extent.
+
+    Returns:
+        ``(h, w, 4)`` uint8; ``(1, 1, 4)`` transparent for an empty mask and box.
+    """
+    height, width = mask.shape
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+    if x1 <= x0 or y1 <= y0:
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return np.zeros((1, 1, 4), dtype=np.uint8)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    return np.dstack([image[y0:y1, x0:x1], mask_image(mask[y0:y1, x0:x1])])

@@ -24,7 +24,7 @@ from flask import Flask, current_app
 from PIL import Image
 
 from maskrcnn_finetune.structures import Instances
-from maskrcnn_finetune.visualize import draw_instances
+from maskrcnn_finetune.visualize import crop_instance, draw_instances, mask_image
 from rest_api_flask.encoding import coco_results
 from rest_api_flask.errors import ApiError
 
@@ -44,21 +44,12 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def mask_png(mask: np.ndarray) -> bytes:
     """A binary mask as a one-channel PNG of 0 and 255 at the mask's size."""
-    return png_bytes(mask.astype(np.uint8) * 255)
+    return png_bytes(mask_image(mask))
 
 
 def crop_png(image: np.ndarray, mask: np.ndarray, box) -> bytes:
-    """The instance cut out of the image: its box, with the pixels outside the mask transparent."""
-    height, width = mask.shape
-    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x1, y1 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
-    if x1 <= x0 or y1 <= y0:  # a degenerate box: fall back to the mask's own extent
-        ys, xs = np.nonzero(mask)
-        if len(xs) == 0:
-            return png_bytes(np.zeros((1, 1, 4), dtype=np.uint8))
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    rgba = np.dstack([image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255])
-    return png_bytes(rgba)
+    """The instance cut out of the image (see :func:`maskrcnn_finetune.visualize.crop_instance`) as PNG."""
+    return png_bytes(crop_instance(image, mask, box))
 
 
 def zip_name(index: int, class_name: str) -> str:

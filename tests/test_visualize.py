@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from maskrcnn_finetune.structures import Instances
-from maskrcnn_finetune.visualize import class_colors, draw_instances, plot_backbone_comparison, plot_training_curves
+from maskrcnn_finetune.visualize import (class_colors, crop_instance, draw_instances, mask_image, plot_backbone_comparison,
+                                         plot_training_curves)
 
 
 def test_overlay_tints_only_the_masked_pixels():
@@ -41,3 +42,20 @@ def test_training_curves_and_comparison_chart(tmp_path):
             {"backbone": "b", "ms_per_image": 50, "val_box_AP50": 0.4, "val_mask_AP50": 0.3, "device": "cpu"}]
     with Image.open(plot_backbone_comparison(rows, tmp_path / "cmp.png")) as img:
         assert np.asarray(img.convert("L")).std() > 10
+
+
+def test_mask_picture_crop_and_union():
+    image = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    masks = np.zeros((2, 20, 30), dtype=bool)
+    masks[0, 2:6, 3:9] = True
+    masks[1, 4:10, 5:12] = True  # overlaps the first
+    assert set(np.unique(mask_image(masks[0]))) == {0, 255} and mask_image(masks[0]).shape == (20, 30)
+    crop = crop_instance(image, masks[0], [3, 2, 9, 6])
+    assert crop.shape == (4, 6, 4) and (crop[..., :3] == image[2:6, 3:9]).all() and (crop[..., 3] == 255).all()
+    partial = crop_instance(image, masks[1], [3, 2, 12, 10])  # box wider than the mask: outside is transparent
+    assert partial.shape == (8, 9, 4) and (partial[..., 3] > 0).sum() == masks[1].sum()
+    assert crop_instance(image, np.zeros((20, 30), bool), [5, 5, 5, 5]).shape == (1, 1, 4)
+    inst = Instances((20, 30), np.zeros((2, 4), np.float32), np.array([0.9, 0.8], np.float32), np.array([0, 0]), masks, ["a"])
+    union = masks[0] | masks[1]
+    assert (inst.union_mask() == union).all()
+    assert inst.masked_fraction() == union.sum() / 600  # overlapping pixels count once
