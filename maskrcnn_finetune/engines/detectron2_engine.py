@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskrcnn_finetune.config import TrainConfig, check_config
-from maskrcnn_finetune.data.coco import CocoData, load_coco
+from maskrcnn_finetune.data.coco import CocoData
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling.detectron2 import require_detectron2
 
@@ -45,9 +45,10 @@ from detectron2.modeling import build_model as build_d2_model  # noqa: E402
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
-from maskrcnn_finetune.engines.torchvision_engine import TrainingError, log_eval, spec_for, open_tensorboard  # noqa: E402
+from maskrcnn_finetune.engines.torchvision_engine import (  # noqa: E402
+    TrainingError, load_train_val, log_eval, open_tensorboard, refuse_to_overwrite, spec_for)
 from maskrcnn_finetune.evaluate import evaluate_predictor  # noqa: E402
-from maskrcnn_finetune.model_dir import MODEL_JSON, write_model_dir  # noqa: E402
+from maskrcnn_finetune.model_dir import write_model_dir  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.checkpoints import CONFIG_YAML, TrustedCheckpointer  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
@@ -267,15 +268,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         raise ConfigError("--amp on needs a GPU; use --amp auto on the CPU")
     out = Path(cfg.output_dir)
     has_checkpoint = (out / "last_checkpoint").exists()
-    if not cfg.resume and ((out / MODEL_JSON).exists() or has_checkpoint):
-        raise ConfigError(f"'{out}' already holds a training run; pass --resume to continue it, "
-                          "or choose another --output-dir (nothing was overwritten)")
-
-    train_data = load_coco(cfg.train_json)
-    val_data = load_coco(cfg.val_json) if cfg.val_json else None
-    if val_data is not None and val_data.class_names != train_data.class_names:
-        raise ConfigError(f"train and val json have different categories ({train_data.class_names} vs "
-                          f"{val_data.class_names}); convert both with the same --labels")
+    refuse_to_overwrite(out, cfg.resume, has_checkpoint)
+    train_data, val_data = load_train_val(cfg)
     max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(train_data.images) / cfg.batch_size))
     spec = spec_for(cfg, train_data.class_names)
     d2_cfg = _d2_config(cfg, spec, device, max_iter, register_dataset(train_data), out)

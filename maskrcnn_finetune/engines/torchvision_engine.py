@@ -164,6 +164,23 @@ def _evaluate(model, spec, device, cfg, val_data) -> dict:
     return metrics
 
 
+def refuse_to_overwrite(out: Path, resume: bool, holds_checkpoint: bool) -> None:
+    """Raises :class:`ConfigError` when ``out`` holds a run and ``--resume`` was not given."""
+    if not resume and ((out / MODEL_JSON).exists() or holds_checkpoint):
+        raise ConfigError(f"'{out}' already holds a training run; pass --resume to continue it, "
+                          "or choose another --output-dir (nothing was overwritten)")
+
+
+def load_train_val(cfg: TrainConfig):
+    """The validated train and val :class:`CocoData` (val None when not given), with the same classes."""
+    train_data = load_coco(cfg.train_json)
+    val_data = load_coco(cfg.val_json) if cfg.val_json else None
+    if val_data is not None and val_data.class_names != train_data.class_names:
+        raise ConfigError(f"train and val json have different categories ({train_data.class_names} vs "
+                          f"{val_data.class_names}); convert both with the same --labels")
+    return train_data, val_data
+
+
 def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     """Trains Mask R-CNN as ``cfg`` says and writes the model folder ``cfg.output_dir``.
 
@@ -188,15 +205,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     main = rank == 0
     out = Path(cfg.output_dir)
     ckpt_path = out / CHECKPOINT
-    if not cfg.resume and ((out / MODEL_JSON).exists() or ckpt_path.exists()):
-        raise ConfigError(f"'{out}' already holds a training run; pass --resume to continue it, "
-                          "or choose another --output-dir (nothing was overwritten)")
-
-    train_data = load_coco(cfg.train_json)
-    val_data = load_coco(cfg.val_json) if cfg.val_json else None
-    if val_data is not None and val_data.class_names != train_data.class_names:
-        raise ConfigError(f"train and val json have different categories ({train_data.class_names} vs "
-                          f"{val_data.class_names}); convert both with the same --labels")
+    refuse_to_overwrite(out, cfg.resume, ckpt_path.exists())
+    train_data, val_data = load_train_val(cfg)
     dataset = CocoInstanceDataset(train_data)
     max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(dataset) / (cfg.batch_size * world)))
     spec = spec_for(cfg, train_data.class_names)
