@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             if not torch.isfinite(loss):
                 parts = ", ".join(f"{k}={float(v.detach()):.3g}" for k, v in losses.items())
                 raise TrainingError(
-                    f"the loss became {float(loss)} at iteration {iteration + 1} ({parts}). Lower --lr "
+                    f"the loss became {float(loss.detach())} at iteration {iteration + 1} ({parts}). Lower --lr "
                     f"(now {cfg.lr}), keep --clip-grad on, or check the annotations for tiny or broken objects. "
                     f"The last checkpoint in {out} is kept; --resume continues from it")
             optimizer.zero_grad(set_to_none=True)
