@@ -39,7 +39,14 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--model-dir", required=True, help="a model folder written by scripts/train.py")
+    parser.add_argument("--model-dir", required=True,
+                        help="a model folder written by scripts/train.py, or a bare detectron2 model_final.pth "
+                             "(with --d2-config and --classes)")
+    parser.add_argument("--d2-config", default=None,
+                        help="with a bare detectron2 .pth: its config yaml, or the model-zoo config name it was trained from")
+    parser.add_argument("--classes", default=None, help="with a bare detectron2 .pth: class names in category order, comma-separated")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="with a bare detectron2 .pth holding Python objects besides weights (only files you trust)")
     parser.add_argument("--upload-folder", default="uploads",
                         help="received images are kept here; the legacy routes read images from here")
     parser.add_argument("--output-folder", default="outputs/served", help="result files are written here")
@@ -79,11 +86,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.retention_minutes < 0:
         raise ConfigError("--retention-minutes must be 0 (keep results) or positive")
-    if Path(args.model_dir).is_file():
-        raise ConfigError(f"--model-dir '{args.model_dir}' is a file; pass a model folder. A bare detectron2 "
-                          "model_final.pth becomes one with: python scripts/import_detectron2.py --weights "
-                          f"{args.model_dir} --config CONFIG.yaml --classes NAMES --output-dir DIR")
-    if not Path(args.model_dir).is_dir():
+    if Path(args.model_dir).is_file() and not (args.d2_config and args.classes):
+        raise ConfigError(f"--model-dir '{args.model_dir}' is a file; pass a model folder, or serve a bare detectron2 "
+                          "model_final.pth with --d2-config CONFIG.yaml --classes NAMES (or import it once with "
+                          f"python scripts/import_detectron2.py --weights {args.model_dir} --config CONFIG.yaml "
+                          "--classes NAMES --output-dir DIR)")
+    if not Path(args.model_dir).is_dir() and not Path(args.model_dir).is_file():
         raise ConfigError(f"model folder '{args.model_dir}' does not exist; pass --model-dir with the "
                           "--output-dir of a training run (it holds model.json and model_final.pth)")
 
@@ -100,6 +108,29 @@ def check_port_free(host: str, port: int) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                           "(0 picks a free one) or stop the program that uses it") from None
+
+
+def model_folder_of_weights(args: argparse.Namespace) -> Path:
+    """The model folder of a bare detectron2 checkpoint, made once inside --output-folder.
+
+    The folder is named after the checkpoint's content, so the same file is imported once and
+    another file never reuses a stale folder.
+    """
+    from maskrcnn_finetune.data.download import sha256_of
+    from maskrcnn_finetune.model_dir import MODEL_JSON
+    from maskrcnn_finetune.modeling.detectron2 import require_detectron2
+
+    require_detectron2()
+    from maskrcnn_finetune.modeling.detectron2.checkpoints import import_checkpoint
+
+    weights = Path(args.model_dir)
+    folder = Path(args.output_folder) / "models" / f"{weights.stem}-{sha256_of(weights)[:12]}"
+    if not (folder / MODEL_JSON).exists():
+        classes = [name.strip() for name in args.classes.split(",")]
+        import_checkpoint(weights, args.d2_config, classes, folder, score_threshold=args.threshold,
+                          trusted=args.trust_checkpoint)
+        say(f"imported {weights} into the model folder {folder}")
+    return folder
 
 
 def say(text: str) -> None:
@@ -155,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     check_port_free(args.host, args.port)
     from rest_api_flask import create_app
     from rest_api_flask.config import config_from_args
+
+    if Path(args.model_dir).is_file():
+        args.model_dir = str(model_folder_of_weights(args))
 
     app = create_app(config_from_args(args))
     try:

@@ -244,6 +244,39 @@ def test_imported_detectron2_checkpoint_predicts_identically(detectron2_run, tin
 
 
 @pytest.mark.slow
+def test_the_server_serves_a_bare_checkpoint_as_the_older_kits_did(detectron2_run, tiny_coco, tmp_path):
+    import requests
+
+    run, _ = detectron2_run
+    out = tmp_path / "served"
+    cmd = [sys.executable, str(ROOT / "rest_api_flask" / "flask_app.py"), "--model-dir", str(run / "model_final.pth"),
+           "--d2-config", str(run / "config.yaml"), "--classes", "circle,square,triangle", "--upload-folder",
+           str(tmp_path / "up"), "--output-folder", str(out), "--port", "0", "--threshold", "0", "--infer-with-cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**__import__("os").environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Serving on http://"):
+                break
+        assert lines and lines[-1].startswith("Serving on"), "".join(lines)
+        url = lines[-1].split("Serving on ", 1)[1].strip()
+        model = requests.get(url + "/api/v1/model", timeout=10).json()
+        assert model["engine"] == "detectron2" and model["classes"] == ["circle", "square", "triangle"]
+        path = _val_image(tiny_coco)
+        body = requests.post(url + "/api/v1/predict", files={"image": (path.name, path.read_bytes())}, timeout=60).json()
+        folders = list((out / "models").iterdir())  # imported once, inside the output folder
+        assert len(folders) == 1 and (folders[0] / "model.json").exists()
+        direct = Predictor.from_dir(folders[0], score_threshold=0.0)(path)
+        assert body["num_instances"] == len(direct) > 0
+        assert np.allclose([i["score"] for i in body["instances"]], direct.scores, atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
 def test_import_explains_mismatches_and_untrusted_files(detectron2_run, tmp_path):
     run, _ = detectron2_run
     weights, config = run / "model_final.pth", run / "config.yaml"
