@@ -11,7 +11,6 @@ import atexit
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -34,13 +33,6 @@ TUNNELS = ("none", "ngrok")
 
 class ServerStartError(KitError):
     """The server process stopped or did not answer in time; the message holds the end of its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.0.0.1", port: int = 5000,
@@ -183,7 +175,7 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
     output_folder, upload_folder = Path(output_folder), Path(upload_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     upload_folder.mkdir(parents=True, exist_ok=True)
-    port = free_port(host) if port is None else port
+    port = 0 if port is None else port  # 0: the server binds a free port and prints it
     cmd = server_command(model_dir, upload_folder, output_folder, host=host, port=port, tunnel=tunnel,
                          infer_with_cpu=infer_with_cpu, threshold=threshold, extra_args=extra_args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         source = "git" if github_reachable() else "wheel"
         logger.info("source: %s (%s)", source, "GitHub is reachable" if source == "git" else "GitHub is not reachable")
     version = installed_version()
-    # the wheel's code says 0.7.2; upstream git still says 0.6
-    wanted_here = version == WHEEL_VERSION if source == "wheel" else version is not None
+    # any detectron2 already here will do (the wheel's code says 0.7.2, upstream git 0.6): the
+    # offline wheel must never replace a compiled upstream build
+    wanted_here = version is not None
     if wanted_here and not args.force:
         logger.info("detectron2 %s is already installed in %s; nothing to do (--force reinstalls)",
                     version, sys.prefix)

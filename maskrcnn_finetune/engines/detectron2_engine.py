@@ -305,8 +305,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     logger.info("training %s (detectron2) on %d images (%d classes) for %d iterations on %s", spec.backbone,
                 len(train_data.images), len(spec.class_names), max_iter, device)
 
+    finished = False
     try:
         trainer.train()
+        finished = True
     except _StopRequested:
         return out
     except FloatingPointError as exc:
@@ -318,6 +320,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             trainer.checkpointer.save(CHECKPOINT, iteration=trainer.iter - 1)
             logger.warning("interrupted at iteration %d; checkpoint saved, --resume continues", trainer.iter)
         raise
+    finally:
+        if not finished and hook.writer is not None:  # a stopped run keeps its TensorBoard events too
+            hook.writer.close()
     return _finish(cfg, trainer, spec, d2_cfg, device, val_data, out, hook)
 
 
