@@ -76,6 +76,16 @@ def _from_file(storage: FileStorage) -> tuple[bytes, str | None]:
     return storage.read(), clean_filename(storage.filename)
 
 
+def _check_count(count: int, batch: bool) -> None:
+    """Refuses more images than the route takes, before any of them is decoded or fetched."""
+    if not batch and count > 1:
+        raise ApiError(f"{count} images were sent to /api/v1/predict, which takes one; send several to "
+                       "/api/v1/predict/batch (multipart field 'images')", 400)
+    limit = current_app.config["MAX_BATCH"]
+    if count > limit:
+        raise ApiError(f"a batch holds at most {limit} images, got {count}; split it into several requests", 413)
+
+
 def read_images(batch: bool) -> tuple[list[tuple[bytes, str | None]], dict | None]:
     """The images of a request as ``[(bytes, clean file name or None)]`` and the JSON body (if any).
 
@@ -89,6 +99,7 @@ def read_images(batch: bool) -> tuple[list[tuple[bytes, str | None]], dict | Non
             sent = ", ".join(repr(k) for k in list(request.files) + list(request.form)) or "none"
             raise ApiError(f"no file in the multipart field '{fields[0]}' (fields sent: {sent}); "
                            f"send the image as a file field named '{fields[0]}'", 400)
+        _check_count(len(files), batch)
         return [_from_file(f) for f in files], None
     if request.is_json:
         body = _json_body()
@@ -98,6 +109,7 @@ def read_images(batch: bool) -> tuple[list[tuple[bytes, str | None]], dict | Non
         if not isinstance(items, list) or not items:
             raise ApiError("a batch JSON body must be a non-empty list of {\"image_base64\": ...} or "
                            "{\"url\": ...} objects (or {\"images\": [...]})", 400)
+        _check_count(len(items), batch)  # before any URL is fetched
         return [_from_json_item(item, f"image {i}") for i, item in enumerate(items)], body if isinstance(body, dict) else None
     if not request.get_data(cache=True):
         raise ApiError("the request is empty; send multipart/form-data with a file field 'image', or JSON "
@@ -168,9 +180,6 @@ def predict_batch():
     """Several images (multipart ``images`` repeated, or a JSON list) -> ``{"results": [...]}``."""
     start = time.perf_counter()
     items, body = read_images(batch=True)
-    limit = current_app.config["MAX_BATCH"]
-    if len(items) > limit:
-        raise ApiError(f"a batch holds at most {limit} images, got {len(items)}; split it into several requests", 413)
     threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
     polygons = str(request_param("polygons", body) or "").lower() in _TRUE
     return jsonify(results=predict_many(items, threshold, polygons, start))

@@ -115,6 +115,10 @@ def _legacy_result(image: np.ndarray, instances: Instances, output_name: str) ->
 
 
 def _predict_files(names: list[str], threshold: float) -> dict:
+    limit = current_app.config["MAX_BATCH"]
+    if len(names) > limit:  # one request must not hold the model and the memory for a whole folder
+        raise ApiError(f"{len(names)} images in one request, the server takes at most {limit}; ask for them in "
+                       "groups with /api/detect-area-by-name", 413)
     upload = Path(current_app.config["UPLOAD_FOLDER"])
     max_pixels = current_app.config["MAX_PIXELS"]
     data = {}
@@ -172,5 +176,5 @@ def detect_area_by_name():
         raise ApiError("missing field 'image_names': send a list of file names in the upload folder, "
                        "e.g. [\"a.png\"]", 400)
     threshold = _threshold(body, required=False)
-    clean = [_plain_name(name, "image_names") for name in names]
+    clean = list(dict.fromkeys(_plain_name(name, "image_names") for name in names))  # each image once
     return jsonify(data=_predict_files(clean, threshold), status_code=200)

@@ -53,9 +53,8 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the image") -> np.nd
             width, height = img.size
     except UnidentifiedImageError:
         raise ApiError(f"{what} is not an image the server can read; {_FORMATS_HINT}", 415) from None
-    except Image.DecompressionBombError:
-        raise ApiError(f"{what} has more pixels than the server accepts ({max_pixels:,}); "
-                       "send a smaller image or start the server with a larger --max-pixels", 413) from None
+    except Image.DecompressionBombError:  # Pillow's own limit, above any --max-pixels it makes sense to give
+        raise ApiError(f"{what} has more pixels than can be decoded safely; send a smaller image", 413) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ApiError(f"{what} is damaged ({exc}); {_FORMATS_HINT}", 422) from None
     if width * height > max_pixels:
@@ -107,6 +106,8 @@ def _refusal(address: ipaddress._BaseAddress, allow_loopback: bool) -> str | Non
         return "a link-local address (this includes cloud metadata services)"
     if address.is_private:
         return "a private network address"
+    if not address.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT, some clouds' metadata services)
+        return "an address that is not on the public internet"
     return None
 
 

@@ -73,6 +73,10 @@ def test_detect_area_all_and_by_name(client, sample_paths, folders):
     one = sample_paths[0].name
     named = client.post("/api/detect-area-by-name", json={"image_names": [one], "threshold_value": 0.0}).get_json()
     assert list(named["data"]) == [one]
+    repeated = client.post("/api/detect-area-by-name", json={"image_names": [one] * 1000, "threshold_value": 0.0})
+    assert repeated.status_code == 200 and list(repeated.get_json()["data"]) == [one]  # each name runs once
+    many = client.post("/api/detect-area-by-name", json={"image_names": [f"{i}.png" for i in range(17)]})
+    assert many.status_code == 413 and "at most 16" in many.get_json()["data"]
     assert named["data"][one]["detected_bounding_boxes"] == every["data"][one]["detected_bounding_boxes"]
     assert (output / f"{sample_paths[0].stem}_output.png").is_file()
     assert client.post("/api/detect-area-all", json={}).status_code == 400

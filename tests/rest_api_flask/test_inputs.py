@@ -160,11 +160,22 @@ def test_url_images_are_fetched_with_the_test_switch(url_client, client, http_se
     ("http://169.254.169.254/latest/meta-data/", "link-local"),
     ("http://[::ffff:169.254.169.254]/", "link-local"),
     ("http://0.0.0.0/x.png", "reserved"),
+    ("http://100.100.100.200/latest/meta-data/", "not on the public internet"),  # shared range (CGNAT)
     ("file:///etc/passwd", "http"),
     ("ftp://example.com/x.png", "http"),
 ])
 def test_internal_urls_are_refused(client, url, words):
     assert words in _error(client.post("/api/v1/predict", json={"url": url}), 400)
+
+
+def test_batch_size_and_single_image_are_checked_before_any_fetch(url_client, http_server, sample_png):
+    url = http_server.serve("/many.png", sample_png)
+    too_many = url_client.post("/api/v1/predict/batch", json=[{"url": url}] * 17)
+    assert too_many.status_code == 413 and "at most 16" in too_many.get_json()["error"]
+    assert http_server.count("/many.png") == 0  # refused before a single download
+    two = url_client.post("/api/v1/predict", data={"image": [(io.BytesIO(sample_png), "a.png"), (io.BytesIO(sample_png), "b.png")]},
+                          content_type="multipart/form-data")
+    assert two.status_code == 400 and "/api/v1/predict/batch" in two.get_json()["error"]
 
 
 def test_every_resolved_address_is_checked(monkeypatch):
