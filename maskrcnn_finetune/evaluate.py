@@ -18,6 +18,12 @@ from maskrcnn_finetune.structures import Instances
 logger = logging.getLogger(__name__)
 
 
+def encode_rle(mask: np.ndarray) -> dict:
+    """A boolean ``(H, W)`` mask as COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' encoding)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def instances_to_coco(instances: Instances, image_id: int, category_ids: list[int]) -> list[dict]:
     """COCO result entries (box xywh and mask RLE) for one image.
 
@@ -27,14 +33,12 @@ def instances_to_coco(instances: Instances, image_id: int, category_ids: list[in
     results = []
     for k in range(len(instances)):
         x0, y0, x1, y1 = (float(v) for v in instances.boxes[k])
-        rle = mask_utils.encode(np.asfortranarray(instances.masks[k].astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
         results.append({
             "image_id": int(image_id),
             "category_id": int(category_ids[instances.class_ids[k]]),
             "bbox": [x0, y0, x1 - x0, y1 - y0],
             "score": float(instances.scores[k]),
-            "segmentation": rle,
+            "segmentation": encode_rle(instances.masks[k]),
         })
     return results
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from maskrcnn_finetune.evaluate import encode_rle, instances_to_coco
 from maskrcnn_finetune.structures import Instances
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """A boolean ``(H, W)`` mask as COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' encoding)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: dict) -> np.ndarray:
@@ -70,14 +65,4 @@ def instances_json(instances: Instances, result_id: str, polygons: bool = False)
 
 def coco_results(instances: Instances, image_id: int = 1) -> list[dict]:
     """The instances as a COCO results list (what ``COCO.loadRes`` reads); category ids start at 1."""
-    results = []
-    for k in range(len(instances)):
-        x0, y0, x1, y1 = (float(v) for v in instances.boxes[k])
-        results.append({
-            "image_id": image_id,
-            "category_id": int(instances.class_ids[k]) + 1,
-            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": round(float(instances.scores[k]), 5),
-            "segmentation": encode_rle(instances.masks[k]),
-        })
-    return results
+    return instances_to_coco(instances, image_id, list(range(1, len(instances.class_names) + 1)))
