@@ -8,6 +8,7 @@ and output folders, missing fields are a 400, and concurrent requests do not sha
 from __future__ import annotations
 
 import base64
+import glob
 import io
 import os
 from pathlib import Path
@@ -104,6 +105,11 @@ def _legacy_result(image: np.ndarray, instances: Instances, output_name: str) ->
         jpeg = _encode(_crop(image, instances.boxes[k]), "JPEG")
         _write_atomic(output / f"{Path(output_name).stem}_partial_{k}.jpg", jpeg)
         partials.append({f"partial_image_{k}": base64.b64encode(jpeg).decode("ascii")})
+    # crops of an earlier answer under the same name that found more instances would pass for this one's
+    for stale in output.glob(f"{glob.escape(Path(output_name).stem)}_partial_*.jpg"):
+        index = stale.stem.rsplit("_", 1)[-1]
+        if index.isdigit() and int(index) >= len(instances):
+            stale.unlink(missing_ok=True)
     return {
         "detected_bounding_boxes": boxes,
         "output_image": base64.b64encode(drawn).decode("ascii"),

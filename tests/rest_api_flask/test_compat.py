@@ -39,6 +39,9 @@ def test_detect_area_base64_answers_the_old_shape_and_honours_the_threshold(clie
     assert (upload / "my_input.png").read_bytes() == sample_png
     assert (output / "my_output.png").read_bytes() == base64.b64decode(data["output_image"])
     assert sorted(p.name for p in output.glob("my_output_partial_*.jpg")) == [f"my_output_partial_{k}.jpg" for k in range(expected)]
+    # the same output name again with fewer instances: no crop of the first answer is left behind
+    again = client.post("/api/detect-area-base64", json={**payload, "threshold_value": 1.0}).get_json()
+    assert again["data"]["partial_images"] == [] and not list(output.glob("my_output_partial_*.jpg"))
 
 
 @pytest.mark.parametrize("missing", ["threshold_value", "image_string", "input_image_name", "output_image_name"])
