@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.errors import ConfigError, KitError
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,14 @@ def install_detectron2(source: str = DETECTRON2_SOURCE) -> bool:
     # as scripts/install_detectron2.py --source git does (scripts/ is not part of an installed kit):
     # its setup.py imports torch, so build without isolation against Colab's own torch, and keep
     # setuptools<81 for the pkg_resources its model zoo imports
-    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-    subprocess.run(pip + ["setuptools<81", "wheel", "ninja"], check=True)
-    subprocess.run(pip + ["--no-build-isolation", source], check=True)
+    pip = [sys.executable, "-m", "pip", "install"]
+    try:
+        subprocess.run(pip + ["--quiet", "setuptools<81", "wheel", "ninja"], check=True)
+        logger.info("building detectron2 from %s: several minutes, pip's output follows", source)
+        subprocess.run(pip + ["--no-build-isolation", source], check=True)  # not --quiet: a long build shows progress
+    except subprocess.CalledProcessError as exc:
+        raise KitError(f"installing detectron2 failed (pip exited with {exc.returncode}; its output is above). "
+                       "Choose the torchvision engine, which needs no build, or try again on a GPU runtime") from None
     importlib.invalidate_caches()
     return importlib.util.find_spec("detectron2") is not None
 
