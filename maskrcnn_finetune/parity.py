@@ -1,0 +1,171 @@
+"""Do two runs of a model predict the same thing? The check behind every faster inference path.
+
+A faster path (bf16 on the CPU, an exported TorchScript model, ...) is only allowed when its
+predictions match the plain fp32 model's on the same images:
+
+- the same instances above the threshold: every instance of one run is matched, by class and
+  mask overlap, to an instance of the other;
+- each matched pair's masks overlap with IoU >= ``min_mask_iou`` (0.95);
+- each matched pair's scores differ by at most ``score_tolerance`` (0.05).
+
+An instance whose score lies within ``score_tolerance`` of the threshold may be present in one
+run and absent from the other: a score allowed to move by 0.05 may cross the threshold.
+
+    report = compare_instances(reference, candidate, threshold=0.5)
+    if not report.ok:
+        print(report.describe())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from maskrcnn_finetune.structures import Instances
+
+MIN_MASK_IOU = 0.95
+SCORE_TOLERANCE = 0.05
+
+
+def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every mask of ``a`` ``(N, H, W)`` with every mask of ``b`` ``(M, H, W)``: ``(N, M)``."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    # two empty masks are the same mask
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+@dataclass
+class ParityReport:
+    """What :func:`compare_instances` found for one image (or, summed, for several).
+
+    Attributes:
+        matched: pairs of instances found in both runs.
+        missing: reference instances clearly above the threshold that the candidate lacks.
+        extra: candidate instances clearly above the threshold that the reference lacks.
+        min_mask_iou: the lowest mask IoU over the matched pairs (1.0 when there are none).
+        max_score_diff: the largest score difference over the matched pairs.
+        problems: one sentence per failed condition.
+    """
+
+    matched: int = 0
+    missing: int = 0
+    extra: int = 0
+    min_mask_iou: float = 1.0
+    max_score_diff: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    min_mask_iou_required: float = MIN_MASK_IOU
+    score_tolerance: float = SCORE_TOLERANCE
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def merge(self, other: "ParityReport") -> "ParityReport":
+        """The report of both sets of images together."""
+        return ParityReport(
+            self.matched + other.matched, self.missing + other.missing, self.extra + other.extra,
+            min(self.min_mask_iou, other.min_mask_iou), max(self.max_score_diff, other.max_score_diff),
+            self.problems + other.problems, self.min_mask_iou_required, self.score_tolerance,
+        )
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "matched": self.matched, "missing": self.missing, "extra": self.extra,
+                "min_mask_iou": round(self.min_mask_iou, 4), "max_score_diff": round(self.max_score_diff, 4),
+                "problems": list(self.problems)}
+
+    def describe(self) -> str:
+        """One line: the verdict and the numbers behind it."""
+        verdict = "predictions match" if self.ok else "predictions DIFFER"
+        line = (f"{verdict}: {self.matched} instances matched, {self.missing} missing, {self.extra} extra, "
+                f"lowest mask IoU {self.min_mask_iou:.3f} (need >= {self.min_mask_iou_required}), "
+                f"largest score difference {self.max_score_diff:.3f} (allowed {self.score_tolerance})")
+        return line if self.ok else line + "; " + "; ".join(self.problems[:5])
+
+
+def compare_instances(reference: Instances, candidate: Instances, threshold: float,
+                      min_mask_iou: float = MIN_MASK_IOU, score_tolerance: float = SCORE_TOLERANCE,
+                      name: str = "image") -> ParityReport:
+    """Compares a candidate run's instances with the reference (fp32 eager) run's on one image.
+
+    Instances are paired greedily, highest reference score first, with the unpaired candidate
+    instance of the same class whose mask overlaps most.
+
+    Args:
+        reference: the fp32 eager model's instances (any threshold at or below ``threshold``).
+        candidate: the faster path's instances on the same image.
+        threshold: the score threshold the comparison is about.
+        min_mask_iou: the lowest mask IoU a matched pair may have.
+        score_tolerance: the largest score difference a matched pair may have.
+        name: how problems name the image.
+
+    Returns:
+        A :class:`ParityReport`.
+    """
+    if tuple(reference.image_size) != tuple(candidate.image_size):
+        return ParityReport(problems=[f"{name}: the runs saw different image sizes, "
+                                      f"{tuple(reference.image_size)} and {tuple(candidate.image_size)}"],
+                            min_mask_iou_required=min_mask_iou, score_tolerance=score_tolerance)
+    # anything that could cross the threshold by a tolerated score change takes part in matching
+    low = threshold - score_tolerance
+    ref = reference.above(low)
+    cand = candidate.above(low)
+    ious = mask_iou_matrix(ref.masks, cand.masks)
+    ref_class = np.asarray(ref.class_ids)
+    cand_class = np.asarray(cand.class_ids)
+    taken = np.zeros(len(cand), dtype=bool)
+    pairs = []
+    for i in np.argsort(-ref.scores, kind="stable"):
+        options = np.where((cand_class == ref_class[i]) & ~taken & (ious[i] > 0))[0] if len(cand) else []
+        if len(options) == 0:
+            continue
+        j = options[np.argmax(ious[i, options])]
+        taken[j] = True
+        pairs.append((i, j))
+    report = ParityReport(min_mask_iou_required=min_mask_iou, score_tolerance=score_tolerance)
+    paired_ref = {i for i, _ in pairs}
+    clear = threshold + score_tolerance
+    for i in range(len(ref)):
+        if i not in paired_ref and ref.scores[i] >= clear:
+            report.missing += 1
+            report.problems.append(f"{name}: the reference's {ref.labels[i]} at score {ref.scores[i]:.3f} "
+                                   f"(box {np.round(ref.boxes[i]).astype(int).tolist()}) is missing")
+    for j in np.where(~taken)[0]:
+        if cand.scores[j] >= clear:
+            report.extra += 1
+            report.problems.append(f"{name}: an extra {cand.labels[j]} at score {cand.scores[j]:.3f} "
+                                   f"(box {np.round(cand.boxes[j]).astype(int).tolist()})")
+    for i, j in pairs:
+        # a pair both of whose scores lie below the threshold is not part of either answer
+        if ref.scores[i] < threshold and cand.scores[j] < threshold:
+            continue
+        report.matched += 1
+        iou = float(ious[i, j])
+        diff = abs(float(ref.scores[i]) - float(cand.scores[j]))
+        report.min_mask_iou = min(report.min_mask_iou, iou)
+        report.max_score_diff = max(report.max_score_diff, diff)
+        if iou < min_mask_iou:
+            report.problems.append(f"{name}: the masks of the {ref.labels[i]} at score {ref.scores[i]:.3f} "
+                                   f"overlap with IoU {iou:.3f} < {min_mask_iou}")
+        if diff > score_tolerance:
+            report.problems.append(f"{name}: the {ref.labels[i]}'s score moved from {ref.scores[i]:.3f} "
+                                   f"to {cand.scores[j]:.3f} (more than {score_tolerance})")
+    return report
+
+
+def compare_runs(reference: list[Instances], candidate: list[Instances], threshold: float,
+                 names: list[str] | None = None, **limits) -> ParityReport:
+    """:func:`compare_instances` over several images, summed into one report."""
+    if len(reference) != len(candidate):
+        raise ValueError(f"the runs cover {len(reference)} and {len(candidate)} images")
+    names = names or [f"image {k}" for k in range(len(reference))]
+    report = ParityReport(**({"min_mask_iou_required": limits["min_mask_iou"]} if "min_mask_iou" in limits else {}),
+                          **({"score_tolerance": limits["score_tolerance"]} if "score_tolerance" in limits else {}))
+    for ref, cand, name in zip(reference, candidate, names):
+        report = report.merge(compare_instances(ref, cand, threshold, name=name, **limits))
+    return report
