@@ -7,6 +7,7 @@ DEFAULTS = {
     "UPLOAD_FOLDER": "uploads",   # received images (API ones under api/), legacy routes read from here
     "OUTPUT_FOLDER": "outputs",   # result files (under results/<id>/) and legacy output images
     "DEVICE": "auto",             # "cpu" with --infer-with-cpu
+    "FAST": None,                 # the Predictor's fast CPU path (None: on for the CPU); False with --no-fast
     "THRESHOLD": 0.5,             # default score threshold of a request
     "MAX_UPLOAD_MB": 20,          # request body limit (413 above it)
     "MAX_PIXELS": 40_000_000,     # width x height limit, checked before decoding
@@ -30,6 +31,7 @@ def config_from_args(args) -> dict:
         "UPLOAD_FOLDER": args.upload_folder,
         "OUTPUT_FOLDER": args.output_folder,
         "DEVICE": "cpu" if args.infer_with_cpu else "auto",
+        "FAST": False if args.no_fast else None,
         "THRESHOLD": args.threshold,
         "MAX_UPLOAD_MB": args.max_upload_mb,
         "MAX_PIXELS": args.max_pixels,

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ngrok-authtoken", default=None,
                         help="ngrok authtoken (default: env NGROK_AUTHTOKEN or the Colab secret NGROK_AUTHTOKEN)")
     parser.add_argument("--infer-with-cpu", action="store_true", help="run the model on the CPU even with a GPU")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
+                             "has it, channels-last, threshold before the mask head)")
     parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
@@ -191,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         args.model_dir = str(model_folder_of_weights(args))
 
     app = create_app(config_from_args(args))
+    predictor = app.extensions["inference"].predictor
+    if hasattr(predictor, "describe_mode"):
+        say(f"Model on {predictor.device}: {predictor.describe_mode()}"
+            + ("" if not predictor.fast else " (--no-fast turns it off)"))
     try:
         port, serve, shutdown = _make_server(app, args)
     except OSError as exc:  # the address is taken or not this machine's

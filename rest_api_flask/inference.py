@@ -81,21 +81,23 @@ class InferenceService:
             "backbone": info.get("backbone", getattr(self.predictor.spec, "backbone", None)),
             "classes": self.predictor.class_names,
             "device": str(self.predictor.device),
+            "inference": getattr(self.predictor, "mode", {}),
             "default_threshold": current_app.config["THRESHOLD"],
             "image_size": info.get("image_size"),
             "metrics": info.get("metrics", {}),
         }
 
 
-def load_predictor(model_dir, device: str = "auto") -> Predictor:
+def load_predictor(model_dir, device: str = "auto", fast: bool | None = None) -> Predictor:
     """The :class:`Predictor` of a model folder (errors name the fix, see :mod:`maskrcnn_finetune.model_dir`)."""
     logger.info("loading the model from %s on %s", model_dir, device)
-    return Predictor.from_dir(model_dir, device=device)
+    return Predictor.from_dir(model_dir, device=device, fast=fast)
 
 
 def init_app(app: Flask) -> None:
     """Loads (or takes ``app.config["PREDICTOR"]``), warms up and attaches the model to the app."""
-    predictor = app.config.get("PREDICTOR") or load_predictor(app.config["MODEL_DIR"], app.config["DEVICE"])
+    predictor = app.config.get("PREDICTOR") or load_predictor(app.config["MODEL_DIR"], app.config["DEVICE"],
+                                                                     app.config.get("FAST"))
     service = InferenceService(predictor, max_waiting=app.config["MAX_WAITING"])
     if app.config["WARMUP"]:
         service.warm_up()

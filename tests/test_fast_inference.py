@@ -1,0 +1,127 @@
+"""The Predictor's fast CPU path: what it changes, what it must not change, and its off switch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskrcnn_finetune.config import resolve_config
+from maskrcnn_finetune.engines import train
+from maskrcnn_finetune.model_dir import load_model_dir
+from maskrcnn_finetune.parity import compare_runs
+from maskrcnn_finetune.predictor import BF16_PARTS, Predictor, native_bf16
+
+from training_options import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fast") / "m"
+    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="resnet18_fpn",
+                         **{**TINY_MODEL, "max_iter": 3, "detections_per_image": 30})
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tiny_coco):
+    data = json.loads(tiny_coco["val"].read_text())
+    return [np.array(Image.open(tiny_coco["val"].parent / entry["file_name"]).convert("RGB")) for entry in data["images"][:3]]
+
+
+def test_off_switch_is_the_plain_model(model_dir, images):
+    predictor = Predictor.from_dir(model_dir, fast=False)
+    assert predictor.mode == {"fast": False, "precision": "fp32", "channels_last": False}
+    model, _, _ = load_model_dir(model_dir)
+    with torch.inference_mode():
+        raw = model([torch.from_numpy(images[0]).permute(2, 0, 1).float() / 255])[0]
+    got = predictor(images[0], threshold=0.0)
+    assert len(got) == len(raw["scores"]) > 0
+    assert np.array_equal(got.scores, raw["scores"].numpy())
+    assert np.array_equal(got.masks, (raw["masks"][:, 0] > 0.5).numpy())
+
+
+def test_cpu_default_is_the_fast_path(model_dir):
+    predictor = Predictor.from_dir(model_dir)
+    assert predictor.fast and predictor.mode["channels_last"]
+    # bf16 exactly where this CPU has the units for it (this machine's AVX512-BF16 makes it bf16 here)
+    assert predictor.bf16 == native_bf16()
+    assert predictor.describe_mode().startswith("fast path")
+
+
+def test_threshold_before_the_mask_head_changes_nothing_above_it(model_dir, images):
+    fast_fp32 = Predictor.from_dir(model_dir, fast=True, bf16=False)
+    rois = []
+    fast_fp32.model.roi_heads.mask_head.register_forward_hook(lambda module, inputs, output: rois.append(len(inputs[0])))
+    everything = fast_fp32(images[1], threshold=0.0)
+    assert len(everything) >= 4 and rois[-1] == len(everything)
+    cut = float(np.sort(everything.scores)[len(everything) // 2])  # an instance's own score: ">=" keeps it
+    above = fast_fp32(images[1], threshold=cut)
+    # the mask head ran only on the instances returned, and they are exactly the ones above the cut
+    assert rois[-1] == len(above) == int((everything.scores >= cut).sum()) < len(everything)
+    assert np.array_equal(above.scores, everything.scores[everything.scores >= cut])
+    assert np.array_equal(above.boxes, everything.boxes[everything.scores >= cut])
+    report = compare_runs([everything.above(cut)], [above], cut, min_mask_iou=0.99, score_tolerance=0.0)
+    assert report.ok and report.matched == len(above), report.describe()
+
+
+def test_channels_last_alone_gives_the_plain_answer(model_dir, images):
+    plain = Predictor.from_dir(model_dir, fast=False)
+    fast_fp32 = Predictor.from_dir(model_dir, fast=True, bf16=False)
+    everything = plain(images[1], threshold=0.0)
+    scores = np.sort(everything.scores)
+    # a threshold between two scores far apart, so rounding in another memory layout cannot cross it
+    gaps = np.diff(scores)
+    k = int(np.argmax(gaps))
+    assert gaps[k] > 1e-3
+    cut = float(scores[k] + gaps[k] / 2)
+    reference = [plain(image, threshold=cut) for image in images]
+    candidate = [fast_fp32(image, threshold=cut) for image in images]
+    report = compare_runs(reference, candidate, cut, min_mask_iou=0.99, score_tolerance=1e-4)
+    assert report.ok, report.describe()
+    assert report.matched == sum(len(r) for r in reference) > 0
+
+
+def test_bf16_runs_the_heavy_parts_in_bf16_and_the_predictors_in_fp32(model_dir, images):
+    predictor = Predictor.from_dir(model_dir, bf16=True)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (inputs[0].dtype, torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return hook
+
+    model = predictor.model
+    model.backbone.body.conv1.register_forward_hook(record("first conv"))
+    model.roi_heads.box_predictor.register_forward_hook(record("box predictor"))
+    model.roi_heads.mask_predictor.register_forward_hook(record("mask predictor"))
+    instances = predictor(images[0], threshold=0.0)
+    assert seen["first conv"][1] == torch.bfloat16  # autocast on inside the backbone
+    assert seen["box predictor"] == (torch.float32, None)
+    assert seen["mask predictor"] == (torch.float32, None)
+    assert instances.scores.dtype == np.float32 and instances.boxes.dtype == np.float32
+    assert state_keys_unchanged(predictor, model_dir)
+    assert set(BF16_PARTS) >= {"backbone", "roi_heads.box_head"}
+
+
+def state_keys_unchanged(predictor, model_dir) -> bool:
+    """The fast path wraps forwards, not modules: the state dict still fits the saved weights."""
+    saved = torch.load(model_dir / "model_final.pth", map_location="cpu", weights_only=True)
+    return set(predictor.model.state_dict()) == set(saved)
+
+
+def test_bf16_predictions_stay_close_to_fp32(model_dir, images):
+    plain = Predictor.from_dir(model_dir, fast=False)
+    fast = Predictor.from_dir(model_dir, bf16=True)
+    for image in images:
+        ref = plain(image, threshold=0.0)
+        got = fast(image, threshold=0.0)
+        assert len(got) > 0 and len(ref) > 0
+        # the top instance of an untrained-for-long model: same class, near-same score and box
+        assert got.class_ids[0] == ref.class_ids[0]
+        assert abs(float(got.scores[0]) - float(ref.scores[0])) < 0.05
+        assert np.abs(got.boxes[0] - ref.boxes[0]).max() < 0.05 * max(image.shape[:2])
