@@ -24,11 +24,14 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def instances_to_coco(instances: Instances, image_id: int, category_ids: list[int]) -> list[dict]:
+def instances_to_coco(instances: Instances, image_id: int, category_ids: list[int],
+                      rles: list[dict] | None = None) -> list[dict]:
     """COCO result entries (box xywh and mask RLE) for one image.
 
     Args:
         category_ids: the dataset's category id for each class index of the model.
+        rles: the masks already encoded with :func:`encode_rle` (the server encodes each mask
+            once for its response and its files); None encodes them here.
     """
     results = []
     for k in range(len(instances)):
@@ -38,7 +41,7 @@ def instances_to_coco(instances: Instances, image_id: int, category_ids: list[in
             "category_id": int(category_ids[instances.class_ids[k]]),
             "bbox": [x0, y0, x1 - x0, y1 - y0],
             "score": float(instances.scores[k]),
-            "segmentation": encode_rle(instances.masks[k]),
+            "segmentation": rles[k] if rles is not None else encode_rle(instances.masks[k]),
         })
     return results
 

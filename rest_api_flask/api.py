@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 
 from maskrcnn_finetune.structures import Instances
-from rest_api_flask.encoding import instances_json
+from rest_api_flask.encoding import instances_json, mask_rles
 from rest_api_flask.errors import ApiError
 from rest_api_flask.inference import get_service
 from rest_api_flask.inputs import clean_filename, decode_base64, decode_image, fetch_url
@@ -125,7 +125,10 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
     store = get_store()
     pending = store.begin()
     try:
-        pending.write_files(image, instances)
+        # each mask is encoded once, for the response and for coco_results.json; the union once too
+        rles = mask_rles(instances)
+        union = instances.union_mask()
+        pending.write_files(image, instances, rles=rles, union=union)
         height, width = instances.image_size
         model = get_service().model_info()
         payload = {
@@ -133,10 +136,10 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
             "image": {"width": int(width), "height": int(height), "filename": filename},
             "model": {"engine": model["engine"], "backbone": model["backbone"], "classes": model["classes"]},
             "threshold": threshold,
-            "timing_ms": {"model": round(model_ms, 1), "total": round((time.perf_counter() - start) * 1000, 1)},
-            "masked_fraction": round(instances.masked_fraction(), 6),
+            "timing_ms": {"model": round(model_ms, 1), "total": None},  # filled in below, once all is done
+            "masked_fraction": round(float(union.mean()), 6),
             "num_instances": len(instances),
-            "instances": instances_json(instances, pending.id, polygons=polygons),
+            "instances": instances_json(instances, pending.id, polygons=polygons, rles=rles),
             "links": {
                 "overlay": f"/api/v1/results/{pending.id}/overlay.png",
                 "masks_zip": f"/api/v1/results/{pending.id}/masks.zip",
@@ -144,6 +147,7 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
                 "coco_json": f"/api/v1/results/{pending.id}/coco_results.json",
             },
         }
+        payload["timing_ms"]["total"] = round((time.perf_counter() - start) * 1000, 1)
         pending.commit(payload)
     except BaseException:
         pending.discard()

@@ -36,13 +36,24 @@ def mask_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
     return polygons
 
 
-def instances_json(instances: Instances, result_id: str, polygons: bool = False) -> list[dict]:
-    """One dict per instance, in the API's contract (class, score, box, area, RLE, links)."""
+def mask_rles(instances: Instances) -> list[dict]:
+    """Each instance's mask as COCO RLE (:func:`encode_rle`), encoded once for the response and the files."""
+    return [encode_rle(mask) for mask in instances.masks]
+
+
+def instances_json(instances: Instances, result_id: str, polygons: bool = False,
+                   rles: list[dict] | None = None) -> list[dict]:
+    """One dict per instance, in the API's contract (class, score, box, area, RLE, links).
+
+    Args:
+        rles: the masks from :func:`mask_rles`, when the caller already has them.
+    """
     total = float(instances.image_size[0] * instances.image_size[1]) or 1.0
+    rles = mask_rles(instances) if rles is None else rles
     out = []
     for k in range(len(instances)):
         mask = instances.masks[k]
-        area = int(mask.sum())
+        area = int(np.count_nonzero(mask))
         item = {
             "index": k,
             "class_id": int(instances.class_ids[k]),
@@ -51,7 +62,7 @@ def instances_json(instances: Instances, result_id: str, polygons: bool = False)
             "box": [round(float(v), 2) for v in instances.boxes[k]],
             "area": area,
             "area_fraction": round(area / total, 6),
-            "mask_rle": encode_rle(mask),
+            "mask_rle": rles[k],
         }
         if polygons:
             item["polygons"] = mask_polygons(mask)
@@ -63,6 +74,6 @@ def instances_json(instances: Instances, result_id: str, polygons: bool = False)
     return out
 
 
-def coco_results(instances: Instances, image_id: int = 1) -> list[dict]:
+def coco_results(instances: Instances, image_id: int = 1, rles: list[dict] | None = None) -> list[dict]:
     """The instances as a COCO results list (what ``COCO.loadRes`` reads); category ids start at 1."""
-    return instances_to_coco(instances, image_id, list(range(1, len(instances.class_names) + 1)))
+    return instances_to_coco(instances, image_id, list(range(1, len(instances.class_names) + 1)), rles=rles)
