@@ -1,0 +1,90 @@
+"""The server's encoders and overlay give the right pixels; benchmarks/server_load.py runs end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskrcnn_finetune.structures import Instances
+from maskrcnn_finetune.visualize import class_colors, draw_instances
+from rest_api_flask.results import mask_png, png_bytes
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "server_load.py"
+
+
+def test_png_writers_decode_to_the_same_pixels_with_pillow():
+    rng = np.random.default_rng(1)
+    for shape in [(1, 1), (2, 7), (31, 17)]:
+        mask = rng.random(shape) < 0.4
+        decoded = Image.open(io.BytesIO(mask_png(mask)))
+        assert decoded.mode == "L" and np.array_equal(np.array(decoded), mask.astype(np.uint8) * 255)
+        for channels, mode in ((None, "L"), (3, "RGB"), (4, "RGBA")):
+            array = rng.integers(0, 256, shape + ((channels,) if channels else ()), dtype=np.uint8)
+            decoded = Image.open(io.BytesIO(png_bytes(array)))
+            assert decoded.mode == mode and np.array_equal(np.array(decoded), array)
+
+
+def test_overlay_blends_overlapping_masks_in_score_order():
+    image = np.full((30, 40, 3), 200, dtype=np.uint8)
+    masks = np.zeros((2, 30, 40), dtype=bool)
+    masks[0, 5:20, 5:25] = True
+    masks[1, 10:25, 15:35] = True
+    inst = Instances((30, 40), np.array([[5, 5, 25, 20], [15, 10, 35, 25]], np.float32),
+                     np.array([0.9, 0.6], np.float32), np.array([0, 1]), masks, ["a", "b"])
+    out = draw_instances(image, inst, alpha=0.5, show_boxes=False, show_labels=False).astype(float)
+    a, b = class_colors(2) * 255
+    assert np.allclose(out[7, 7], 100 + a / 2, atol=1)
+    assert np.allclose(out[22, 30], 100 + b / 2, atol=1)
+    assert np.allclose(out[15, 20], (100 + b / 2) / 2 + a / 2, atol=1.5)  # the lower score first, the best on top
+    assert (out[~masks.any(axis=0)] == 200).all()
+
+
+@pytest.mark.slow
+def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
+    out = tmp_path / "load.json"
+    cmd = [sys.executable, str(SCRIPT), "--model-dir", str(model_dir), "--size", "96", "--clients", "1", "2",
+           "--requests-per-level", "4", "--memory-requests", "20", "--rss-every", "5", "--warmup", "1",
+           "--threshold", "0.0", "--breakdown-repeats", "1", "--worst-case-instances", "3", "--torch-threads", "1",
+           "--work-dir", str(tmp_path / "work"), "--out", str(out), "--no-progress"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    report = json.loads(out.read_text())
+
+    assert report["image"]["width"] == 128 and report["image"]["height"] == 96
+    levels = report["load"]["levels"]
+    assert [level["clients"] for level in levels] == [1, 2]
+    for level in levels:
+        assert level["requests"] == 4 and level["errors"] == 0 and level["statuses"] == ["200"]
+        assert level["throughput_per_s"] > 0
+        assert 0 < level["latency_min_ms"] <= level["latency_p50_ms"] <= level["latency_p95_ms"]
+        for record in level["records"]:
+            assert record["status"] == 200
+            # the server's model time is part of what the client waited for
+            assert 0 < record["model_ms"] <= record["server_ms"] <= record["latency_ms"]
+        assert level["overhead_ms_median"] > 0
+
+    memory = report["load"]["memory"]
+    assert memory["errors"] == 0 and memory["requests"] == 20
+    assert [s["requests"] for s in memory["samples"]] == [5, 10, 15, 20]
+    assert all(s["rss_kb"] > 50_000 for s in memory["samples"])  # a Python process with torch: tens of MiB at least
+    assert memory["rss_max_mb"] >= memory["rss_first_mb"] > 0
+
+    breakdown = report["breakdown"]
+    assert breakdown["request_ms"] > breakdown["request_model_ms"] > 0
+    stages = breakdown["stages_ms"]
+    for stage in ("decode", "model", "RLE of the masks", "overlay: PNG", "mask PNGs", "all of the above, files written"):
+        assert stages[stage] >= 0, stage
+    assert breakdown["worst_case"]["num_instances"] == 3
+
+    # the Markdown section for RESULTS.md: printed and written next to the JSON
+    table = out.with_suffix(".md").read_text()
+    assert "| 1 | 4 | 0 |" in table and "| 2 | 4 | 0 |" in table
+    assert table in run.stdout
+    assert not list((tmp_path / "work" / "outputs" / "results").glob(".tmp-*"))  # nothing half written
