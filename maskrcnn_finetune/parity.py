@@ -51,6 +51,8 @@ class ParityReport:
         min_mask_iou: the lowest mask IoU over the matched pairs (1.0 when there are none).
         max_score_diff: the largest score difference over the matched pairs.
         problems: one sentence per failed condition.
+        iou_total: the sum of the matched pairs' mask IoUs (see :attr:`mean_mask_iou`).
+        low_iou: matched pairs whose masks overlap less than required.
     """
 
     matched: int = 0
@@ -61,6 +63,12 @@ class ParityReport:
     problems: list[str] = field(default_factory=list)
     min_mask_iou_required: float = MIN_MASK_IOU
     score_tolerance: float = SCORE_TOLERANCE
+    iou_total: float = 0.0
+    low_iou: int = 0
+
+    @property
+    def mean_mask_iou(self) -> float:
+        return self.iou_total / self.matched if self.matched else 1.0
 
     @property
     def ok(self) -> bool:
@@ -72,18 +80,20 @@ class ParityReport:
             self.matched + other.matched, self.missing + other.missing, self.extra + other.extra,
             min(self.min_mask_iou, other.min_mask_iou), max(self.max_score_diff, other.max_score_diff),
             self.problems + other.problems, self.min_mask_iou_required, self.score_tolerance,
+            self.iou_total + other.iou_total, self.low_iou + other.low_iou,
         )
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "matched": self.matched, "missing": self.missing, "extra": self.extra,
-                "min_mask_iou": round(self.min_mask_iou, 4), "max_score_diff": round(self.max_score_diff, 4),
+                "min_mask_iou": round(self.min_mask_iou, 4), "mean_mask_iou": round(self.mean_mask_iou, 4),
+                "low_iou": self.low_iou, "max_score_diff": round(self.max_score_diff, 4),
                 "problems": list(self.problems)}
 
     def describe(self) -> str:
         """One line: the verdict and the numbers behind it."""
         verdict = "predictions match" if self.ok else "predictions DIFFER"
         line = (f"{verdict}: {self.matched} instances matched, {self.missing} missing, {self.extra} extra, "
-                f"lowest mask IoU {self.min_mask_iou:.3f} (need >= {self.min_mask_iou_required}), "
+                f"lowest mask IoU {self.min_mask_iou:.3f} (need >= {self.min_mask_iou_required}; mean {self.mean_mask_iou:.3f}), "
                 f"largest score difference {self.max_score_diff:.3f} (allowed {self.score_tolerance})")
         return line if self.ok else line + "; " + "; ".join(self.problems[:5])
 
@@ -148,8 +158,10 @@ def compare_instances(reference: Instances, candidate: Instances, threshold: flo
         iou = float(ious[i, j])
         diff = abs(float(ref.scores[i]) - float(cand.scores[j]))
         report.min_mask_iou = min(report.min_mask_iou, iou)
+        report.iou_total += iou
         report.max_score_diff = max(report.max_score_diff, diff)
         if iou < min_mask_iou:
+            report.low_iou += 1
             report.problems.append(f"{name}: the masks of the {ref.labels[i]} at score {ref.scores[i]:.3f} "
                                    f"overlap with IoU {iou:.3f} < {min_mask_iou}")
         if diff > score_tolerance:

@@ -41,7 +41,7 @@ def test_identical_runs_match(reference):
     assert (report.matched, report.missing, report.extra) == (3, 0, 0)
     assert report.min_mask_iou == 1.0 and report.max_score_diff == 0.0
     assert report.describe().startswith("predictions match: 3 instances matched, 0 missing, 0 extra")
-    assert report.to_dict() == {"ok": True, "matched": 3, "missing": 0, "extra": 0, "min_mask_iou": 1.0,
+    assert report.to_dict() == {"ok": True, "matched": 3, "missing": 0, "extra": 0, "min_mask_iou": 1.0, "mean_mask_iou": 1.0, "low_iou": 0,
                                 "max_score_diff": 0.0, "problems": []}
 
 
@@ -51,6 +51,7 @@ def test_shifted_mask_fails_with_its_iou(reference):
     report = compare_instances(reference, shifted, threshold=0.5)
     assert not report.ok and report.matched == 3
     assert report.min_mask_iou == pytest.approx(90 / 110)
+    assert report.low_iou == 1 and report.mean_mask_iou == pytest.approx((2 + 90 / 110) / 3)
     assert "IoU 0.818 < 0.95" in report.describe()
     assert "predictions DIFFER" in report.describe()
 
