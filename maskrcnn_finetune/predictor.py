@@ -13,7 +13,9 @@ the plain fp32 model exactly as it was trained):
 - channels-last memory layout, which oneDNN's convolutions prefer;
 - the score threshold applied between NMS and the mask head, so masks are computed and
   pasted at image size only for the instances that will be returned (exact: the boxes and
-  scores are those of the plain model, filtered earlier).
+  scores are those of the plain model, filtered earlier);
+- masks pasted into their boxes as booleans (:func:`paste_masks_bool`, the same pixels as
+  torchvision's float pasting followed by ``> 0.5``).
 
 The predictions match fp32's (same instances, mask IoU >= 0.95, scores within 0.05); see
 :mod:`maskrcnn_finetune.parity` and ``benchmarks/cpu_inference.py``, which checks it on every run.
@@ -79,18 +81,19 @@ def native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-BF16_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_head")
+BF16_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_head", "roi_heads.mask_predictor")
 """The parts of a torchvision Mask R-CNN that run in bf16 on the fast path: the convolutions and
-the box head's wide layers, nearly all of the work. The layers that turn features into box
-offsets, scores and mask logits (``box_predictor``, ``mask_predictor``), and everything between
-(anchors, NMS, RoIAlign, box decoding, mask pasting), stay in fp32: run in bf16, the box offsets
-moved masks by a pixel and more."""
+the box head's wide layers, nearly all of the work. The layer that turns features into box
+offsets and scores (``box_predictor``), and everything between the parts (anchors, NMS,
+RoIAlign, box decoding, mask pasting), stay in fp32: with the box offsets in bf16, masks moved
+by a pixel and more."""
 
 
 def _as_float(value):
-    """bf16 tensors (also inside dicts, lists and tuples) back to fp32."""
+    """bf16 tensors (also inside dicts, lists and tuples) back to fp32, in the standard memory layout."""
     if torch.is_tensor(value):
-        return value.float() if value.is_floating_point() else value
+        # contiguous: RoIAlign's CPU kernel makes its own NCHW copy of a channels-last map on every call
+        return value.float().contiguous() if value.is_floating_point() else value
     if isinstance(value, dict):
         return type(value)((k, _as_float(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
@@ -125,6 +128,31 @@ def _bf16_forward(forward):
         return _as_float(out)
 
     return wrapped
+
+
+def paste_masks_bool(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The model's ``(N, 1, 28, 28)`` mask probabilities pasted into their boxes as ``(N, H, W)`` booleans (> 0.5).
+
+    torchvision's ``paste_masks_in_image`` step by step (the same padding, box rounding and
+    bilinear resize, so the same pixels), thresholded inside each box instead of afterwards:
+    it never builds a float mask of the whole image per instance, which at 800x1067 and 100
+    instances is 340 MB written, copied and compared.
+    """
+    from torch.nn import functional as F
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+    out = torch.zeros((len(masks), height, width), dtype=torch.bool)
+    if len(masks) == 0:
+        return out
+    masks, scale = expand_masks(masks, padding=1)
+    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        resized = F.interpolate(masks[k : k + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        cx0, cx1, cy0, cy1 = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
+        if cx1 > cx0 and cy1 > cy0:
+            out[k, cy0:cy1, cx0:cx1] = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] > 0.5
+    return out
 
 
 class Predictor:
@@ -162,6 +190,7 @@ class Predictor:
         if self.fast:
             self.model = self.model.to(memory_format=torch.channels_last)
             self._install_mask_floor()
+            self._install_bool_paste()
         if self.bf16:
             self.bf16 = _autocast_parts(self.model)
         logger.info("inference on %s: %s", self.device, self.describe_mode())
@@ -210,6 +239,24 @@ class Predictor:
 
         roi_heads.postprocess_detections = postprocess_above_threshold
 
+    def _install_bool_paste(self) -> None:
+        """Masks pasted at image size as booleans (:func:`paste_masks_bool`) instead of floats."""
+        transform = getattr(self.model, "transform", None)
+        postprocess = getattr(transform, "postprocess", None)
+        if postprocess is None or not hasattr(self.model, "roi_heads"):
+            return
+
+        @functools.wraps(postprocess)
+        def postprocess_bool_masks(result, image_shapes, original_sizes):
+            small = [pred.pop("masks", None) for pred in result]
+            result = postprocess(result, image_shapes, original_sizes)
+            for pred, masks, (height, width) in zip(result, small, original_sizes):
+                if masks is not None:
+                    pred["masks"] = paste_masks_bool(masks, pred["boxes"], int(height), int(width))[:, None]
+            return result
+
+        transform.postprocess = postprocess_bool_masks
+
     @contextlib.contextmanager
     def _fast_settings(self, threshold: float):
         """The score threshold before the mask head, for one call."""
@@ -241,12 +288,13 @@ class Predictor:
 
     def _to_instances(self, out: dict, size: tuple[int, int], threshold: float) -> Instances:
         keep = out["scores"] >= threshold
-        masks = out["masks"][keep]
+        masks = out["masks"] if bool(keep.all()) else out["masks"][keep]
         return Instances(
             image_size=(int(size[0]), int(size[1])),
             boxes=out["boxes"][keep].float().cpu().numpy(),
             scores=out["scores"][keep].float().cpu().numpy(),
             class_ids=(out["labels"][keep] - 1).cpu().numpy().astype(np.int64),
-            masks=(masks[:, 0] > 0.5).cpu().numpy() if len(masks) else np.zeros((0, *size), dtype=bool),
+            masks=(masks[:, 0] if masks.dtype == torch.bool else masks[:, 0] > 0.5).cpu().numpy()
+            if len(masks) else np.zeros((0, *size), dtype=bool),
             class_names=self.class_names,
         )

@@ -125,3 +125,22 @@ def test_bf16_predictions_stay_close_to_fp32(model_dir, images):
         assert got.class_ids[0] == ref.class_ids[0]
         assert abs(float(got.scores[0]) - float(ref.scores[0])) < 0.05
         assert np.abs(got.boxes[0] - ref.boxes[0]).max() < 0.05 * max(image.shape[:2])
+
+
+def test_boolean_pasting_gives_torchvisions_pixels():
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from maskrcnn_finetune.predictor import paste_masks_bool
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(40, 1, 28, 28, generator=g)
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([100.0, 80.0])
+    boxes = torch.cat([xy, xy + 1 + torch.rand(40, 2, generator=g) * 60], dim=1)
+    # clipped to the image as the model's boxes are; padded for pasting, many then reach past the border
+    boxes = torch.minimum(boxes, torch.tensor([100.0, 80.0, 100.0, 80.0]))
+    boxes[0] = torch.tensor([0.0, 0.0, 0.4, 0.3])  # thinner than a pixel
+    expected = paste_masks_in_image(masks, boxes, (80, 100))[:, 0] > 0.5
+    got = paste_masks_bool(masks, boxes, 80, 100)
+    assert got.dtype == torch.bool and got.shape == (40, 80, 100)
+    assert torch.equal(got, expected) and expected.any()
+    assert paste_masks_bool(masks[:0], boxes[:0], 80, 100).shape == (0, 80, 100)
