@@ -23,7 +23,7 @@ DEMO_SERVE ?= 1
 DEMO_SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ endif
 
 test: $(STAMP) $(BROWSER_STAMP) $(D2_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the speed figures of benchmarks/RESULTS.md (about 30 minutes; run it with nothing else busy):
+# CPU latency per backbone against eager fp32, detectron2 and the floor, parity on the demo
+# model, and the server under load serving the demo model at an 800 px short side
+bench: $(STAMP) $(D2_STAMP)
+	test -f $(DEMO_DIR)/model/model_final.pth || $(MAKE) demo DEMO_SERVE=0
+	$(PY) benchmarks/cpu_inference.py --parity $(DEMO_DIR)/model:$(DEMO_DIR)/coco/val.json
+	$(PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
+		--out outputs/bench/server_load.json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

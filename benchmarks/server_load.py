@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=Path, required=True, help="the model folder to serve")
     parser.add_argument("--image", type=Path, default=None,
                         help="an image file to send as it is (default: a synthetic image of --size px)")
+    parser.add_argument("--model-input", type=int, default=None,
+                        help="serve a copy of the model that resizes images to this short side (anchors scaled "
+                             "with it), e.g. 800 for a model trained at 192")
     parser.add_argument("--size", type=int, default=800, help="short side of the synthetic image, px")
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg", help="encoding of the synthetic image")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per level")
@@ -442,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="server_load_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.model_input:
+            from benchmarks.cpu_inference import resized_model_dir
+
+            args.model_dir = resized_model_dir(args.model_dir, args.model_input, work / "model")
         load = load_test(args, data, name, work)
         breakdown = overhead_breakdown(args, data, name, work)
     finally:
