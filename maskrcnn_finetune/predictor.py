@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.errors import ConfigError
@@ -168,7 +169,8 @@ class Predictor:
         score_threshold: instances below it are dropped unless a call says otherwise.
         fast: the fast CPU path (channels-last, bf16 where the CPU has it, threshold before the
             mask head); ``None`` means on for the CPU, off for CUDA. ``False`` runs the plain
-            fp32 model.
+            fp32 model. Only torchvision models have it: detectron2 and exported models run as
+            they are.
         bf16: bf16 autocast of :data:`BF16_PARTS` within the fast path; ``None`` means where the
             CPU computes bf16 in hardware (:func:`native_bf16`).
 
@@ -184,7 +186,8 @@ class Predictor:
         self.score_threshold = score_threshold
         self.info = info or {}
         on_cpu = self.device.type == "cpu"
-        self.fast = on_cpu if fast is None else bool(fast)
+        # the fast path knows torchvision's Mask R-CNN; detectron2 and exported models run as they are
+        self.fast = (on_cpu if fast is None else bool(fast)) and isinstance(self.model, GeneralizedRCNN)
         self.bf16 = self.fast and on_cpu and (native_bf16() if bf16 is None else bool(bf16))
         self._mask_floor = None
         if self.fast:
