@@ -109,3 +109,11 @@ def tiny_coco(tmp_path_factory):
     make_synthetic(root / "labelme", 8, seed=3, image_size=(96, 80))
     result = convert_labelme(root / "labelme", root / "coco", val_fraction=0.25, seed=0)
     return result.json_paths
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_coco, tmp_path_factory):
+    """A model folder from a 3-iteration training of the tiny MobileNetV2-FPN-lite (at most 20 detections)."""
+    from training_options import train_tiny
+
+    return train_tiny(tiny_coco["train"], tmp_path_factory.mktemp("tiny_model") / "m", max_iter=3, detections_per_image=20)

@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 
 from maskrcnn_finetune.cli import run_cli
-from maskrcnn_finetune.config import resolve_config
-from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.export import (
     ExportError,
     ExportParityError,
@@ -28,7 +26,6 @@ from maskrcnn_finetune.export import (
 )
 from maskrcnn_finetune.predictor import Predictor
 
-from training_options import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny model's detections score about 0.30 after 3 iterations: a threshold below that
@@ -51,12 +48,8 @@ def run_export_cli(*args) -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_coco, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "m"
-    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="mobilenetv2_fpnlite",
-                         **{**TINY_MODEL, "max_iter": 3, "detections_per_image": 20})
-    train(cfg)
-    return out
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

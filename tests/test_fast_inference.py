@@ -9,22 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn_finetune.config import resolve_config
-from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.model_dir import load_model_dir
 from maskrcnn_finetune.parity import compare_runs
 from maskrcnn_finetune.predictor import BF16_PARTS, Predictor, native_bf16
 
-from training_options import TINY_MODEL
+from training_options import train_tiny
 
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_coco, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fast") / "m"
-    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="resnet18_fpn",
-                         **{**TINY_MODEL, "max_iter": 3, "detections_per_image": 30})
-    train(cfg)
-    return out
+    return train_tiny(tiny_coco["train"], tmp_path_factory.mktemp("fast") / "m", "resnet18_fpn", max_iter=3,
+                      detections_per_image=30)
 
 
 @pytest.fixture(scope="module")

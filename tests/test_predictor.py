@@ -8,23 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskrcnn_finetune.config import resolve_config
-from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.model_dir import ModelDirError
 from maskrcnn_finetune.predictor import Predictor
 from maskrcnn_finetune.structures import Instances
 
-from training_options import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_coco, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "m"
-    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="mobilenetv2_fpnlite",
-                         **{**TINY_MODEL, "max_iter": 3, "detections_per_image": 20})
-    train(cfg)
-    return out
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_every_input_kind_gives_the_same_result(model_dir, tiny_coco, tmp_path):
