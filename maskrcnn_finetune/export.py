@@ -17,15 +17,16 @@ Export is for the torchvision engine; detectron2 models have their own export to
 (``detectron2.export``). torch marks ``torch.jit`` (and the TorchScript-based ONNX exporter) as
 deprecated in favour of ``torch.export``; both still work for torchvision Mask R-CNN on torch 2.14.
 
-One difference the check can catch: torchvision's transform computes the resize scale in float32
+One difference the check caught: torchvision's transform computes the resize scale in float32
 when scripted and in float64 in eager Python, so for some image sizes the TorchScript model
-resizes the image to one pixel less (e.g. 56x93 -> 57x95 instead of 57x96 at min_size 64,
-max_size 96). On a trained model at full size this moves masks by far less than the parity rule
-allows; on a barely trained tiny model it can fail the check.
+resized the image to one pixel less (e.g. 56x93 -> 57x95 instead of 57x96 at min_size 64,
+max_size 96), which on the demo model moved small masks below the parity rule. The export
+therefore scripts the model with :class:`EagerResizeTransform`, which resizes as eager does.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -34,11 +35,14 @@ import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.data.coco import write_json_atomic
@@ -350,8 +354,36 @@ def _check(eager: Predictor, exported: Path, model_dir: Path, arrays, names, thr
     return {"threshold": threshold, "check_images": names, "parity": report.to_dict(), "latency_ms": latency}
 
 
+class EagerResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform, whose resize computes its scale in float64 when scripted too.
+
+    Inference only (no targets); the same scale, output size and bilinear resize as eager
+    torchvision's ``_resize_image_and_masks``.
+    """
+
+    def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
+        height, width = image.shape[-2], image.shape[-1]
+        scale = min(float(self.min_size[-1]) / float(min(height, width)), float(self.max_size) / float(max(height, width)))
+        image = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear",
+                                                recompute_scale_factor=True, align_corners=False)[0]
+        return image, target
+
+
+def script_model(model: torch.nn.Module, eager_resize: bool = True) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` of a torchvision Mask R-CNN in eval mode (a copy; ``model`` is untouched).
+
+    Args:
+        eager_resize: resize images as eager torchvision does (:class:`EagerResizeTransform`);
+            ``False`` scripts torchvision's transform as it is, which rounds some sizes differently.
+    """
+    model = copy.deepcopy(model).eval()
+    if eager_resize and type(model.transform) is GeneralizedRCNNTransform:
+        model.transform.__class__ = EagerResizeTransform
+    return torch.jit.script(model)
+
+
 def export_torchscript(model_dir, output=None, images=None, threshold: float | None = None,
-                       overwrite: bool = False) -> dict:
+                       overwrite: bool = False, eager_resize: bool = True) -> dict:
     """Exports a torchvision model folder to TorchScript and keeps it only if it predicts like eager.
 
     Args:
@@ -362,6 +394,7 @@ def export_torchscript(model_dir, output=None, images=None, threshold: float | N
             at the model's size (deterministic).
         threshold: the score threshold the parity check is about (default: the model's).
         overwrite: replace an existing exported file.
+        eager_resize: see :func:`script_model`.
 
     Returns:
         The record written to ``export.json`` next to the file, plus ``"path"`` (the file).
@@ -372,7 +405,7 @@ def export_torchscript(model_dir, output=None, images=None, threshold: float | N
         ExportError / ConfigError / ModelDirError: a detectron2 folder, an existing file without
             ``overwrite``, unreadable images, a broken model folder.
     """
-    return _export("torchscript", model_dir, output, images, threshold, overwrite)
+    return _export("torchscript", model_dir, output, images, threshold, overwrite, eager_resize)
 
 
 def export_onnx(model_dir, output=None, images=None, threshold: float | None = None, overwrite: bool = False) -> dict:
@@ -386,7 +419,7 @@ def export_onnx(model_dir, output=None, images=None, threshold: float | None = N
     return _export("onnx", model_dir, output, images, threshold, overwrite)
 
 
-def _export(fmt: str, model_dir, output, images, threshold, overwrite) -> dict:
+def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_resize: bool = True) -> dict:
     file_name, record_name, label = FORMATS[fmt]
     model_dir = Path(model_dir)
     _require_torchvision_engine(model_dir)
@@ -405,7 +438,7 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite) -> dict:
     # the check runs on a temporary file: a failed export never replaces a good one
     tmp = out_dir / f".{path.name}.tmp"
     try:
-        _save(fmt, eager, arrays[0], tmp, model_dir)
+        _save(fmt, eager, arrays[0], tmp, model_dir, eager_resize)
         try:
             result = _check(eager, tmp, model_dir, arrays, names, threshold, fmt)
         except ExportParityError as exc:
@@ -439,12 +472,12 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite) -> dict:
     return {**record, "path": str(path)}
 
 
-def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir: Path) -> None:
+def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir: Path, eager_resize: bool = True) -> None:
     """Writes the model of ``eager`` to ``tmp`` as TorchScript or ONNX."""
     model = eager.model.eval()
     try:
         if fmt == "torchscript":
-            torch.jit.script(model).save(str(tmp))
+            script_model(model, eager_resize).save(str(tmp))
             return
         image = torch.from_numpy(example).permute(2, 0, 1).float().div(255.0)
         instances = {0: "instances"}
