@@ -25,6 +25,7 @@ from maskrcnn_finetune.export import (
     read_export_info,
     script_model,
 )
+from maskrcnn_finetune.parity import compare_runs
 from maskrcnn_finetune.predictor import Predictor
 
 
@@ -250,9 +251,10 @@ def test_onnx_export_predicts_what_eager_predicts(model_dir, eager, same_size_im
     predictor = load_exported_predictor(path, score_threshold=THRESHOLD)
     for image in same_size_images:  # other sizes than the traced one: height and width are dynamic
         ref, got = eager(image, threshold=THRESHOLD), predictor(image)
-        assert len(got) == len(ref) and np.array_equal(got.class_ids, ref.class_ids)
-        # ONNX Runtime and torch sum in other orders (and torch with the thread count other tests set): fractions of a pixel
-        assert np.allclose(got.scores, ref.scores, atol=1e-3) and np.allclose(got.boxes, ref.boxes, atol=0.5)
-        assert got.masks.shape == ref.masks.shape and (got.masks != ref.masks).mean() < 0.01
+        assert len(got) == len(ref) > 0 and got.masks.shape == ref.masks.shape
+        # ONNX Runtime and torch sum in other orders, so two near-equal scores may swap places:
+        # instances are paired by the parity rule, not by position
+        report = compare_runs([ref], [got], THRESHOLD, score_tolerance=1e-3)
+        assert report.ok and report.matched == len(ref), report.describe()
     assert run_export_cli("--model-dir", model_dir, "--format", "onnx", "--output", out) == 2
     assert "already exists" in capsys.readouterr().err

@@ -156,7 +156,9 @@ def _load_checkpoint(path: Path) -> dict:
 
 
 def _evaluate(model, spec, device, cfg, val_data) -> dict:
-    predictor = Predictor(getattr(model, "module", model), spec, device, score_threshold=0.0)
+    # the plain model: the fast path would convert the model being trained to channels-last and
+    # wrap its forwards in bf16 autocast, changing the training that follows
+    predictor = Predictor(getattr(model, "module", model), spec, device, score_threshold=0.0, fast=False)
     try:
         metrics = evaluate_predictor(predictor, val_data, progress=True)
     finally:
