@@ -7,7 +7,8 @@
 On the CPU the Predictor runs the model fast by default (``fast=False`` turns it off and runs
 the plain fp32 model exactly as it was trained):
 
-- bf16 matrix units where the CPU has them (AVX512-BF16 or AMX): the backbone, the RPN head
+- bf16 matrix units where the CPU has them (AVX512-BF16 or AMX), for models whose input is
+  512 px or more (:data:`BF16_MIN_INPUT`): the backbone, the RPN head
   and the box and mask heads run under ``torch.autocast("cpu", torch.bfloat16)``; the layers
   that predict box offsets, scores and mask logits stay fp32 (see :data:`BF16_PARTS`);
 - channels-last memory layout, which oneDNN's convolutions prefer;
@@ -88,6 +89,15 @@ the box head's wide layers, nearly all of the work. The layer that turns feature
 offsets and scores (``box_predictor``), and everything between the parts (anchors, NMS,
 RoIAlign, box decoding, mask pasting), stay in fp32: with the box offsets in bf16, masks moved
 by a pixel and more."""
+
+
+BF16_MIN_INPUT = 512
+"""bf16 is the default only for models whose input short side is at least this many pixels.
+
+Measured (benchmarks/RESULTS.md): at the demo's 192 px input, bf16 saved about 25 ms of 100
+per image, and moved the edges of a few small masks by a pixel (mask IoU with fp32 down to
+0.84); at 800 px it saves more than half the time and masks keep IoU >= 0.98 with fp32 but
+for rare ambiguous ones."""
 
 
 def _as_float(value):
@@ -172,7 +182,8 @@ class Predictor:
             fp32 model. Only torchvision models have it: detectron2 and exported models run as
             they are.
         bf16: bf16 autocast of :data:`BF16_PARTS` within the fast path; ``None`` means where the
-            CPU computes bf16 in hardware (:func:`native_bf16`).
+            CPU computes bf16 in hardware (:func:`native_bf16`) and the model's input short side
+            is at least :data:`BF16_MIN_INPUT` pixels.
 
     The Predictor takes the model over: it is moved, put in eval mode and, on the fast path,
     converted to channels-last in place.
@@ -188,7 +199,9 @@ class Predictor:
         on_cpu = self.device.type == "cpu"
         # the fast path knows torchvision's Mask R-CNN; detectron2 and exported models run as they are
         self.fast = (on_cpu if fast is None else bool(fast)) and isinstance(self.model, GeneralizedRCNN)
-        self.bf16 = self.fast and on_cpu and (native_bf16() if bf16 is None else bool(bf16))
+        if bf16 is None:
+            bf16 = native_bf16() and getattr(spec, "min_size", 0) >= BF16_MIN_INPUT
+        self.bf16 = self.fast and on_cpu and bool(bf16)
         self._mask_floor = None
         if self.fast:
             self.model = self.model.to(memory_format=torch.channels_last)

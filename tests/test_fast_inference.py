@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from maskrcnn_finetune.model_dir import load_model_dir
 from maskrcnn_finetune.parity import compare_runs
-from maskrcnn_finetune.predictor import BF16_PARTS, Predictor, native_bf16
+from maskrcnn_finetune.predictor import BF16_MIN_INPUT, BF16_PARTS, Predictor, native_bf16
 
 from training_options import train_tiny
 
@@ -43,9 +44,12 @@ def test_off_switch_is_the_plain_model(model_dir, images):
 def test_cpu_default_is_the_fast_path(model_dir):
     predictor = Predictor.from_dir(model_dir)
     assert predictor.fast and predictor.mode["channels_last"]
-    # bf16 exactly where this CPU has the units for it (this machine's AVX512-BF16 makes it bf16 here)
-    assert predictor.bf16 == native_bf16()
     assert predictor.describe_mode().startswith("fast path")
+    # bf16 where this CPU has the units for it (this machine's AVX512-BF16 does), for models of 512 px and more
+    assert predictor.spec.min_size < BF16_MIN_INPUT and not predictor.bf16
+    model, spec, _ = load_model_dir(model_dir)
+    large = Predictor(model, dataclasses.replace(spec, min_size=BF16_MIN_INPUT))
+    assert large.bf16 == native_bf16() and large.mode["precision"] == ("bf16" if native_bf16() else "fp32")
 
 
 def test_threshold_before_the_mask_head_changes_nothing_above_it(model_dir, images):
