@@ -54,6 +54,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from maskrcnn_finetune.data.coco import load_coco  # noqa: E402
+from maskrcnn_finetune.data.images import load_rgb  # noqa: E402
 from maskrcnn_finetune.data.synthetic import make_synthetic  # noqa: E402
 from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model  # noqa: E402
 from maskrcnn_finetune.modeling.complexity import count_gmacs  # noqa: E402
@@ -239,15 +241,9 @@ def latency_rows(args, gflops: float) -> tuple[list[dict], list[dict]]:
 
 
 def load_images(coco_json: Path, limit: int) -> list[np.ndarray]:
-    data = json.loads(coco_json.read_text())
-    root = coco_json.parent
-    images = []
-    for entry in sorted(data["images"], key=lambda e: e["id"])[:limit]:
-        path = root / entry["file_name"]
-        if not path.is_file():
-            path = root / "images" / Path(entry["file_name"]).name
-        images.append(np.array(Image.open(path).convert("RGB")))
-    return images
+    """The first ``limit`` images of a COCO json (by id), as RGB arrays."""
+    coco = load_coco(coco_json)
+    return [load_rgb(coco.image_path(entry)) for entry in coco.images[:limit]]
 
 
 def upscale(image: np.ndarray, short: int) -> np.ndarray:

@@ -51,7 +51,6 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maskrcnn_finetune.data.synthetic import make_synthetic  # noqa: E402
 from maskrcnn_finetune.server_process import start_server  # noqa: E402
 
 PREDICT = "/api/v1/predict"
@@ -94,15 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- the test image
 def synthetic_image(size: int, fmt: str = "jpeg") -> tuple[bytes, str]:
-    """A deterministic synthetic picture, ``size`` px on its short side (4:3 landscape), as file bytes.
+    """The CPU benchmark's synthetic picture (seed 0), ``size`` px on its short side, as file bytes.
 
     Returns:
         ``(bytes, file name)``.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        json_path = make_synthetic(tmp, 1, seed=0, image_size=(max(64, size * 4 // 3), max(64, size)))[0]
-        picture = Image.open(json_path.with_suffix(".jpg")).convert("RGB")
-    picture = picture.resize((round(size * 4 / 3), size), Image.BILINEAR)
+    from benchmarks.cpu_inference import test_image
+
+    picture = Image.fromarray(test_image(size, seed=0))
     buffer = io.BytesIO()
     if fmt == "jpeg":
         picture.save(buffer, format="JPEG", quality=90)

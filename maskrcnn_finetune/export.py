@@ -43,6 +43,7 @@ import torchvision
 from PIL import Image
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from tqdm import tqdm
 
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.data.coco import write_json_atomic
@@ -73,6 +74,7 @@ CHECK_IMAGES = 3
 # torchvision's scripted GeneralizedRCNN warns on every call that it returns (losses, detections);
 # ScriptedMaskRCNN unpacks that tuple, so the warning says nothing to a user of this module.
 warnings.filterwarnings("ignore", message="RCNN always returns a", category=UserWarning)
+LATENCY_RUNS = 5  # timed calls of each model for export.json (the parity check covers every image)
 
 
 class ExportError(KitError):
@@ -290,8 +292,8 @@ def compare_with_eager(eager: Predictor, candidate: Predictor, images: list[np.n
     # both runs go below the threshold by the score tolerance: an instance near the threshold may
     # appear in one run only, and the comparison needs to see it to pair it
     low = max(0.0, threshold - SCORE_TOLERANCE)
-    reference = [eager(image, threshold=low) for image in images]
-    exported = [candidate(image, threshold=low) for image in images]
+    reference = [eager(image, threshold=low) for image in tqdm(images, desc="parity check: eager", unit="img")]
+    exported = [candidate(image, threshold=low) for image in tqdm(images, desc="parity check: exported", unit="img")]
     return compare_runs(reference, exported, threshold, names=names)
 
 
@@ -350,7 +352,7 @@ def _check(eager: Predictor, exported: Path, model_dir: Path, arrays, names, thr
     if not report.ok:
         raise ExportParityError(f"the {FORMATS[fmt][2]} model '{exported}' does not predict what the eager model of "
                                 f"'{model_dir}' predicts, so it must not be used: {report.describe()}", report)
-    latency = {name: measure_latency(p, arrays, warmup=1) for name, p in (("eager", eager), ("exported", candidate))}
+    latency = {name: measure_latency(p, arrays, warmup=1, runs=min(len(arrays), LATENCY_RUNS)) for name, p in (("eager", eager), ("exported", candidate))}
     return {"threshold": threshold, "check_images": names, "parity": report.to_dict(), "latency_ms": latency}
 
 

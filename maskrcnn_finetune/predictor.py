@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.errors import ConfigError
@@ -149,9 +151,6 @@ def paste_masks_bool(masks: torch.Tensor, boxes: torch.Tensor, height: int, widt
     it never builds a float mask of the whole image per instance, which at 800x1067 and 100
     instances is 340 MB written, copied and compared.
     """
-    from torch.nn import functional as F
-    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
-
     out = torch.zeros((len(masks), height, width), dtype=torch.bool)
     if len(masks) == 0:
         return out

@@ -169,14 +169,18 @@ def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygo
     return payloads
 
 
+def _options(body) -> tuple[float, bool]:
+    """``(threshold, polygons)`` of a predict request, from the query, the form or the JSON body."""
+    threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
+    return threshold, str(request_param("polygons", body) or "").lower() in _TRUE
+
+
 @bp.post("/predict")
 def predict():
     """One image -> instances with masks, and links to the result's files."""
     start = time.perf_counter()
     items, body = read_images(batch=False)
-    threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
-    polygons = str(request_param("polygons", body) or "").lower() in _TRUE
-    return jsonify(predict_many(items, threshold, polygons, start)[0])
+    return jsonify(predict_many(items, *_options(body), start)[0])
 
 
 @bp.post("/predict/batch")
@@ -184,9 +188,7 @@ def predict_batch():
     """Several images (multipart ``images`` repeated, or a JSON list) -> ``{"results": [...]}``."""
     start = time.perf_counter()
     items, body = read_images(batch=True)
-    threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
-    polygons = str(request_param("polygons", body) or "").lower() in _TRUE
-    return jsonify(results=predict_many(items, threshold, polygons, start))
+    return jsonify(results=predict_many(items, *_options(body), start))
 
 
 # ---------------------------------------------------------------- files and info

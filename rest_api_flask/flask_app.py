@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(config_from_args(args))
     predictor = app.extensions["inference"].predictor
-    if hasattr(predictor, "describe_mode"):
-        say(f"Model on {predictor.device}: {predictor.describe_mode()}"
-            + ("" if not predictor.fast else " (--no-fast turns it off)"))
+    say(f"Model on {predictor.device}: {predictor.describe_mode()}" + (" (--no-fast turns it off)" if predictor.fast else ""))
     try:
         port, serve, shutdown = _make_server(app, args)
     except OSError as exc:  # the address is taken or not this machine's

@@ -81,7 +81,7 @@ class InferenceService:
             "backbone": info.get("backbone", getattr(self.predictor.spec, "backbone", None)),
             "classes": self.predictor.class_names,
             "device": str(self.predictor.device),
-            "inference": getattr(self.predictor, "mode", {}),
+            "inference": self.predictor.mode,
             "default_threshold": current_app.config["THRESHOLD"],
             "image_size": info.get("image_size"),
             "metrics": info.get("metrics", {}),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskrcnn_finetune.model_dir import load_model_dir
 from maskrcnn_finetune.parity import compare_runs
-from maskrcnn_finetune.predictor import BF16_MIN_INPUT, BF16_PARTS, Predictor, native_bf16
+from maskrcnn_finetune.predictor import BF16_MIN_INPUT, Predictor, native_bf16
 
 from training_options import train_tiny
 
@@ -104,7 +104,6 @@ def test_bf16_runs_the_heavy_parts_in_bf16_and_the_predictors_in_fp32(model_dir,
     assert seen["mask predictor"] == (torch.float32, None)
     assert instances.scores.dtype == np.float32 and instances.boxes.dtype == np.float32
     assert state_keys_unchanged(predictor, model_dir)
-    assert set(BF16_PARTS) >= {"backbone", "roi_heads.box_head"}
 
 
 def state_keys_unchanged(predictor, model_dir) -> bool:
