@@ -1,10 +1,9 @@
 """Training options shared by the tests: a model small and fast enough for unit tests."""
 
-TINY_MODEL = dict(
-    image_size=64, max_size=96, train_sizes=[], batch_size=2, max_iter=2, eval_period=100, log_period=1,
-    box_batch_size_per_image=32, box_head_dim=64, mask_head_layers=[32], rpn_pre_nms_top_n_train=100,
-    rpn_post_nms_top_n_train=50, pretrained="none", device="cpu", warmup_iters=1, lr=0.01,
-)
+from maskrcnn_finetune.colab import SMOKE_TRAINING
+
+# the notebooks' smoke-mode training, two iterations long, without its backbone and detection count
+TINY_MODEL = {k: v for k, v in SMOKE_TRAINING.items() if k not in ("backbone", "detections_per_image")} | {"max_iter": 2}
 
 
 def train_tiny(train_json, out_dir, backbone: str = "mobilenetv2_fpnlite", **overrides):
