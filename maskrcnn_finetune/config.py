@@ -37,7 +37,7 @@ class TrainConfig:
     steps: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step schedule: fractions of max_iter
     gamma: float = 0.1
     clip_grad: float = 10.0  # max gradient norm; 0 turns clipping off
-    amp: str = "auto"  # "auto" (on for CUDA), "on", "off"
+    amp: str = "auto"  # "auto" (fp16 on CUDA, bf16 on CPUs with bf16 units), "on", "off"
     device: str = "auto"  # "auto", "cpu", "cuda"
     # images and augmentation
     image_size: int = 800  # short side at test time
@@ -179,7 +179,7 @@ CONFIG_HELP = {
     "train_sizes": "several short sides to pick from at random while training (multi-scale)",
     "resume": "continue the interrupted run in --output-dir exactly where it stopped",
     "eval_period": "evaluate and checkpoint every N iterations",
-    "amp": "mixed precision: auto (on with CUDA), on, off",
+    "amp": "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 units), on, off (fp32)",
     "clip_grad": "max gradient norm (0: no clipping)",
     "score_threshold": "default threshold of the Predictor and the server",
 }

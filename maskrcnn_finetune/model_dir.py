@@ -49,7 +49,7 @@ def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
     tmp = out_dir / (WEIGHTS + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(out_dir / WEIGHTS)
     info = {
         "format": FORMAT,
@@ -119,6 +119,21 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise ModelDirError(f"{weights} is corrupt or not a weights file ({exc}); train again or restore it") from None
+    model = rebuild_model(spec, state, weights)
+    logger.info("loaded the trained %s weights of %s", spec.backbone, weights)
+    model.to(device).eval()
+    return model, spec, info
+
+
+def rebuild_model(spec: ModelSpec, state: dict, source="the weights") -> torch.nn.Module:
+    """The model ``spec`` describes, built as for inference (its test size), holding ``state``.
+
+    This is how a model folder comes back to life, and how training evaluates: what training
+    scores is what :meth:`Predictor.from_dir` will run.
+
+    Raises:
+        ModelDirError: the weights do not fit the description (e.g. another number of classes).
+    """
     model = build_model(spec, pretrained="none")
     try:
         model.load_state_dict(state, strict=True)
@@ -126,14 +141,13 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
         head = state.get("roi_heads.box_predictor.cls_score.weight")
         if head is not None and head.shape[0] != len(spec.class_names) + 1:
             raise ModelDirError(
-                f"{weights} was trained for {head.shape[0] - 1} classes but {MODEL_JSON} lists "
+                f"{source} was trained for {head.shape[0] - 1} classes but {MODEL_JSON} lists "
                 f"{len(spec.class_names)} ({', '.join(spec.class_names)}); the two files come from different runs"
             ) from None
         first = str(exc).splitlines()[0]
-        raise ModelDirError(f"{weights} does not fit the {spec.backbone} model described in {MODEL_JSON} ({first}); "
+        raise ModelDirError(f"{source} does not fit the {spec.backbone} model described in {MODEL_JSON} ({first}); "
                             "the two files come from different runs") from None
-    model.to(device).eval()
-    return model, spec, info
+    return model
 
 
 def _load_detectron2_dir(model_dir: Path, device, info: dict):

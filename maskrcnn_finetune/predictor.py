@@ -198,8 +198,14 @@ class Predictor:
         on_cpu = self.device.type == "cpu"
         # the fast path knows torchvision's Mask R-CNN; detectron2 and exported models run as they are
         self.fast = (on_cpu if fast is None else bool(fast)) and isinstance(self.model, GeneralizedRCNN)
+        self._fp32_reason = ""
         if bf16 is None:
             bf16 = native_bf16() and getattr(spec, "min_size", 0) >= BF16_MIN_INPUT
+            self._fp32_reason = ("no bf16 units on this CPU" if not native_bf16() else
+                                 f"{getattr(spec, 'min_size', 0)} px input: bf16 only from {BF16_MIN_INPUT} px, "
+                                 "below it saves little and moves small masks")
+        elif not bf16:
+            self._fp32_reason = "bf16 turned off"
         self.bf16 = self.fast and on_cpu and bool(bf16)
         self._mask_floor = None
         if self.fast:
@@ -208,6 +214,7 @@ class Predictor:
             self._install_bool_paste()
         if self.bf16:
             self.bf16 = _autocast_parts(self.model)
+            self._fp32_reason = "" if self.bf16 else "bf16 needs a torchvision Mask R-CNN"
         logger.info("inference on %s: %s", self.device, self.describe_mode())
 
     @classmethod
@@ -230,7 +237,7 @@ class Predictor:
         if not self.fast:
             return "plain fp32 model"
         return ("fast path: bf16 autocast, channels-last" if self.bf16
-                else "fast path: fp32 (no bf16 units on this CPU), channels-last")
+                else f"fast path: fp32 ({self._fp32_reason}), channels-last")
 
     def _install_mask_floor(self) -> None:
         """Drops detections below the call's threshold between NMS and the mask head.

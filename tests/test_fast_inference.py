@@ -52,6 +52,16 @@ def test_cpu_default_is_the_fast_path(model_dir):
     assert large.bf16 == native_bf16() and large.mode["precision"] == ("bf16" if native_bf16() else "fp32")
 
 
+def test_the_mode_gives_the_real_reason_for_fp32(model_dir):
+    small = Predictor.from_dir(model_dir).describe_mode()
+    if native_bf16():  # this machine: the 512 px rule, not the CPU, keeps a 64 px model in fp32
+        assert small == (f"fast path: fp32 (64 px input: bf16 only from {BF16_MIN_INPUT} px, "
+                         "below it saves little and moves small masks), channels-last")
+    else:
+        assert small == "fast path: fp32 (no bf16 units on this CPU), channels-last"
+    assert Predictor.from_dir(model_dir, bf16=False).describe_mode() == "fast path: fp32 (bf16 turned off), channels-last"
+
+
 def test_threshold_before_the_mask_head_changes_nothing_above_it(model_dir, images):
     fast_fp32 = Predictor.from_dir(model_dir, fast=True, bf16=False)
     rois = []

@@ -28,10 +28,11 @@ from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.data.dataset import CocoInstanceDataset
 from maskrcnn_finetune.errors import ConfigError, KitError
 from maskrcnn_finetune.evaluate import evaluate_predictor
-from maskrcnn_finetune.model_dir import MODEL_JSON, write_model_dir
+from maskrcnn_finetune.model_dir import MODEL_JSON, rebuild_model, write_model_dir
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes
-from maskrcnn_finetune.predictor import Predictor, resolve_device
+from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
+from maskrcnn_finetune.predictor import Predictor, native_bf16, resolve_device
 from maskrcnn_finetune.visualize import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -155,15 +156,34 @@ def _load_checkpoint(path: Path) -> dict:
         raise TrainingError(f"cannot resume: {path} is corrupt ({exc}); delete it to start over") from None
 
 
-def _evaluate(model, spec, device, cfg, val_data) -> dict:
-    # the plain model: the fast path would convert the model being trained to channels-last and
-    # wrap its forwards in bf16 autocast, changing the training that follows
-    predictor = Predictor(getattr(model, "module", model), spec, device, score_threshold=0.0, fast=False)
-    try:
-        metrics = evaluate_predictor(predictor, val_data, progress=True)
-    finally:
-        model.train()
-    return metrics
+def evaluation_predictor(model, spec: ModelSpec, device) -> Predictor:
+    """What ``Predictor.from_dir`` will run for the model folder of this training, now.
+
+    The weights of the model being trained, in a model rebuilt from ``spec`` as a model folder
+    is (test size ``spec.min_size``, not the training sizes; torchvision's poolers; eval mode),
+    on the Predictor's default path for ``device``. The model being trained is left as it is.
+    """
+    state = {k: v.detach().contiguous() for k, v in getattr(model, "module", model).state_dict().items()}
+    return Predictor(rebuild_model(spec, state, "the model being trained"), spec, device, score_threshold=0.0)
+
+
+def _evaluate(model, spec, device, val_data) -> dict:
+    return evaluate_predictor(evaluation_predictor(model, spec, device), val_data, progress=True)
+
+
+def training_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training forward pass, or None for fp32.
+
+    ``--amp auto``: fp16 with loss scaling on CUDA; bf16 on a CPU that computes it in hardware
+    (AVX512-BF16 or AMX, where it is about three times fp32's rate), fp32 on other CPUs.
+    ``--amp on`` asks for it on any CPU (emulated bf16 is slower than fp32); ``off`` is fp32.
+    Weights, gradients, optimiser state and the loss stay fp32.
+    """
+    if cfg.amp == "off":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cfg.amp == "on" or native_bf16() else None
 
 
 def refuse_to_overwrite(out: Path, resume: bool, holds_checkpoint: bool) -> None:
@@ -215,13 +235,17 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.pretrained, train_min_sizes=cfg.train_sizes or None).to(device)
+    if cfg.pretrained == "none" and main:
+        logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
+    if device.type == "cpu":
+        # measured in benchmarks/RESULTS.md: oneDNN's convolutions are faster channels-last, and
+        # torchvision's RoIAlign backward runs in one thread (see modeling/pooling.py)
+        model = use_parallel_roi_align(model.to(memory_format=torch.channels_last))
     model.train()
     optimizer = _build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, max_iter))
-    use_amp = device.type == "cuda" and cfg.amp != "off" or cfg.amp == "on"
-    if use_amp and device.type != "cuda":
-        raise ConfigError("--amp on needs a GPU; use --amp auto on the CPU")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = training_precision(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
 
     start_iter, history = 0, []
     if cfg.resume and ckpt_path.exists():
@@ -245,8 +269,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
-        logger.info("training %s on %d images (%d classes) for %d iterations on %s%s", spec.backbone, len(dataset),
-                    len(spec.class_names), max_iter, device, f" x{world}" if world > 1 else "")
+        logger.info("training %s on %d images (%d classes) for %d iterations on %s%s, %s", spec.backbone, len(dataset),
+                    len(spec.class_names), max_iter, device, f" x{world}" if world > 1 else "",
+                    {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[precision])
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -265,7 +290,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             images, targets = augment_batch(images, targets, cfg.hflip)
             images = [img.to(device, non_blocking=True) for img in images]
             targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with torch.autocast(device_type=device.type, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=precision, enabled=precision is not None):
                 losses = model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
@@ -300,7 +325,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             if periodic or iteration == stop_after:
                 if main:
                     if periodic and val_data is not None:
-                        history.append(log_eval(iteration, _evaluate(model, spec, device, cfg, val_data), log_file, writer))
+                        history.append(log_eval(iteration, _evaluate(model, spec, device, val_data), log_file, writer))
                         plot_training_curves(out / METRICS_LOG, out / "training_curves.png")
                     _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
                 if world > 1:
@@ -322,7 +347,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     metrics = {}
     if main:
         if val_data is not None:
-            metrics = _evaluate(model, spec, device, cfg, val_data)
+            metrics = _evaluate(model, spec, device, val_data)
             with (out / METRICS_LOG).open("a") as fh:
                 history.append(log_eval(iteration, metrics, fh, writer))
         _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
@@ -14,7 +13,6 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from maskrcnn_finetune.errors import ConfigError, KitError
 from maskrcnn_finetune.modeling.backbones import BACKBONES, build_backbone
 
-logger = logging.getLogger(__name__)
 
 PRETRAINED_CHOICES = ("default", "none")
 """``default``: COCO Mask R-CNN weights for resnet50_fpn, ImageNet weights for the others."""
@@ -126,8 +124,6 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
             "Connect to the internet once (they are cached afterwards), or pass --pretrained none "
             "to train from scratch"
         ) from exc
-    if not use_weights:
-        logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
     return model
 
 

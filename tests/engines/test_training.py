@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from maskrcnn_finetune.config import TrainConfig, resolve_config
@@ -140,3 +141,42 @@ def test_ddp_with_two_cpu_processes(tiny_coco, tmp_path):
     info = json.loads((out / "model.json").read_text())
     assert info["training"]["max_iter"] == 2
     assert "x2" in proc.stderr  # "training ... on cpu x2": both ranks took part
+
+
+def test_what_training_scores_is_what_the_model_folder_predicts(tiny_coco, tmp_path):
+    """Multi-scale training: torchvision's transform would evaluate at the last training size, the
+    folder at --image-size. Training must score exactly what Predictor.from_dir runs."""
+    from maskrcnn_finetune.data.coco import load_coco
+    from maskrcnn_finetune.modeling import ModelSpec, build_model
+    from maskrcnn_finetune.predictor import Predictor
+    from maskrcnn_finetune.engines.torchvision_engine import evaluation_predictor
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_coco, out, max_iter=8, eval_period=100, train_sizes=[48, 64, 96], image_size=64,
+               detections_per_image=20, lr=0.02))
+    info = json.loads((out / "model.json").read_text())
+    assert info["image_size"] == 64
+    # the model as training left it: built with its training sizes, holding the trained weights
+    spec = ModelSpec.from_dict(info["model"])
+    trained = build_model(spec, train_min_sizes=[48, 64, 96])
+    trained.load_state_dict(torch.load(out / CHECKPOINT, weights_only=False)["model"])
+    images = [load_coco(tiny_coco["val"]).image_path(i) for i in load_coco(tiny_coco["val"]).images]
+    from_dir = Predictor.from_dir(out, device="cpu")(images, threshold=0.0)
+    in_memory = evaluation_predictor(trained, spec, "cpu")(images, threshold=0.0)
+    assert sum(len(r) for r in from_dir) > 0
+    for a, b in zip(in_memory, from_dir):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.masks, b.masks)
+    # what the old evaluation ran (the training model in eval mode) resizes to 96 px, not 64
+    naive = Predictor(trained, spec, "cpu", score_threshold=0.0, fast=False)(images, threshold=0.0)
+    assert any(len(a) != len(b) or not np.allclose(a.boxes, b.boxes) for a, b in zip(naive, from_dir))
+    # the AP written to model.json is the AP scripts/evaluate.py measures on the folder
+    proc = _script("evaluate.py", "--model-dir", out, "--json", tiny_coco["val"], "--device", "cpu",
+                   "--out", tmp_path / "evaluated.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "evaluated.json").read_text())["val"]
+    for kind in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75"):
+            assert info["metrics"][f"{kind}_{key}"] == evaluated[kind][key], (kind, key)
+    assert "loaded the trained mobilenetv2_fpnlite weights" in proc.stderr
+    assert "training from scratch" not in proc.stderr
