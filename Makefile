@@ -40,7 +40,7 @@ $(BROWSER_STAMP): | $(STAMP)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $@
 
-$(D2_STAMP): $(STAMP) scripts/install_detectron2.py
+$(D2_STAMP): $(STAMP) scripts/install_detectron2.py maskrcnn_finetune/modeling/detectron2/install.py
 	$(PY) scripts/install_detectron2.py --source wheel
 	touch $@
 

@@ -1,8 +1,9 @@
-"""What the notebooks need from their surroundings: Colab or not, GPU, Drive, secrets, smoke mode.
+"""What the notebooks need from their runtime: Colab or not, GPU, logs, secrets, serving, smoke mode.
 
 Every Colab-only call is guarded here, so the same notebook cells run unchanged in Colab, in
 Jupyter on a laptop, and under ``pytest --nbval-lax`` (where ``MRCNN_SMOKE=1`` shrinks the data,
-the model and the schedule so that each notebook runs on a CPU in about a minute).
+the model and the schedule so that each notebook runs on a CPU in about a minute). What the
+notebooks hand each other (Drive, uploads, checked paths) is in :mod:`maskrcnn_finetune.handover`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from maskrcnn_finetune.errors import ConfigError, KitError
@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 SMOKE_ENV = "MRCNN_SMOKE"
 WORK_DIR_ENV = "MRCNN_WORKDIR"  # where smoke runs write (a fresh temporary folder when unset)
 NGROK_TOKEN_NAME = "NGROK_AUTHTOKEN"  # the environment variable and the Colab secret
-DRIVE_ROOT = Path("/content/drive")
-DETECTRON2_SOURCE = "git+https://github.com/facebookresearch/detectron2.git"
+LOGGERS = ("maskrcnn_finetune", "rest_api_flask")  # what show_logs prints in the notebook
+PROXY_TIMEOUT_S = 10  # eval_js waits this long for the browser tab: a cell must never hang
 
 # The model of tests/training_options.py: a few iterations of a tiny Mask R-CNN on tiny images
 # (the light backbone too: smoke mode tests the notebook's flow, not the backbone a form chose).
@@ -75,74 +75,70 @@ def describe_runtime() -> str:
     return "\n".join(lines)
 
 
-def install_detectron2(source: str = DETECTRON2_SOURCE) -> bool:
-    """Installs detectron2 in Colab (a compile of a few minutes); elsewhere only says how.
+def show_logs(level: int = logging.INFO) -> None:
+    """Shows the kit's log messages in the notebook's output (resume, evaluations, checksums, warnings).
+
+    Library modules only log; a notebook calls this once, in its first cell. Calling it again
+    changes nothing.
+    """
+    for name in LOGGERS:
+        log = logging.getLogger(name)
+        log.setLevel(level)
+        if not any(getattr(h, "_kit_notebook", False) for h in log.handlers):
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+            handler._kit_notebook = True
+            log.addHandler(handler)
+
+
+def install_detectron2(wheel_dir=None) -> bool:
+    """Installs detectron2 in Colab (a pinned upstream commit, a few minutes of compiling); elsewhere says how.
+
+    Compares torch's CUDA with ``nvcc`` before building, and falls back to detectron2's
+    Python-only code when they differ or the build fails (Mask R-CNN then uses torchvision's ops).
+
+    Args:
+        wheel_dir: keep the built wheel here (a folder on Drive) so that the next runtime
+            installs it in seconds.
 
     Returns:
         True when detectron2 can be imported afterwards.
     """
-    if importlib.util.find_spec("detectron2") is not None:
+    from maskrcnn_finetune.modeling.detectron2 import INSTALL_HINT, detectron2_available
+    from maskrcnn_finetune.modeling.detectron2.install import install
+
+    if detectron2_available():
         return True
     if not in_colab():
-        logger.warning("detectron2 is not installed; install it with `pip install '%s'` (needs a C++ compiler "
-                       "and a CUDA toolkit matching torch), or choose the torchvision engine", source)
+        logger.warning("detectron2 is not installed; install it with: %s; or choose the torchvision engine",
+                       INSTALL_HINT)
         return False
-    # as scripts/install_detectron2.py --source git does (scripts/ is not part of an installed kit):
-    # its setup.py imports torch, so build without isolation against Colab's own torch, and keep
-    # setuptools<81 for the pkg_resources its model zoo imports
-    pip = [sys.executable, "-m", "pip", "install"]
     try:
-        subprocess.run(pip + ["--quiet", "setuptools<81", "wheel", "ninja"], check=True)
-        logger.info("building detectron2 from %s: several minutes, pip's output follows", source)
-        subprocess.run(pip + ["--no-build-isolation", source], check=True)  # not --quiet: a long build shows progress
-    except subprocess.CalledProcessError as exc:
-        raise KitError(f"installing detectron2 failed (pip exited with {exc.returncode}; its output is above). "
-                       "Choose the torchvision engine, which needs no build, or try again on a GPU runtime") from None
+        install("auto", wheel_dir=wheel_dir)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        raise KitError(f"installing detectron2 failed ({exc}); pip's output is above. Choose the torchvision "
+                       "engine, which needs no build") from None
     importlib.invalidate_caches()
-    return importlib.util.find_spec("detectron2") is not None
+    return detectron2_available()
 
 
-def mount_drive(subdir: str = "maskrcnn-finetune") -> Path:
-    """Mounts Google Drive (Colab asks for permission) and returns ``MyDrive/subdir``, created.
-
-    Raises:
-        ConfigError: not in Colab.
-    """
-    if not in_colab():
-        raise ConfigError("Google Drive can only be mounted in Colab; untick USE_DRIVE, or give a local folder")
-    from google.colab import drive  # only exists in Colab
-
-    drive.mount(str(DRIVE_ROOT))
-    folder = DRIVE_ROOT / "MyDrive" / subdir
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def work_dir(use_drive: bool = False, subdir: str = "maskrcnn-finetune", local: str | Path = "outputs") -> Path:
-    """The folder a notebook writes its data, models and results to, created.
-
-    Smoke mode: ``$MRCNN_WORKDIR`` or a new temporary folder. Otherwise Google Drive
-    (``MyDrive/subdir``) when ``use_drive`` and in Colab, else ``local``. On Drive a model
-    folder outlives a disconnected runtime, and training with ``resume=True`` picks it up.
-
-    Args:
-        use_drive: keep everything on Google Drive (Colab only; ignored with a warning elsewhere).
-        subdir: the folder under ``MyDrive``.
-        local: the folder used without Drive (relative to the notebook's working directory).
+def prepare_engine(model_dir, wheel_dir=None) -> str:
+    """Reads which engine trained a model folder and installs what it needs (detectron2 for its models).
 
     Returns:
-        The absolute folder.
+        The engine's name.
+
+    Raises:
+        KitError: the model needs detectron2 and it cannot be installed here.
     """
-    if smoke_mode():
-        folder = Path(os.environ.get(WORK_DIR_ENV) or tempfile.mkdtemp(prefix="mrcnn_smoke_"))
-    elif use_drive and in_colab():
-        folder = mount_drive(subdir)
-    else:
-        if use_drive:
-            logger.warning("USE_DRIVE is only for Colab; writing to %s instead", Path(local).resolve())
-        folder = Path(local)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder.resolve()
+    from maskrcnn_finetune.model_dir import read_model_info
+    from maskrcnn_finetune.modeling.detectron2 import INSTALL_HINT
+
+    engine = read_model_info(model_dir).get("engine", "torchvision")
+    if engine == "detectron2" and not install_detectron2(wheel_dir):
+        raise KitError(f"'{model_dir}' was trained with detectron2, which is not installed in this Python: "
+                       f"install it with {INSTALL_HINT}, or serve a model trained with the torchvision engine")
+    return engine
 
 
 def training_options(**options) -> dict:
@@ -173,8 +169,8 @@ def read_ngrok_token(ask: bool = True) -> str | None:
     left bar, with notebook access on), then asks with ``getpass`` when ``ask`` and in Colab.
 
     Returns:
-        The token, or None when there is none (the server is then reached through Colab's
-        proxy or on this machine only).
+        The token, or None when there is none (the web page is then shown inside the notebook
+        through Colab's proxy, and there is no public URL).
     """
     token = os.environ.get(NGROK_TOKEN_NAME, "").strip()
     if token:
@@ -190,41 +186,8 @@ def read_ngrok_token(ask: bool = True) -> str | None:
         token = ""
     if not token and ask:
         token = getpass.getpass("ngrok authtoken (https://dashboard.ngrok.com/get-started/your-authtoken; "
-                                "Enter to skip and use Colab's proxy): ").strip()
+                                "Enter to skip: no public URL, the page shows in the notebook): ").strip()
     return token or None
-
-
-def proxy_url(port: int) -> str | None:
-    """Colab's own https address for a port of this runtime (reachable from your browser only), or None elsewhere.
-
-    It has to be asked from the notebook's kernel, which is why the server process cannot do it.
-    """
-    if not in_colab():
-        return None
-    from google.colab.output import eval_js  # only exists in Colab
-
-    return str(eval_js(f"google.colab.kernel.proxyPort({int(port)})"))
-
-
-def upload_files(dest) -> list[Path]:
-    """Asks the browser for files (Colab's upload button) and saves them in ``dest``; elsewhere returns [].
-
-    Returns:
-        The saved files, e.g. a labelme ``.zip`` for :func:`~maskrcnn_finetune.data.download.fetch_source`.
-    """
-    if not in_colab():
-        logger.warning("uploading from the browser works in Colab only; give a folder or .zip path instead")
-        return []
-    from google.colab import files  # only exists in Colab
-
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    saved = []
-    for name, data in files.upload().items():
-        path = dest / Path(name).name  # never a path the browser chose
-        path.write_bytes(data)
-        saved.append(path)
-    return saved
 
 
 SMOKE_BACKBONES = ["mobilenetv2_fpnlite", "mobilenetv2_fpn"]
@@ -248,10 +211,57 @@ def comparison_backbones(names: str | list[str]) -> list[str]:
     return chosen
 
 
+def proxy_url(port: int) -> str | None:
+    """Colab's https address for a port of this runtime (for your browser only, while the notebook is open).
+
+    Asked from the notebook's kernel with a timeout, so that a cell never hangs when the browser
+    tab does not answer. None outside Colab or without an answer.
+    """
+    if not in_colab():
+        return None
+    from google.colab.output import eval_js  # only exists in Colab
+
+    url = eval_js(f"google.colab.kernel.proxyPort({int(port)})", timeout_sec=PROXY_TIMEOUT_S)
+    if not url:
+        logger.warning("the browser tab did not answer within %d s with Colab's proxy address", PROXY_TIMEOUT_S)
+    return str(url).rstrip("/") if url else None
+
+
+def show_server(server, height: int = 720) -> str:
+    """Says where the server can be reached, and shows its web page in the notebook when there is no public URL.
+
+    * a public (ngrok) URL: printed, with the warnings that belong to it;
+    * Colab without one: the page in an iframe of the cell's output (Colab's port proxy; the
+      page's uploads work there, unlike in a new tab), and the proxy address for your browser;
+    * elsewhere: the local address.
+
+    Returns:
+        The URL to use: public, Colab's proxy, or local.
+    """
+    if server.public_url:
+        print(f"Public URL: {server.public_url}\n"
+              "WARNING: anyone who has this URL can use the model (protect it with extra_args=['--api-key', KEY] "
+              "or ['--auth', 'USER:PASSWORD']). ngrok's free plan shows a browser warning page once ('Visit Site'); "
+              "API clients skip it with the header 'ngrok-skip-browser-warning: 1'. It lives as long as this "
+              "runtime: for short demos, not for hosting.")
+        return server.public_url
+    if not in_colab():
+        print(f"Open {server.url} (this machine only; a public URL needs an ngrok authtoken)")
+        return server.url
+    from google.colab.output import serve_kernel_port_as_iframe  # only exists in Colab
+
+    serve_kernel_port_as_iframe(server.port, height=str(height))
+    url = proxy_url(server.port)
+    print("The web page is shown above, inside the notebook (Colab's proxy: for you only, while this notebook is "
+          "open). A public URL needs an ngrok authtoken (Colab secret NGROK_AUTHTOKEN)." +
+          (f" Proxy address: {url}" if url else ""))
+    return url or server.url
+
+
 def demo_model(folder, max_iter: int | None = None) -> Path:
     """A model folder to try things with when you have none: synthetic shapes and ``--preset demo``.
 
-    About ten minutes on a CPU, a minute on a GPU, seconds in smoke mode. An existing run in
+    About ten minutes on a CPU, a few minutes on a T4, seconds in smoke mode. An existing run in
     ``folder/model`` is resumed (or reused when finished).
 
     Returns:

@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 import requests
 
 from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.server_registry import forget_server, remember_server, signal_group, stop_previous_servers
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +94,22 @@ class ServerProcess:
         return response.json()
 
     def stop(self, timeout: float = 10.0) -> int:
-        """Stops the server (SIGTERM, then SIGKILL after ``timeout`` s) and returns its exit code."""
+        """Stops the server and its ngrok agent (SIGTERM to its process group, SIGKILL after ``timeout`` s).
+
+        Returns:
+            The server's exit code.
+        """
         if self.process.poll() is None:
-            self.process.terminate()
+            signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 logger.warning("the server did not stop within %.0f s; killing it", timeout)
-                self.process.kill()
+                signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=timeout)
             logger.info("server stopped (exit code %s)", self.process.returncode)
+        signal_group(self.process.pid, signal.SIGKILL)  # an agent the server left behind goes with it
+        forget_server(self.process.pid)
         if self._reader is not None:
             self._reader.join(timeout=5)  # its last lines into the log before returning
         atexit.unregister(self.stop)
@@ -149,7 +157,7 @@ class ServerProcess:
 def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none", ngrok_token: str | None = None,
                  infer_with_cpu: bool = False, threshold: float | None = None, host: str = "127.0.0.1",
                  port: int | None = None, extra_args: list[str] | tuple[str, ...] = (), log_path=None,
-                 timeout: float = 180.0, tunnel_timeout: float = 45.0) -> ServerProcess:
+                 timeout: float = 180.0, tunnel_timeout: float = 45.0, stop_previous: bool = True) -> ServerProcess:
     """Starts the server in the background and returns once ``/health`` says the model is loaded.
 
     Args:
@@ -164,6 +172,9 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
         log_path: the server's log file (default: ``output_folder/server.log``).
         timeout: seconds to wait for the model to load and ``/health`` to answer.
         tunnel_timeout: seconds to wait for the ``Public URL`` line after that.
+        stop_previous: first stop the servers started before in this runtime and still running
+            (a re-run cell, or a kernel that crashed and left its server and ngrok agent alive:
+            a second agent of the same ngrok account would be refused, ERR_NGROK_108).
 
     Returns:
         The :class:`ServerProcess`; ``public_url`` is None when the tunnel did not open
@@ -182,11 +193,14 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
     if ngrok_token:
         env["NGROK_AUTHTOKEN"] = ngrok_token
     log_path = Path(log_path) if log_path else output_folder / "server.log"
+    if stop_previous:
+        stop_previous_servers()
     logger.info("starting the server: %s", " ".join(cmd))
     # its own session: interrupting a notebook cell (SIGINT to the kernel's group) leaves it running
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, bufsize=1, env=env, start_new_session=True)
     server = ServerProcess(process, log_path)
+    remember_server(process.pid, cmd)
     atexit.register(server.stop)
     server._reader = threading.Thread(target=server._read_output, name="server-log", daemon=True)
     server._reader.start()
@@ -231,3 +245,4 @@ def _failure(what: str, server: ServerProcess, timeout: float) -> str:
         state = f"{state} ({what})"
     return (f"the server {state}. The end of its log ({server.log_path}):\n{server.log_tail()}\n"
             "Fix the problem it names (often --model-dir), then run the cell again.")
+

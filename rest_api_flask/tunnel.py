@@ -23,10 +23,16 @@ NGROK_HINTS = {
     "ERR_NGROK_4018": "ngrok refused to start without an authtoken: " + _TOKEN_HELP,
     "ERR_NGROK_105": "ngrok does not know this authtoken: copy it again from the dashboard, " + _TOKEN_HELP,
     "ERR_NGROK_107": "ngrok does not know this authtoken: copy it again from the dashboard, " + _TOKEN_HELP,
-    "ERR_NGROK_108": ("this ngrok account already runs an agent session elsewhere (a free account allows one): "
-                      "stop the other one (an old notebook or terminal: `from pyngrok import ngrok; ngrok.kill()`), "
-                      "or close stale sessions at https://dashboard.ngrok.com/agents, then start the server again"),
+    "ERR_NGROK_108": ("this ngrok account already runs an agent session elsewhere (a free account allows one). "
+                      "In a notebook, run the start cell again: it stops the server (and agent) that an earlier run "
+                      "of this runtime left. An agent in another Colab runtime or terminal: Runtime > Disconnect and "
+                      "delete runtime there, or stop that process; or end the session at "
+                      "https://dashboard.ngrok.com/agents. Then start the server again"),
+    "ERR_NGROK_334": ("this ngrok endpoint is already online from another agent (an earlier server of this account "
+                      "still runs): run the notebook's start cell again (it stops this runtime's earlier server), "
+                      "or end the other session at https://dashboard.ngrok.com/agents"),
 }
+COLAB_PROXY_TIMEOUT_S = 10  # eval_js waits this long for the browser: a cell must never hang
 
 
 class TunnelError(KitError):
@@ -127,14 +133,15 @@ def open_colab_proxy(port: int) -> Tunnel:
         raise TunnelError("--tunnel colab works only inside Google Colab; elsewhere use --tunnel ngrok "
                           "(or none, and open the local URL)") from None
     try:
-        url = eval_js(f"google.colab.kernel.proxyPort({int(port)})")
+        url = eval_js(f"google.colab.kernel.proxyPort({int(port)})", timeout_sec=COLAB_PROXY_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - eval_js fails in many ways outside the notebook's kernel
         raise TunnelError(f"Colab's proxy can only be asked for from the notebook's kernel ({type(exc).__name__}: "
                           f"{exc}); a server started with !python or in the background cannot. In a notebook cell, "
                           f"run maskrcnn_finetune.colab.proxy_url({int(port)}) (03_serve does), or use --tunnel ngrok"
                           ) from None
-    if not url:
-        raise TunnelError("Colab did not give a proxy URL for the port; use --tunnel ngrok instead")
+    if not url:  # eval_js returns None when the browser did not answer in time
+        raise TunnelError(f"Colab's browser tab did not give a proxy URL for the port within {COLAB_PROXY_TIMEOUT_S} s "
+                          "(is the notebook open in a browser?); use --tunnel ngrok instead")
     return Tunnel("colab", str(url).rstrip("/"))
 
 

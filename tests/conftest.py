@@ -117,3 +117,20 @@ def tiny_model_dir(tiny_coco, tmp_path_factory):
     from training_options import train_tiny
 
     return train_tiny(tiny_coco["train"], tmp_path_factory.mktemp("tiny_model") / "m", max_iter=3, detections_per_image=20)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_server_registry(tmp_path_factory):
+    """Servers started by the tests are remembered in a folder of this run only, never the machine's own
+    (start_server stops the servers it finds there; notebook runs inherit the variable)."""
+    import os
+
+    from maskrcnn_finetune.server_registry import REGISTRY_ENV
+
+    old = os.environ.get(REGISTRY_ENV)
+    os.environ[REGISTRY_ENV] = str(tmp_path_factory.mktemp("server_registry"))
+    yield
+    if old is None:
+        os.environ.pop(REGISTRY_ENV, None)
+    else:
+        os.environ[REGISTRY_ENV] = old

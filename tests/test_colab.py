@@ -7,43 +7,49 @@ stand-in module in ``sys.modules`` (only what the kit calls: ``userdata.get``, `
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import sys
-import types
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import nbformat
 
 import pytest
 
-from maskrcnn_finetune import colab
+from maskrcnn_finetune import colab, handover, kit_source
 from maskrcnn_finetune.config import resolve_config
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling.backbones import BACKBONES
 
 
-class SecretNotFoundError(Exception):
-    """Stands in for google.colab.userdata.SecretNotFoundError."""
+FAKE_COLAB = Path(__file__).resolve().parent / "fake_colab"
 
 
 @pytest.fixture
-def fake_colab(monkeypatch):
-    """A stand-in ``google.colab`` (mocked: it only exists inside Colab). Returns its pieces to configure."""
-    google = sys.modules.get("google") or types.ModuleType("google")
-    package = types.ModuleType("google.colab")
-    state = types.SimpleNamespace(secrets={}, asked=[], uploads={}, eval_js=[])
+def fake_colab(monkeypatch, tmp_path):
+    """The stand-in ``google.colab`` of tests/fake_colab (mocked: it only exists inside Colab), importable.
 
-    def get(key):
-        if key not in state.secrets:
-            raise SecretNotFoundError(key)
-        return state.secrets[key]
-
-    package.userdata = types.SimpleNamespace(get=get, SecretNotFoundError=SecretNotFoundError)
-    package.output = types.SimpleNamespace(eval_js=lambda js: state.eval_js.append(js) or "https://8000-abc.colab.dev/")
-    package.files = types.SimpleNamespace(upload=lambda: dict(state.uploads))
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setattr(google, "colab", package, raising=False)
-    monkeypatch.setitem(sys.modules, "google.colab", package)
-    monkeypatch.setitem(sys.modules, "google.colab.output", package.output)
+    It behaves as colabtools does today (see tests/fake_colab/README.md); what the browser does is
+    set with ``FAKE_COLAB_*`` variables. Drive is a temporary folder mounted at ``tmp_path/content/drive``.
+    """
+    monkeypatch.syspath_prepend(str(FAKE_COLAB))
+    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
-    return state
+    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FAKE_COLAB_DRIVE", str(tmp_path / "google_drive"))
+    monkeypatch.setattr(handover, "DRIVE_ROOT", tmp_path / "content" / "drive")
+    import google.colab  # noqa: F401 - as Colab's kernel has it imported
+
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -73,20 +79,62 @@ def test_smoke_mode_shrinks_training_and_data(monkeypatch, no_smoke, tmp_path):
     assert colab.synthetic_options(60) == {"n_images": 8, "image_size": (96, 80)}
 
 
-def test_work_dir(monkeypatch, no_smoke, tmp_path, caplog):
+def test_work_dir(monkeypatch, no_smoke, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert colab.work_dir() == tmp_path / "outputs" and (tmp_path / "outputs").is_dir()
-    with caplog.at_level(logging.WARNING):
-        assert colab.work_dir(use_drive=True, local="elsewhere") == tmp_path / "elsewhere"
-    assert "only for Colab" in caplog.text
+    assert handover.work_dir() == tmp_path / "outputs" and (tmp_path / "outputs").is_dir()  # Drive only in Colab
+    assert handover.work_dir(use_drive=False, local="elsewhere") == tmp_path / "elsewhere"
     monkeypatch.setenv(colab.SMOKE_ENV, "1")
     monkeypatch.setenv(colab.WORK_DIR_ENV, str(tmp_path / "smoke"))
-    assert colab.work_dir(use_drive=True) == tmp_path / "smoke"
+    assert handover.work_dir(use_drive=True) == tmp_path / "smoke"
     monkeypatch.delenv(colab.WORK_DIR_ENV)
-    first, second = colab.work_dir(), colab.work_dir()
+    first, second = handover.work_dir(), handover.work_dir()
     assert first != second and first.name.startswith("mrcnn_smoke_")  # a fresh temporary folder each time
     with pytest.raises(ConfigError, match="only be mounted in Colab"):
-        colab.mount_drive()
+        handover.mount_drive()
+
+
+def test_in_colab_the_work_folder_is_on_drive_by_default(fake_colab, no_smoke, monkeypatch, caplog):
+    monkeypatch.chdir(fake_colab)
+    folder = handover.work_dir()
+    assert folder == (fake_colab / "content" / "drive" / "MyDrive" / "maskrcnn-finetune").resolve()
+    assert (fake_colab / "google_drive" / "MyDrive" / "maskrcnn-finetune").is_dir()  # really on "Drive"
+    with caplog.at_level(logging.WARNING):
+        assert handover.work_dir(use_drive=False) == fake_colab / "outputs"
+    assert "disappears with this runtime" in caplog.text
+
+
+def test_handover_paths_are_checked_with_colab_hints(fake_colab, no_smoke, monkeypatch):
+    work = fake_colab / "work"
+    (work / "coco" / "mine").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"TRAIN_JSON .* does not exist: run 01_prepare_dataset first.*tick USE_DRIVE"):
+        handover.coco_inputs("coco/mine/train.json", "", work)
+    (work / "coco" / "mine" / "train.json").write_text("{}")
+    assert handover.coco_inputs("coco/mine/train.json", "", work) == (str(work / "coco/mine/train.json"), "")
+    with pytest.raises(ConfigError, match="VAL_JSON .* run 01_prepare_dataset"):
+        handover.coco_inputs("coco/mine/train.json", "coco/mine/val.json", work)
+    with pytest.raises(ConfigError, match="MODEL_DIR .* run 02_finetune_and_compare first"):
+        handover.model_input("runs/run1", work)
+    (work / "runs" / "run1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="has no model.json: its training run did not finish"):
+        handover.model_input("runs/run1", work)
+    # a path on Drive mounts Drive by itself
+    drive_json = handover.DRIVE_ROOT / "MyDrive" / "labels" / "train.json"
+    assert not handover.DRIVE_ROOT.exists()
+    with pytest.raises(ConfigError, match="run 01_prepare_dataset"):
+        handover.coco_inputs(str(drive_json), "", work)
+    assert (handover.DRIVE_ROOT / "MyDrive").is_dir()
+
+
+def test_run_folders_are_named_by_dataset_and_preset(tmp_path):
+    assert handover.run_dir(tmp_path, "balloon", "finetune") == tmp_path / "runs" / "balloon_finetune"
+    assert handover.run_dir(tmp_path, "path or URL", "demo") == tmp_path / "runs" / "path-or-URL_demo"
+
+
+def test_an_empty_source_is_refused(no_smoke, tmp_path):
+    with pytest.raises(ConfigError, match="PATH_OR_URL is empty"):
+        handover.dataset_source("path or URL", "  ", tmp_path)
+    assert handover.dataset_source("path or URL", "labels", tmp_path) == tmp_path / "labels"
+    assert handover.dataset_source("path or URL", "https://x.org/a.zip", tmp_path) == "https://x.org/a.zip"
 
 
 def test_comparison_backbones(monkeypatch, no_smoke):
@@ -104,43 +152,147 @@ def test_outside_colab_nothing_colab_only_happens(no_smoke, tmp_path):
     assert not colab.in_colab()
     assert colab.read_ngrok_token() is None  # no prompt: there is nobody to answer it
     assert colab.proxy_url(5000) is None
-    assert colab.upload_files(tmp_path / "up") == [] and not (tmp_path / "up").exists()
+    with pytest.raises(ConfigError, match="Colab only"):
+        handover.upload_files(tmp_path / "up")
     text = colab.describe_runtime()
     assert "torch" in text and "local Python" in text
 
 
 def test_token_from_the_environment_first(monkeypatch, fake_colab):
-    fake_colab.secrets["NGROK_AUTHTOKEN"] = "from-secret"
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": "from-secret"}))
     monkeypatch.setenv("NGROK_AUTHTOKEN", " from-env ")
     assert colab.read_ngrok_token() == "from-env"
 
 
-def test_token_from_the_colab_secret_then_a_prompt(monkeypatch, fake_colab):
-    assert colab.in_colab()
-    fake_colab.secrets["NGROK_AUTHTOKEN"] = "secret-token"
-    assert colab.read_ngrok_token() == "secret-token"
-    del fake_colab.secrets["NGROK_AUTHTOKEN"]
-    # getpass needs a terminal, which a test does not have: answer for the user
+@pytest.mark.parametrize("secrets, browser", [({}, None), ({"NGROK_AUTHTOKEN": None}, None), ({}, "absent")])
+def test_missing_secret_then_a_prompt(monkeypatch, fake_colab, secrets, browser):
+    """SecretNotFoundError, NotebookAccessError and TimeoutException (colabtools' own classes) all lead to the prompt."""
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps(secrets))
+    if browser:
+        monkeypatch.setenv("FAKE_COLAB_BROWSER", browser)
     prompts = []
+    # getpass needs a terminal, which a test does not have: answer for the user
     monkeypatch.setattr(colab.getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed-token\n")
     assert colab.read_ngrok_token() == "typed-token"
     assert "dashboard.ngrok.com" in prompts[0]
     assert colab.read_ngrok_token(ask=False) is None
     monkeypatch.setattr(colab.getpass, "getpass", lambda prompt: "")
-    assert colab.read_ngrok_token() is None  # Enter skips: Colab's proxy is used instead
+    assert colab.read_ngrok_token() is None  # Enter skips: no public URL
 
 
-def test_colab_proxy_and_upload(fake_colab, tmp_path):
-    assert colab.proxy_url(8000) == "https://8000-abc.colab.dev/"
-    assert fake_colab.eval_js == ["google.colab.kernel.proxyPort(8000)"]
-    fake_colab.uploads = {"../../labels.zip": b"PK\x05\x06" + bytes(18)}
-    saved = colab.upload_files(tmp_path / "uploads")
-    assert saved == [tmp_path / "uploads" / "labels.zip"]  # the browser's path is not followed
-    assert saved[0].read_bytes().startswith(b"PK")
+def test_token_from_the_colab_secret(monkeypatch, fake_colab):
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": "secret-token"}))
+    assert colab.in_colab() and colab.read_ngrok_token() == "secret-token"
     assert "Google Colab" in colab.describe_runtime()
     assert "Runtime > Change runtime type" in colab.describe_runtime()  # no GPU here, and how to get one
 
 
+def test_proxy_url_never_hangs(monkeypatch, fake_colab):
+    assert colab.proxy_url(8000) == "https://8000-m-s-fake.colab.googleusercontent.com"
+    monkeypatch.setenv("FAKE_COLAB_BROWSER", "absent")  # no browser tab answers: eval_js returns None after its timeout
+    monkeypatch.setattr(colab, "PROXY_TIMEOUT_S", 0.2)
+    assert colab.proxy_url(8000) is None
+
+
+def _labelme_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("labels/a.json", "{}")
+    return path
+
+
+def test_upload_one_zip_several_files_and_cancel(monkeypatch, fake_colab):
+    picked = fake_colab / "browser"
+    picked.mkdir()
+    monkeypatch.setenv("FAKE_COLAB_UPLOAD", str(picked))
+    with pytest.raises(ConfigError, match="nothing was uploaded.*Google Drive"):  # cancelled: Colab returns {}
+        handover.upload_files(fake_colab / "uploads")
+    _labelme_zip(picked / "labels.zip")
+    first = handover.upload_files(fake_colab / "uploads")
+    assert first == fake_colab / "uploads" / "labels.zip" and zipfile.is_zipfile(first)
+    again = handover.upload_files(fake_colab / "uploads")  # Colab keeps both: "labels (1).zip"
+    assert again == fake_colab / "uploads" / "labels (1).zip" and again.read_bytes() == first.read_bytes()
+    (picked / "labels.zip").unlink()
+    (picked / "a.json").write_text("{}")
+    (picked / "a.jpg").write_bytes(b"\xff\xd8")
+    folder = handover.upload_files(fake_colab / "files")  # several files: all kept, the folder is the source
+    assert folder == fake_colab / "files" and sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a.json"]
+    assert handover.dataset_source("upload", "", fake_colab / "w") == fake_colab / "w" / "uploads"
+
+
+def test_show_server_in_colab_shows_the_page_in_the_notebook(fake_colab, no_smoke, capsys):
+    from types import SimpleNamespace
+
+    server = SimpleNamespace(public_url=None, url="http://127.0.0.1:8123", port=8123)
+    url = colab.show_server(server)
+    out = capsys.readouterr().out
+    assert url == "https://8123-m-s-fake.colab.googleusercontent.com"
+    assert "Javascript" in out or "8123" in out  # the iframe output (IPython's display outside a kernel)
+    assert "A public URL needs an ngrok authtoken" in out
+    public = SimpleNamespace(public_url="https://abc.ngrok-free.app", url=server.url, port=8123)
+    assert colab.show_server(public) == "https://abc.ngrok-free.app"
+    out = capsys.readouterr().out
+    assert "anyone who has this URL" in out and "ngrok-skip-browser-warning" in out and "short demos" in out
+
+
+def test_show_logs_prints_the_kits_messages(capsys):
+    colab.show_logs()
+    colab.show_logs()  # twice: still one line per message
+    logging.getLogger("maskrcnn_finetune.engines").info("resuming from iteration 3")
+    assert capsys.readouterr().out == "INFO: resuming from iteration 3\n"
+
+
+def test_kit_source_is_one_placeholder_everywhere():
+    """Fails while a notebook, a badge or the README names another source than kit_source.py."""
+    root = Path(__file__).resolve().parents[1]
+    expected_pip = kit_source.pip_source()
+    for name in kit_source.NOTEBOOKS:
+        text = "".join(c.source for c in nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4).cells)
+        assert f'KIT_SOURCE = "{expected_pip}"' in text, name
+        assert kit_source.colab_url(name) in text, name
+        assert kit_source.rewrite(text) == text, f"{name} names another source"
+    readme = (root / "README.md").read_text()
+    assert expected_pip in readme and kit_source.colab_url("00_quickstart") in readme
+    assert kit_source.rewrite(readme) == readme
+    assert "YOUR-NAME" not in readme and "github.com/OWNER" not in readme
+
+
+def test_set_source_rewrites_every_file(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "kit"
+    (copy / "notebooks").mkdir(parents=True)
+    for path in kit_source.files(root):
+        (copy / path.relative_to(root)).write_text(path.read_text())
+    module = tmp_path / "kit_source.py"
+    module.write_text(Path(kit_source.__file__).read_text())
+    monkeypatch.setattr(kit_source, "__file__", str(module))
+    changed = kit_source.set_source(copy, "someone/maskrcnn-finetune", "v0.2")
+    assert len(changed) == 6
+    assert 'REPOSITORY = "someone/maskrcnn-finetune"' in module.read_text() and 'REF = "v0.2"' in module.read_text()
+    book = nbformat.read(copy / "notebooks" / "03_serve.ipynb", as_version=4)
+    assert 'KIT_SOURCE = "git+https://github.com/someone/maskrcnn-finetune.git@v0.2"' in book.cells[1].source
+    assert "github/someone/maskrcnn-finetune/blob/v0.2/notebooks/03_serve.ipynb" in book.cells[0].source
+    assert "__OWNER__/__REPO__" not in (copy / "README.md").read_text()
+    with pytest.raises(ValueError, match="OWNER/REPO"):
+        kit_source.set_source(copy, "not a repo", "main")
+
+
+@pytest.mark.parametrize("kit, expect", [(None, "set KIT_SOURCE to your repository"),
+                                         ("git+https://github.com/someone/maskrcnn-finetune.git@v0.2", "Google Colab")])
+def test_install_cell_checks_the_placeholder_before_pip(tmp_path, kit, expect):
+    """The notebooks' first cell, run as Colab runs it (google.colab imported), in a fresh Python."""
+    root = Path(__file__).resolve().parents[1]
+    cell = nbformat.read(root / "notebooks" / "00_quickstart.ipynb", as_version=4).cells[1].source
+    if kit:
+        cell = cell.replace(kit_source.pip_source(), kit)
+    # pip must not run: a "pip" that records its call stands first on the path of the child
+    script = "import google.colab, subprocess\nsubprocess.run = lambda *a, **k: open('pip_ran', 'w')\n" + cell
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_COLAB), str(root)])}
+    env.pop(colab.SMOKE_ENV, None)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert expect in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert (proc.returncode != 0) == (kit is None)
+    assert not (tmp_path / "pip_ran").exists()  # the kit is installed here: pip never runs; the placeholder stops first
 @pytest.mark.slow
 def test_demo_model_is_trained_once(monkeypatch, tmp_path):
     from maskrcnn_finetune.predictor import Predictor

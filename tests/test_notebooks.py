@@ -15,10 +15,12 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
+import requests
 from PIL import Image
 
 from maskrcnn_finetune import colab
@@ -35,8 +37,9 @@ def read(name: str) -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
 
 
-def code_cells(name: str) -> list[str]:
-    return [cell.source for cell in read(name).cells if cell.cell_type == "code"]
+def code_cells(name) -> list[str]:
+    book = nbformat.read(name, as_version=4) if isinstance(name, Path) else read(name)
+    return [cell.source for cell in book.cells if cell.cell_type == "code"]
 
 
 def form_options(source: str, variable: str) -> list[str]:
@@ -94,7 +97,7 @@ def test_first_cell_installs_the_kit_without_torch():
     first = {name: code_cells(name)[0] for name in NOTEBOOKS}
     assert len(set(first.values())) == 1, "the install cell is the same in every notebook"
     source = first[NOTEBOOKS[0]]
-    assert re.search(r'^KIT_SOURCE = "git\+https://\S+"  # @param \{type:"string"\}$', source, re.M)
+    assert re.search(r'^KIT_SOURCE = "git\+https://\S+@\S+"  # @param \{type:"string"\}$', source, re.M)
     assert 'IN_COLAB = "google.colab" in sys.modules' in source
     tree = ast.parse(source)
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "subprocess.run"]
@@ -104,7 +107,9 @@ def test_first_cell_installs_the_kit_without_torch():
     assert not [a for a in args if re.search(r"torch|--upgrade$|-U|--force-reinstall", a)]
     # the pip install sits under the Colab guard: here (and on a laptop) nothing is installed
     guarded = [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test).startswith("IN_COLAB and")]
-    assert len(guarded) == 1 and any(node is calls[0] for stmt in guarded[0].body for node in ast.walk(stmt))
+    assert any(node is calls[0] for g in guarded for stmt in g.body for node in ast.walk(stmt))
+    # the placeholder check comes before the pip install
+    assert ast.unparse(guarded[0].test) == "IN_COLAB and '__OWNER__' in KIT_SOURCE"
 
 
 def test_form_fields_match_the_kit():
@@ -120,15 +125,62 @@ def test_form_fields_match_the_kit():
 # --- running them -------------------------------------------------------------------------------
 
 
-def run_notebook(name: str, work_dir: Path) -> subprocess.CompletedProcess:
+def smoke_env(work_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("NGROK_AUTHTOKEN", "PYTEST_ADDOPTS")}
     env.update({colab.SMOKE_ENV: "1", colab.WORK_DIR_ENV: str(work_dir)})
+    return env
+
+
+def with_form(name: str, out: Path, **fields) -> Path:
+    """A copy of notebook ``name`` with form fields set, as a user types them into Colab's form."""
+    book = read(name)
+    for cell in book.cells:
+        for field, value in fields.items():
+            cell.source = re.sub(rf"^{field} = [^#\n]*(  # @param.*)?$", lambda m: f"{field} = {value!r}{m.group(1) or ''}",
+                                 cell.source, flags=re.M)
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(book, out / name)
+    return out / name
+
+
+def run_notebook(name: str, work_dir: Path, path: Path | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Runs a notebook with nbval in its own process (its own runtime); only ``work_dir`` is shared."""
+    path = path or NOTEBOOK_DIR / name
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=600",
-           "-p", "no:cacheprovider", "-q", f"notebooks/{name}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+           "-p", "no:cacheprovider", "-q", "--rootdir", str(path.parent), str(path)]
+    proc = subprocess.run(cmd, cwd=cwd, env=smoke_env(work_dir), capture_output=True, text=True, timeout=1500)
     n_cells = len(code_cells(name))
     assert proc.returncode == 0 and f"{n_cells} passed" in proc.stdout, proc.stdout[-6000:] + proc.stderr[-3000:]
     return proc
+
+
+def run_all_keep_kernel(path: Path, work_dir: Path, cwd: Path):
+    """Runs every code cell as Colab's Run all does; returns (kernel manager, kernel client, printed text).
+
+    The kernel stays alive afterwards, as a Colab runtime does, until :func:`shutdown`.
+    """
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", env=smoke_env(work_dir), cwd=str(cwd))
+    printed = []
+
+    def keep(msg):
+        content = msg["content"]
+        printed.append(content.get("text", "") + str(content.get("data", {}).get("text/plain", "")))
+
+    for k, source in enumerate(code_cells(path.name if path.parent == NOTEBOOK_DIR else path)):
+        reply = kc.execute_interactive(source, timeout=900, output_hook=keep)
+        if reply["content"]["status"] != "ok":
+            text = "\n".join(printed)[-4000:]
+            shutdown((km, kc))
+            raise AssertionError(f"cell {k} of {path.name} failed: {reply['content'].get('evalue')}\n{text}")
+    return (km, kc), "\n".join(printed)
+
+
+def shutdown(kernel) -> None:
+    km, kc = kernel
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
 
 
 def assert_png(path: Path, min_size: int = 200) -> None:
@@ -136,61 +188,98 @@ def assert_png(path: Path, min_size: int = 200) -> None:
         assert image.format == "PNG" and min(image.size) >= min_size, (path, image.size)
 
 
-def assert_server_ran_and_stopped(served: Path) -> None:
-    """The server wrote its log and answered the notebook's one sample request, and is gone."""
-    log = (served / "server.log").read_text()
+def served_port(served: Path) -> int:
     results = [json.loads(p.read_text()) for p in served.rglob("result.json")]
     assert len(results) == 1 and results[0]["num_instances"] == len(results[0]["instances"])
-    port = int(re.search(r"Serving on http://127\.0\.0\.1:(\d+)", log).group(1))
+    log = (served / "server.log").read_text()
     assert "Public URL" not in log  # smoke mode never opens a tunnel
+    return int(re.search(r"Serving on http://127\.0\.0\.1:(\d+)", log).group(1))
+
+
+def port_open(port: int) -> bool:
     with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the last cell should have stopped the server"
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1600)
-def test_00_quickstart_runs(tmp_path):
-    run_notebook("00_quickstart.ipynb", tmp_path)
-    assert (tmp_path / "model" / "model_final.pth").is_file()
-    info = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert info["class_names"] == sorted(SHAPES) and "segm_AP50" in info["metrics"]
-    for png in ("samples.png", "predictions.png", "model/training_curves.png"):
-        assert_png(tmp_path / png)
-    assert_server_ran_and_stopped(tmp_path / "served")
+def test_00_quickstart_run_all_leaves_the_server_up(tmp_path):
+    runtime = tmp_path / "content"
+    runtime.mkdir()
+    client, text = run_all_keep_kernel(NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path / "work", runtime)
+    work = tmp_path / "work"
+    try:
+        run = work / "runs" / "synthetic_demo"  # named by dataset and preset
+        assert (run / "model_final.pth").is_file()
+        info = json.loads((run / "model.json").read_text())
+        assert info["class_names"] == sorted(SHAPES) and "segm_AP50" in info["metrics"]
+        for png in ("samples.png", "predictions.png", "runs/synthetic_demo/training_curves.png"):
+            assert_png(work / png)
+        port = served_port(work / "served")
+        assert port_open(port), "Run all must leave the server it published running"
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["status"] == "ok"
+        assert "The server keeps running at http://127.0.0.1" in text
+        assert "INFO: model folder written" in text  # the kit's log messages reach the notebook
+    finally:
+        shutdown(client)
+    deadline = time.monotonic() + 30
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not port_open(port), "the server stops with the runtime"
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1600)
-def test_01_prepare_dataset_runs(tmp_path):
-    run_notebook("01_prepare_dataset.ipynb", tmp_path)
-    coco_dir = tmp_path / "coco" / "synthetic"
+@pytest.mark.timeout(2400)
+def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
+    """Each notebook in its own process and its own /content; the shared work folder stands for Drive."""
+    drive = tmp_path / "drive"
+    runtimes = [tmp_path / f"runtime{i}" for i in range(3)]
+    for folder in runtimes:
+        folder.mkdir()
+
+    run_notebook("01_prepare_dataset.ipynb", drive, cwd=runtimes[0])
+    coco_dir = drive / "coco" / "synthetic"
     splits = {s: json.loads((coco_dir / f"{s}.json").read_text()) for s in ("train", "val")}
     assert [c["name"] for c in splits["train"]["categories"]] == sorted(SHAPES)
     assert len(splits["train"]["images"]) + len(splits["val"]["images"]) == colab.SMOKE_SYNTHETIC["n_images"]
-    assert all((coco_dir / img["file_name"]).is_file() for s in splits.values() for img in s["images"])
     assert_png(coco_dir / "samples.png")
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(1600)
-def test_02_finetune_and_compare_runs(tmp_path):
-    run_notebook("02_finetune_and_compare.ipynb", tmp_path)
-    run = tmp_path / "runs" / "run1"
-    assert json.loads((run / "config.json").read_text())["max_iter"] == colab.SMOKE_TRAINING["max_iter"]
-    assert (run / "model_final.pth").is_file()
+    nb02 = with_form("02_finetune_and_compare.ipynb", runtimes[1] / "nb", TRAIN_JSON="coco/synthetic/train.json",
+                     VAL_JSON="coco/synthetic/val.json")
+    run_notebook("02_finetune_and_compare.ipynb", drive, nb02, cwd=runtimes[1])
+    run = drive / "runs" / "run1"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_json"] == str(coco_dir / "train.json")  # 01's output, not data made here
+    assert config["max_iter"] == colab.SMOKE_TRAINING["max_iter"]
+    assert not (drive / "synthetic").exists()
     assert_png(run / "training_curves.png")
     assert_png(run / "predictions.png")
-    rows = json.loads((tmp_path / "compare" / "comparison.json").read_text())
+    rows = json.loads((drive / "compare" / "comparison.json").read_text())
     assert [r["backbone"] for r in rows] == colab.SMOKE_BACKBONES
     assert all(r["ms_per_image"] > 0 and 0 <= r["val_mask_AP50"] <= 1 for r in rows)
-    table = (tmp_path / "compare" / "comparison.md").read_text()
-    assert all(f"| {b} |" in table for b in colab.SMOKE_BACKBONES)
-    assert_png(tmp_path / "compare" / "comparison.png")
+    assert_png(drive / "compare" / "comparison.png")
+
+    nb03 = with_form("03_serve.ipynb", runtimes[2] / "nb", MODEL_DIR="runs/run1", STOP_SERVER=True)
+    client, text = run_all_keep_kernel(nb03, drive, runtimes[2])
+    try:
+        port = served_port(drive / "served")
+        assert not port_open(port), "STOP_SERVER stops it in the last cell"
+        assert "exit code 0" in text and "engine: torchvision" in text
+        val_names = {img["file_name"] for img in splits["val"]["images"]}
+        assert any(f"sending {coco_dir / name}" in text for name in val_names)  # an image of the model's own val set
+        assert not (drive / "demo").exists()
+    finally:
+        shutdown(client)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1600)
-def test_03_serve_runs(tmp_path):
-    run_notebook("03_serve.ipynb", tmp_path)
-    assert (tmp_path / "demo" / "model" / "model.json").is_file()
-    assert_server_ran_and_stopped(tmp_path / "served")
+def test_02_refuses_a_missing_handover_early(tmp_path):
+    nb02 = with_form("02_finetune_and_compare.ipynb", tmp_path / "nb", TRAIN_JSON="coco/mine/train.json")
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q",
+           "--rootdir", str(nb02.parent), str(nb02)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=smoke_env(tmp_path / "drive"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode != 0
+    assert "run 01_prepare_dataset first" in proc.stdout
+    assert not (tmp_path / "drive" / "runs").exists()  # nothing trained

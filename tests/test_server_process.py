@@ -111,3 +111,62 @@ def _children_with(text: str) -> list[int]:
             if text in cmdline and ppid == os.getpid():
                 pids.append(int(proc.name))
     return pids
+
+
+
+def _with_fake_agent(monkeypatch, tmp_path) -> None:
+    """Servers started from here open their tunnel with the stand-in ngrok agent (no ngrok service here)."""
+    import runpy
+
+    helpers = runpy.run_path(str(Path(__file__).parent / "rest_api_flask" / "server_helpers.py"))
+    binary, _ = helpers["fake_ngrok_binary"](tmp_path, "ok")
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", str(binary))
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def _agents_of(pgid: int) -> list[int]:
+    from maskrcnn_finetune.server_registry import _group_members
+
+    return [pid for pid in _group_members(pgid) if pid != pgid]
+
+
+@pytest.mark.slow
+def test_a_server_left_by_a_crashed_kernel_is_stopped_first(model_dir, tmp_path, monkeypatch):
+    """A kernel killed with SIGKILL (no atexit) leaves its server and ngrok agent; the next start stops both."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    _with_fake_agent(monkeypatch, tmp_path)
+    kernel = ("import time\n"
+              "from maskrcnn_finetune.server_process import start_server\n"
+              f"s = start_server({str(model_dir)!r}, {str(tmp_path / 'up1')!r}, {str(tmp_path / 'out1')!r}, "
+              "tunnel='ngrok', ngrok_token='tok-1')\n"
+              "print(s.port, s.process.pid, s.public_url, flush=True)\n"
+              "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", kernel], stdout=subprocess.PIPE, text=True)
+    port, old_pid, public = proc.stdout.readline().split()
+    old_port, old_pid = int(port), int(old_pid)
+    assert public.startswith("https://")  # the agent is up
+    agents = _agents_of(old_pid)
+    assert agents
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not _port_is_free(old_port) and _agents_of(old_pid)  # the crashed kernel's server and agent live on
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    with start_server(model_dir, tmp_path / "up2", tmp_path / "out2") as server:
+        assert _port_is_free(old_port) and _agents_of(old_pid) == []
+        assert server.health()["status"] == "ok"
+    time.sleep(0.1)
+    assert list(Path(os.environ["MRCNN_SERVER_REGISTRY"]).glob("*.json")) == []  # stopped servers are forgotten
+
+
+@pytest.mark.slow
+def test_stop_ends_the_server_and_its_agent(model_dir, tmp_path, monkeypatch):
+    _with_fake_agent(monkeypatch, tmp_path)
+    server = start_server(model_dir, tmp_path / "up", tmp_path / "out", tunnel="ngrok", ngrok_token="tok-1")
+    assert server.public_url and _agents_of(server.process.pid)
+    pgid = server.process.pid
+    assert server.stop() == 0
+    assert _agents_of(pgid) == []

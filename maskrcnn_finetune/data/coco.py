@@ -89,8 +89,9 @@ def load_coco(json_path, check_images: bool = True) -> CocoData:
     where = json_path.name
     if not json_path.is_file():
         raise DatasetError(
-            f"COCO json '{json_path}' does not exist; convert your labelme folder first "
-            "(python scripts/labelme_to_coco.py LABELME_DIR OUT_DIR) and pass OUT_DIR/train.json"
+            f"COCO json '{json_path}' does not exist; convert your labelme folder first with "
+            "maskrcnn_finetune.data.convert.convert_labelme(LABELME_DIR, OUT_DIR) (notebook 01_prepare_dataset; "
+            "in the repository: python scripts/labelme_to_coco.py LABELME_DIR OUT_DIR) and pass OUT_DIR/train.json"
         )
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
@@ -101,7 +102,7 @@ def load_coco(json_path, check_images: bool = True) -> CocoData:
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise DatasetError(
             f"{where}: not a COCO dataset (it needs 'images', 'annotations' and 'categories' lists); "
-            "for labelme files run scripts/labelme_to_coco.py first"
+            "for labelme files run maskrcnn_finetune.data.convert.convert_labelme first (notebook 01_prepare_dataset)"
         )
 
     errors: list[str] = []

@@ -327,11 +327,11 @@ def test_without_detectron2_the_engine_says_how_to_install(r50_dir, tiny_coco, t
                            "--max-iter", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "detectron2 is not installed" in proc.stderr or "needs detectron2" in proc.stderr
-    assert "scripts/install_detectron2.py" in proc.stderr and "Traceback" not in proc.stderr
+    assert "maskrcnn_finetune.modeling.detectron2.install" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()
     proc = subprocess.run([sys.executable, "-c", hide, str(ROOT / "scripts" / "evaluate.py"), "--model-dir",
                            str(r50_dir), "--json", str(tiny_coco["val"])], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "scripts/install_detectron2.py" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "maskrcnn_finetune.modeling.detectron2.install" in proc.stderr, proc.stderr
 
 
 def _fake_wheel(path: Path) -> Path:

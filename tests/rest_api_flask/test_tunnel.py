@@ -38,7 +38,7 @@ def test_ngrok_tunnel_opens_with_basic_auth_and_closes(tmp_path):
     assert any("delete" in e for e in agent_log(log))
 
 
-@pytest.mark.parametrize("mode, words", [("4018", "authtoken"), ("108", "ngrok.kill()")])
+@pytest.mark.parametrize("mode, words", [("4018", "authtoken"), ("108", "run the start cell again")])
 def test_known_ngrok_errors_say_what_to_do(tmp_path, mode, words):
     config, _ = _fake_ngrok(tmp_path, mode)
     with pytest.raises(TunnelError) as info:
@@ -63,7 +63,11 @@ def _fake_colab(monkeypatch, secrets):
         return secrets[name]
 
     userdata.get = get
-    output.eval_js = lambda js: "https://5000-m-s-abc.colab.googleusercontent.com/" if "proxyPort(5000)" in js else None
+    def eval_js(js, ignore_result=False, timeout_sec=None):  # returns None when the browser does not answer in time
+        assert timeout_sec, "without a timeout eval_js can hang the cell forever"
+        return "https://5000-m-s-abc.colab.googleusercontent.com/" if "proxyPort(5000)" in js else None
+
+    output.eval_js = eval_js
     colab.userdata, colab.output = userdata, output
     google = types.ModuleType("google")
     google.colab = colab
@@ -99,9 +103,15 @@ def test_colab_proxy(monkeypatch):
 def test_colab_proxy_from_a_server_process_says_what_to_do(monkeypatch):
     _fake_colab(monkeypatch, {})
 
-    def no_kernel(js):  # what eval_js does in a process that is not the notebook's kernel
+    def no_kernel(js, ignore_result=False, timeout_sec=None):  # what eval_js does in a process that is not the notebook's kernel
         raise AttributeError("'NoneType' object has no attribute 'kernel'")
 
     monkeypatch.setattr(sys.modules["google.colab.output"], "eval_js", no_kernel)
     with pytest.raises(TunnelError, match=r"notebook's kernel.*proxy_url\(5000\)"):
         open_tunnel("colab", 5000)
+
+
+def test_colab_proxy_without_an_answer_says_so(monkeypatch):
+    _fake_colab(monkeypatch, {})
+    with pytest.raises(TunnelError, match=r"did not give a proxy URL for the port within 10 s"):
+        open_tunnel("colab", 5001)  # eval_js answered None: its timeout passed

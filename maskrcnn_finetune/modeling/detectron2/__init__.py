@@ -11,7 +11,7 @@ import importlib.util
 
 from maskrcnn_finetune.errors import ConfigError
 
-INSTALL_HINT = ("python scripts/install_detectron2.py  (upstream from GitHub; "
+INSTALL_HINT = ("python -m maskrcnn_finetune.modeling.detectron2.install  (upstream from GitHub, compiled; "
                 "--source wheel installs the Python-only build the tests use)")
 
 

@@ -1,0 +1,206 @@
+"""What the notebooks hand each other: the work folder (Google Drive in Colab), uploads, checked paths.
+
+In Colab every notebook runs in its own runtime, and a runtime's ``/content`` is gone with it:
+only Google Drive survives from ``01_prepare_dataset`` to ``02_finetune_and_compare`` to
+``03_serve``. So the work folder is on Drive by default in Colab, a path under
+``/content/drive`` mounts Drive by itself, and a path that one notebook needs from another is
+checked before anything runs, with a message that says which notebook writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from maskrcnn_finetune.colab import WORK_DIR_ENV, in_colab, smoke_mode
+from maskrcnn_finetune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DRIVE_ROOT = Path("/content/drive")
+DRIVE_SUBDIR = "maskrcnn-finetune"
+BIG_UPLOAD_BYTES = 200 * 2**20  # above this the browser upload crawls: Drive is the better way in
+
+
+def mount_drive(subdir: str = DRIVE_SUBDIR) -> Path:
+    """Mounts Google Drive (Colab asks for permission once) and returns ``MyDrive/subdir``, created.
+
+    Raises:
+        ConfigError: not in Colab.
+    """
+    if not in_colab():
+        raise ConfigError("Google Drive can only be mounted in Colab; untick USE_DRIVE, or give a local folder")
+    if not (DRIVE_ROOT / "MyDrive").is_dir():
+        from google.colab import drive  # only exists in Colab
+
+        drive.mount(str(DRIVE_ROOT))
+    folder = DRIVE_ROOT / "MyDrive" / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def work_dir(use_drive: bool = True, subdir: str = DRIVE_SUBDIR, local: str | Path = "outputs") -> Path:
+    """The folder a notebook writes its data, models and results to, created.
+
+    Smoke mode: ``$MRCNN_WORKDIR`` or a new temporary folder. In Colab with ``use_drive``:
+    ``MyDrive/subdir`` on Google Drive, which the next notebook (another runtime) finds again and
+    where a disconnected training run resumes. Otherwise ``local``.
+
+    Args:
+        use_drive: keep everything on Google Drive (Colab only; elsewhere ``local`` is used).
+        subdir: the folder under ``MyDrive``.
+        local: the folder used without Drive (relative to the notebook's working directory).
+
+    Returns:
+        The absolute folder.
+    """
+    if smoke_mode():
+        folder = Path(os.environ.get(WORK_DIR_ENV) or tempfile.mkdtemp(prefix="mrcnn_smoke_"))
+    elif use_drive and in_colab():
+        folder = mount_drive(subdir)
+    else:
+        if in_colab():
+            logger.warning("USE_DRIVE is off: %s disappears with this runtime, and the next notebook (another "
+                           "runtime) will not find what this one writes", Path(local).resolve())
+        folder = Path(local)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.resolve()
+
+
+def input_path(value: str | Path, work: Path) -> Path:
+    """A path typed into a notebook form: relative ones are inside ``work``; ``/content/drive/...`` mounts Drive.
+
+    Raises:
+        ConfigError: the value is empty.
+    """
+    text = str(value).strip()
+    if not text:
+        raise ConfigError("no path given: fill in the form field")
+    path = Path(text).expanduser()
+    if in_colab() and (path == DRIVE_ROOT or DRIVE_ROOT in path.parents) and not (DRIVE_ROOT / "MyDrive").is_dir():
+        mount_drive()
+    return path if path.is_absolute() else Path(work) / path
+
+
+def _missing_hint(field: str, path: Path, writer: str) -> str:
+    where = (" In Colab each notebook runs in its own runtime: tick USE_DRIVE in both notebooks so that the "
+             "files outlive the runtime that wrote them." if in_colab() and DRIVE_ROOT not in path.parents else "")
+    return (f"{field} '{path}' does not exist: run {writer} first (it prints the value to paste here), "
+            f"or give a path relative to the work folder or under /content/drive/MyDrive.{where}")
+
+
+def coco_inputs(train_json: str, val_json: str, work: Path) -> tuple[str, str]:
+    """``TRAIN_JSON`` / ``VAL_JSON`` of 02's form, checked before training: absolute paths as strings.
+
+    Raises:
+        ConfigError: a file is missing (the message says which notebook writes it).
+    """
+    train = input_path(train_json, work)
+    if not train.is_file():
+        raise ConfigError(_missing_hint("TRAIN_JSON", train, "01_prepare_dataset"))
+    if not str(val_json).strip():
+        return str(train), ""
+    val = input_path(val_json, work)
+    if not val.is_file():
+        raise ConfigError(_missing_hint("VAL_JSON", val, "01_prepare_dataset"))
+    return str(train), str(val)
+
+
+def model_input(model_dir: str, work: Path) -> Path:
+    """``MODEL_DIR`` of 03's form, checked before anything starts.
+
+    Raises:
+        ConfigError: the folder or its ``model.json`` is missing.
+    """
+    from maskrcnn_finetune.model_dir import MODEL_JSON
+
+    path = input_path(model_dir, work)
+    if not (path / MODEL_JSON).is_file():
+        if path.is_dir():
+            raise ConfigError(f"MODEL_DIR '{path}' has no {MODEL_JSON}: its training run did not finish; run "
+                              "02_finetune_and_compare again (it resumes), or give the folder of a finished run")
+        raise ConfigError(_missing_hint("MODEL_DIR", path, "02_finetune_and_compare"))
+    return path
+
+
+def run_dir(work: Path, *parts: str) -> Path:
+    """A training run's folder named by what makes it different (``runs/synthetic_demo``): a changed dataset or
+    preset starts a new run instead of being refused as a resume of another one."""
+    name = "_".join(str(p).strip().replace(" ", "-").replace("/", "-") for p in parts if str(p).strip())
+    return Path(work) / "runs" / (name or "run")
+
+
+def dataset_source(source: str, path_or_url: str, work: Path) -> str | Path:
+    """What 01's ``SOURCE`` form field points at: a folder, a ``.zip`` or a zip URL, or the uploaded file(s).
+
+    Raises:
+        ConfigError: ``path or URL`` with an empty ``PATH_OR_URL``, or an empty upload.
+    """
+    if source == "upload":
+        return upload_files(Path(work) / "uploads")
+    if not str(path_or_url).strip():
+        raise ConfigError("PATH_OR_URL is empty: give a labelme folder (e.g. /content/drive/MyDrive/my_labels), "
+                          "a .zip path or a zip URL; or choose SOURCE 'upload' or 'synthetic'")
+    text = str(path_or_url).strip()
+    return text if "://" in text else input_path(text, work)
+
+
+def upload_files(dest) -> Path:
+    """Asks the browser for files (Colab's upload button) and keeps them in ``dest``.
+
+    Colab writes the files itself (``files.upload(target_dir=...)``). Returns the one ``.zip``
+    when a zip was picked, else the folder (labelme ``.json`` files picked with their images).
+
+    Raises:
+        ConfigError: outside Colab, or nothing was uploaded (the dialog was cancelled).
+    """
+    if not in_colab():
+        raise ConfigError("uploading from the browser works in Colab only; give a folder or .zip in PATH_OR_URL")
+    from google.colab import files  # only exists in Colab
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    saved = [Path(name) for name in files.upload(target_dir=str(dest))]
+    if not saved:
+        raise ConfigError("nothing was uploaded (the dialog was cancelled or no file was picked): run the cell again "
+                          "and pick a .zip of your labelme folder, or put the folder on Google Drive and give its "
+                          "path in PATH_OR_URL")
+    size = sum(p.stat().st_size for p in saved)
+    if size > BIG_UPLOAD_BYTES:
+        logger.warning("%.0f MB uploaded through the browser: next time put the data on Google Drive and give its "
+                       "folder in PATH_OR_URL (much faster, and it stays for the next runtime)", size / 2**20)
+    zips = [p for p in saved if p.suffix.lower() == ".zip"]
+    if len(zips) == 1 and len(saved) == 1:
+        return zips[0]
+    if zips:
+        raise ConfigError(f"{len(saved)} files were uploaded, {len(zips)} of them .zip: upload one .zip of the labelme "
+                          "folder, or the .json files with their images (no zip)")
+    return dest
+
+
+def sample_image(model_dir, fallback_dir) -> Path:
+    """An image to send to a model: the first of its own validation set when that is still there.
+
+    Otherwise a synthetic shapes image made in ``fallback_dir``.
+    """
+    from maskrcnn_finetune.data.coco import load_coco
+    from maskrcnn_finetune.errors import DatasetError
+    from maskrcnn_finetune.model_dir import read_model_info
+
+    training = read_model_info(model_dir).get("training") or {}
+    for key in ("val_json", "train_json"):
+        if training.get(key) and Path(training[key]).is_file():
+            try:
+                coco = load_coco(training[key])
+            except DatasetError as exc:
+                logger.info("cannot use %s for a sample image: %s", training[key], exc)
+                continue
+            for image in coco.images:
+                if coco.image_path(image).is_file():
+                    return coco.image_path(image)
+    from maskrcnn_finetune.data.synthetic import make_synthetic
+
+    logger.info("the model's own images are not here; sending a synthetic shapes image instead")
+    return make_synthetic(Path(fallback_dir), 1, seed=123)[0].with_suffix(".jpg")

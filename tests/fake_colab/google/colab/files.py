@@ -1,0 +1,30 @@
+"""As google/colab/files.py ``upload``: Colab writes each file into ``target_dir`` itself."""
+
+import os
+from pathlib import Path
+
+
+def _get_unique_filename(filename):
+    if not os.path.lexists(filename):
+        return filename
+    base, ext = os.path.splitext(filename)
+    n = 1
+    while os.path.lexists(f"{base} ({n}){ext}"):
+        n += 1
+    return f"{base} ({n}){ext}"
+
+
+def upload(target_dir=""):
+    picked = os.environ.get("FAKE_COLAB_UPLOAD")
+    chosen = sorted(p for p in Path(picked).iterdir() if p.is_file()) if picked else []  # none: cancelled
+    if target_dir:
+        os.makedirs(target_dir, exist_ok=True)
+    result = {}
+    for path in chosen:
+        local = _get_unique_filename(os.path.join(target_dir, path.name))
+        print(f"Saving {path.name} to {local}")
+        data = path.read_bytes()
+        with open(local, "ab") as f:
+            f.write(data)
+        result[local] = data
+    return result
