@@ -1,11 +1,11 @@
-"""RoIAlign for CPU training: torchvision's forward, a backward pass that uses every core.
+"""RoIAlign for CPU training, on every core.
 
-torchvision's CPU RoIAlign computes its backward pass in one thread, scattering each sampled
-point into the feature map: in the demo recipe's training step, with bf16 convolutions, that
-single-threaded scatter was 40 % of the step on two cores. Here the forward is torchvision's own
-kernel (the same values), and the backward multiplies the output gradient by the transposed
-bilinear sampling matrix, a sparse product that runs on all cores. The gradient is the same
-sum, added in another order (differences of the order of float rounding).
+torchvision's CPU RoIAlign runs in one thread, and its backward pass scatters each sampled point
+into the feature map: in the demo recipe's training step, with bf16 convolutions, RoIAlign was
+40 % of the step on two cores (and its input had to be copied out of channels-last first). Here
+RoIAlign is what it is mathematically, a product with the sparse bilinear sampling matrix:
+``S @ F`` forward on the channels-last features as they are, ``S^T @ dOut`` backward, both on
+all cores. The sums are torchvision's, added in another order (differences of float rounding).
 
 Only training on the CPU takes this path: in eval mode, without gradients, on a GPU, or with
 an adaptive sampling ratio, :class:`ParallelRoIAlign` is torchvision's ``MultiScaleRoIAlign``.
@@ -101,31 +101,38 @@ def transposed(matrix: Tensor) -> Tensor:
     return _csr(new_crow, row[order], values[order], (n_cols, n_rows))
 
 
-class _RoIAlignParallelBackward(torch.autograd.Function):
-    """torchvision's RoIAlign forward; the backward as one sparse product."""
+class _RoIAlignSparse(torch.autograd.Function):
+    """RoIAlign as a sparse product: ``out = S @ F`` forward, ``dF = S^T @ dOut`` backward, on every core."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # sparse products are fp32 only
     def forward(ctx, features, rois, spatial_scale, output_size, sampling_ratio):
-        ctx.save_for_backward(rois)
-        ctx.options = (features.shape, spatial_scale, output_size, sampling_ratio)
-        return roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False)
+        batch, channels, height, width = features.shape
+        matrix = sampling_matrix(rois, (batch, height, width), spatial_scale, output_size, sampling_ratio)
+        # (B, C, H, W) as (B * H * W, C): a view when the features are channels-last, as in training
+        flat = features.permute(0, 2, 3, 1).reshape(-1, channels)
+        ctx.matrix, ctx.shape = matrix, features.shape
+        out = (matrix @ flat).reshape(len(rois), *output_size, channels)
+        return out.permute(0, 3, 1, 2)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        (batch, channels, height, width), spatial_scale, output_size, sampling_ratio = ctx.options
-        matrix = sampling_matrix(rois, (batch, height, width), spatial_scale, output_size, sampling_ratio)
-        # (R, C, PH, PW) -> (R * PH * PW, C); the result is (B * H * W, C), channels-last
-        grad = grad_output.permute(0, 2, 3, 1).reshape(-1, channels).to(matrix.dtype)
-        grad_features = transposed(matrix) @ grad
+        batch, channels, height, width = ctx.shape
+        grad = grad_output.permute(0, 2, 3, 1).reshape(-1, channels)
+        grad_features = transposed(ctx.matrix) @ grad
         return grad_features.reshape(batch, height, width, channels).permute(0, 3, 1, 2), None, None, None, None
 
 
-def roi_align_parallel_backward(features: Tensor, rois: Tensor, output_size: tuple[int, int],
-                                spatial_scale: float, sampling_ratio: int) -> Tensor:
-    """``torchvision.ops.roi_align(..., aligned=False)`` with the parallel backward pass (fp32)."""
-    return _RoIAlignParallelBackward.apply(features.float(), rois.float(), float(spatial_scale),
-                                           tuple(output_size), int(sampling_ratio))
+def roi_align_parallel(features: Tensor, rois: Tensor, output_size: tuple[int, int],
+                       spatial_scale: float, sampling_ratio: int) -> Tensor:
+    """``torchvision.ops.roi_align(..., aligned=False)`` forward and backward on every core (fp32).
+
+    The same sums as torchvision's kernel, added in another order: values and gradients agree to
+    float rounding.
+    """
+    features = features.to(torch.float32, memory_format=torch.channels_last)
+    return _RoIAlignSparse.apply(features, rois.float(), float(spatial_scale), tuple(output_size), int(sampling_ratio))
 
 
 class ParallelRoIAlign(MultiScaleRoIAlign):
@@ -150,8 +157,7 @@ class ParallelRoIAlign(MultiScaleRoIAlign):
         result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size), dtype=torch.float32)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
-            result[index] = roi_align_parallel_backward(feature, rois[index], self.output_size, scale,
-                                                        self.sampling_ratio)
+            result[index] = roi_align_parallel(feature, rois[index], self.output_size, scale, self.sampling_ratio)
         return result
 
 
