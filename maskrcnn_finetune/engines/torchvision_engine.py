@@ -10,11 +10,14 @@ NCCL on GPUs); rank 0 evaluates and writes the files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import pickle
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -38,6 +41,7 @@ from maskrcnn_finetune.visualize import plot_training_curves
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "last_checkpoint.pth"
+PREVIOUS_CHECKPOINT = "previous_checkpoint.pth"  # kept when a new one is written: a cut-off file is not the end
 METRICS_LOG = "metrics.jsonl"
 
 
@@ -146,14 +150,49 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, iteration:
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
+    if path.exists():
+        path.replace(path.with_name(PREVIOUS_CHECKPOINT))
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise TrainingError(f"cannot resume: {path} is corrupt ({exc}); delete it to start over") from None
+def _load_checkpoint(out: Path) -> dict | None:
+    """The newest readable checkpoint of ``out`` (the last one, else the one before), or None when there is none.
+
+    A runtime killed while writing to Google Drive can leave the last checkpoint cut off: then
+    training goes on from the previous one, which costs one ``--eval-period`` instead of the run.
+    """
+    problems = []
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+            logger.warning("%s cannot be read (%s: %s); trying the checkpoint before it", path, type(exc).__name__,
+                           str(exc).splitlines()[0] if str(exc) else "")
+            problems.append(f"{path} ({type(exc).__name__})")
+            continue
+        if problems:
+            logger.warning("resuming from the previous checkpoint %s (iteration %d) instead", path, state["iteration"])
+        return state
+    if problems:
+        raise TrainingError(f"cannot resume: no checkpoint in {out} can be read ({'; '.join(problems)}). They were "
+                            "kept as they are: restore one from a copy, or train into another --output-dir")
+    return None
+
+
+def _drop_rolled_back_rows(log_path: Path, iteration: int) -> None:
+    """Removes the rows of ``metrics.jsonl`` logged after ``iteration``: a resumed run logs them again."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+    if len(kept) != len(lines):
+        tmp = log_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(log_path)
+        logger.info("%s: dropped %d rows logged after iteration %d", log_path.name, len(lines) - len(kept), iteration)
 
 
 def evaluation_predictor(model, spec: ModelSpec, device) -> Predictor:
@@ -169,6 +208,27 @@ def evaluation_predictor(model, spec: ModelSpec, device) -> Predictor:
 
 def _evaluate(model, spec, device, val_data) -> dict:
     return evaluate_predictor(evaluation_predictor(model, spec, device), val_data, progress=True)
+
+
+def choose_test_size(model, spec: ModelSpec, device, val_data, sizes: list[int]) -> tuple[ModelSpec, dict]:
+    """The spec with the test size (short side) of ``sizes`` that scores the best val mask AP50, and its metrics.
+
+    Each size is evaluated as :func:`evaluation_predictor` runs it; the first of equal sizes wins,
+    so ``sizes[0]`` (``--image-size``) is kept unless another size does better.
+    """
+    best = None
+    for size in sizes:
+        candidate = dataclasses.replace(spec, min_size=size)
+        metrics = _evaluate(model, candidate, device, val_data)
+        if len(sizes) > 1:
+            logger.info("test size %d px: box AP50 %.3f, mask AP50 %.3f", size, metrics["bbox"]["AP50"],
+                        metrics["segm"]["AP50"])
+        if best is None or metrics["segm"]["AP50"] > best[1]["segm"]["AP50"]:
+            best = (candidate, metrics)
+    if len(sizes) > 1:
+        logger.info("test size: %d px (the best val mask AP50 of %s), written to model.json", best[0].min_size,
+                    ", ".join(map(str, sizes)))
+    return best
 
 
 def training_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -227,7 +287,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     main = rank == 0
     out = Path(cfg.output_dir)
     ckpt_path = out / CHECKPOINT
-    refuse_to_overwrite(out, cfg.resume, ckpt_path.exists())
+    refuse_to_overwrite(out, cfg.resume, ckpt_path.exists() or (out / PREVIOUS_CHECKPOINT).exists())
     train_data, val_data = load_train_val(cfg)
     dataset = CocoInstanceDataset(train_data)
     max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(dataset) / (cfg.batch_size * world)))
@@ -248,8 +308,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
 
     start_iter, history = 0, []
-    if cfg.resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path)
+    state = _load_checkpoint(out) if cfg.resume else None
+    if state is not None:
         if state["spec"] != spec.to_dict():
             raise ConfigError(f"cannot resume: {ckpt_path} was made with other model options "
                               f"({state['spec']}); use the same options, or another --output-dir")
@@ -262,7 +322,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_iter, history = state["iteration"], state["history"]
         if main:
-            logger.info("resuming from iteration %d of %d (%s)", start_iter, max_iter, ckpt_path)
+            logger.info("resuming from iteration %d of %d (%s)", start_iter, max_iter, out)
+            _drop_rolled_back_rows(out / METRICS_LOG, start_iter)
     elif cfg.resume and main:
         logger.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
 
@@ -344,15 +405,17 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         if log_file is not None:
             log_file.close()
 
-    metrics = {}
+    metrics, test_spec = {}, spec
     if main:
         if val_data is not None:
-            metrics = _evaluate(model, spec, device, val_data)
+            sizes = [cfg.image_size] + [s for s in cfg.train_sizes if s != cfg.image_size and cfg.choose_test_size]
+            test_spec, metrics = choose_test_size(model, spec, device, val_data, sizes)
             with (out / METRICS_LOG).open("a") as fh:
                 history.append(log_eval(iteration, metrics, fh, writer))
+        # the checkpoint keeps the training spec (a --resume compares it); the folder gets the test size
         _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
         summary = {f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")} if metrics else {}
-        write_model_dir(out, model, spec, engine="torchvision", score_threshold=cfg.score_threshold,
+        write_model_dir(out, model, test_spec, engine="torchvision", score_threshold=cfg.score_threshold,
                         training=cfg.to_dict(), metrics=summary)
         (out / "metrics.json").write_text(json.dumps({"val": metrics, "iterations": iteration}, indent=2))
         plot_training_curves(out / METRICS_LOG, out / "training_curves.png")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from maskrcnn_finetune.config import TrainConfig, resolve_config
 from maskrcnn_finetune.engines import train
-from maskrcnn_finetune.engines.torchvision_engine import CHECKPOINT, BatchIndexSampler, TrainingError, lr_factor
+from maskrcnn_finetune.engines.torchvision_engine import (CHECKPOINT, PREVIOUS_CHECKPOINT, BatchIndexSampler, TrainingError,
+                                                          lr_factor)
 from maskrcnn_finetune.errors import ConfigError
 
 from training_options import TINY_MODEL
@@ -46,6 +48,37 @@ def test_resume_continues_exactly_where_it_stopped(tiny_coco, tmp_path):
         assert torch.equal(straight[key], resumed[key]), key
     log = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_cut_off_checkpoint_falls_back_to_the_previous_one(tiny_coco, tmp_path, caplog):
+    """A runtime killed while Drive syncs can leave the last checkpoint truncated: resume from the one before."""
+    options = dict(max_iter=6, eval_period=100, log_period=1)
+    train(_cfg(tiny_coco, tmp_path / "straight", **options))
+    run = tmp_path / "resumed"
+    train(_cfg(tiny_coco, run, **options), stop_after=2)
+    train(_cfg(tiny_coco, run, resume=True, **options), stop_after=4)
+    assert (run / PREVIOUS_CHECKPOINT).is_file()
+    last = (run / CHECKPOINT).read_bytes()
+    (run / CHECKPOINT).write_bytes(last[: len(last) // 2])
+    with caplog.at_level("WARNING"):
+        train(_cfg(tiny_coco, run, resume=True, **options))
+    assert "resuming from the previous checkpoint" in caplog.text and "iteration 2" in caplog.text
+    straight, resumed = _weights(tmp_path / "straight"), _weights(run)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # iterations 3 and 4 were logged twice: the rolled-back rows are gone
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_readable_checkpoint_stops_and_keeps_the_files(tiny_coco, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(tiny_coco, run, max_iter=4), stop_after=1)
+    train(_cfg(tiny_coco, run, max_iter=4, resume=True), stop_after=2)
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (run / name).write_bytes(b"cut off")
+    with pytest.raises(TrainingError, match="no checkpoint in .* can be read .* They were kept as they are"):
+        train(_cfg(tiny_coco, run, max_iter=4, resume=True))
+    assert (run / CHECKPOINT).read_bytes() == b"cut off"
 
 
 def test_an_existing_run_is_never_overwritten(tiny_coco, tmp_path):
@@ -180,3 +213,24 @@ def test_what_training_scores_is_what_the_model_folder_predicts(tiny_coco, tmp_p
             assert info["metrics"][f"{kind}_{key}"] == evaluated[kind][key], (kind, key)
     assert "loaded the trained mobilenetv2_fpnlite weights" in proc.stderr
     assert "training from scratch" not in proc.stderr
+
+
+def test_the_chosen_test_size_is_the_best_one_and_the_folder_keeps_it(tiny_coco, tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        train(_cfg(tiny_coco, out, max_iter=6, eval_period=100, train_sizes=[48, 64, 96], image_size=64,
+                   choose_test_size=True, detections_per_image=20, lr=0.02))
+    scores = {int(m[0]): float(m[1]) for m in re.findall(r"test size (\d+) px: box AP50 [\d.]+, mask AP50 ([\d.]+)", caplog.text)}
+    assert sorted(scores) == [48, 64, 96]
+    info = json.loads((out / "model.json").read_text())
+    best = max(scores.values())
+    assert info["image_size"] == info["model"]["min_size"] == next(s for s in (64, 48, 96) if scores[s] == best)
+    assert info["metrics"]["segm_AP50"] == best
+    # the checkpoint keeps the training options: running the finished run again (make demo does) resumes it
+    train(_cfg(tiny_coco, out, max_iter=6, eval_period=100, train_sizes=[48, 64, 96], image_size=64,
+               choose_test_size=True, detections_per_image=20, lr=0.02, resume=True))
+    assert json.loads((out / "model.json").read_text())["image_size"] == info["image_size"]
+    proc = _script("evaluate.py", "--model-dir", out, "--json", tiny_coco["val"], "--device", "cpu",
+                   "--out", tmp_path / "evaluated.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "evaluated.json").read_text())["val"]["segm"]["AP50"] == best
