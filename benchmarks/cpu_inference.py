@@ -39,12 +39,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +59,7 @@ from maskrcnn_finetune.modeling.complexity import count_gmacs  # noqa: E402
 from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes  # noqa: E402
 from maskrcnn_finetune.parity import compare_runs  # noqa: E402
 from maskrcnn_finetune.predictor import Predictor, native_bf16  # noqa: E402
-from maskrcnn_finetune.timing import measure_latency  # noqa: E402
+from maskrcnn_finetune.timing import cpu_name, measure_latency, sgemm_gflops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.05  # torchvision's own box_score_thresh: the eager path's detections
@@ -92,20 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the tables, for benchmarks/RESULTS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "cpu_latency.png")
     return parser
-
-
-def sgemm_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
-    """This machine's matrix-multiply rate in GFLOP/s (2 n^3 per product), median of ``repeats``."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def test_image(short: int, seed: int = 7) -> np.ndarray:
@@ -374,16 +357,6 @@ def plot(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> int:

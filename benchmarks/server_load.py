@@ -398,7 +398,9 @@ def markdown(report: dict, command: str) -> str:
     lines = ["## The server under load", "",
              f"`{command}` (server: waitress on loopback, model on the CPU; clients: threads of a second process "
              f"with keep-alive connections; image {img['width']}x{img['height']} {img['format']}, "
-             f"{img['bytes'] // 1024} KiB; backbone {report['load']['model'].get('backbone')})", "",
+             f"{img['bytes'] // 1024} KiB; backbone {report['load']['model'].get('backbone')}; this machine's fp32 "
+             f"sgemm {report['machine']['sgemm_gflops_before']:.0f} GFLOP/s before the run, "
+             f"{report['machine']['sgemm_gflops_after']:.0f} after)", "",
              "| clients | requests | errors | images/s | p50 latency (ms) | p95 latency (ms) | model (ms) "
              "| overhead (ms) | overhead / model |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -440,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         data, name = synthetic_image(args.size, args.format)
     with Image.open(io.BytesIO(data)) as picture:
         image_info = {"width": picture.width, "height": picture.height, "format": picture.format, "bytes": len(data)}
+    from maskrcnn_finetune.timing import sgemm_gflops
+
+    sgemm_before = sgemm_gflops()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="server_load_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -455,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/server_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"command": command, "image": image_info, "load": load, "breakdown": breakdown,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
+                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                          "sgemm_gflops_before": sgemm_before, "sgemm_gflops_after": sgemm_gflops()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     text = markdown(report, command)

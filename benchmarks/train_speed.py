@@ -1,0 +1,126 @@
+"""Seconds per training iteration of ``--preset demo`` on this CPU, lever by lever.
+
+Usage:
+    python benchmarks/train_speed.py [--work-dir outputs/bench_train] [--iters 30] [--warmup 5]
+
+Trains the demo preset's model on the demo data set (made and converted here) for ``--warmup``
++ ``--iters`` iterations in each configuration, from the same seed with the same batches:
+
+- ``fp32``: torchvision's model as it is (contiguous memory, torchvision's RoIAlign);
+- ``+ parallel RoIAlign``: :mod:`maskrcnn_finetune.modeling.pooling` (RoIAlign as a sparse product);
+- ``+ channels-last``;
+- ``+ bf16 autocast``: what the engine runs on a CPU with bf16 units (``--amp auto``);
+- ``bf16 autocast alone``: for comparison, with torchvision's RoIAlign and contiguous memory.
+
+Configurations are timed in rounds, one after the other (``--rounds``), so that a machine that
+gets busier or quieter during the run shifts them all alike. The fp32 and bf16 matrix-multiply
+rates are measured before and after. Run it with nothing else busy: it is a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskrcnn_finetune.config import resolve_config  # noqa: E402
+from maskrcnn_finetune.data.augment import augment_batch  # noqa: E402
+from maskrcnn_finetune.data.convert import convert_labelme  # noqa: E402
+from maskrcnn_finetune.data.dataset import CocoInstanceDataset  # noqa: E402
+from maskrcnn_finetune.data.synthetic import make_synthetic  # noqa: E402
+from maskrcnn_finetune.engines.torchvision_engine import BatchIndexSampler, _collate, load_train_val, spec_for  # noqa: E402
+from maskrcnn_finetune.modeling import build_model  # noqa: E402
+from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align  # noqa: E402
+from maskrcnn_finetune.predictor import native_bf16  # noqa: E402
+from maskrcnn_finetune.timing import cpu_name, sgemm_gflops  # noqa: E402
+
+VARIANTS = {
+    "fp32 (torchvision as it is)": dict(parallel=False, channels_last=False, bf16=False),
+    "+ parallel RoIAlign": dict(parallel=True, channels_last=False, bf16=False),
+    "+ channels-last": dict(parallel=True, channels_last=True, bf16=False),
+    "+ bf16 autocast (the kit's default here)": dict(parallel=True, channels_last=True, bf16=True),
+    "bf16 autocast alone": dict(parallel=False, channels_last=False, bf16=True),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_train")
+    parser.add_argument("--iters", type=int, default=30, help="timed iterations per configuration and round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    return parser
+
+
+def seconds_per_iteration(cfg, data, variant: dict, iters: int, warmup: int) -> list[float]:
+    dataset = CocoInstanceDataset(data)
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec_for(cfg, data.class_names), "none", train_min_sizes=cfg.train_sizes)
+    if variant["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    if variant["parallel"]:
+        use_parallel_roi_align(model)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    loader = DataLoader(dataset, batch_sampler=BatchIndexSampler(len(dataset), cfg.batch_size, cfg.seed, 0, warmup + iters),
+                        collate_fn=_collate)
+    times = []
+    start = time.perf_counter()
+    for images, targets in loader:
+        images, targets = augment_batch(images, targets, cfg.hflip)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant["bf16"]):
+            losses = model(list(images), list(targets))
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        now = time.perf_counter()
+        times.append(now - start)
+        start = now
+    return times[warmup:]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    root = args.work_dir
+    if not (root / "coco" / "train.json").is_file():
+        make_synthetic(root / "labelme", 60, seed=0)
+        convert_labelme(root / "labelme", root / "coco", val_fraction=0.2, seed=0)
+    cfg = resolve_config("demo", train_json=str(root / "coco" / "train.json"), output_dir=str(root / "unused"))
+    data, _ = load_train_val(cfg)
+    before = {"fp32": sgemm_gflops(), "bf16": sgemm_gflops(dtype=torch.bfloat16)}
+    times = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name, variant in VARIANTS.items():
+            times[name] += seconds_per_iteration(cfg, data, variant, args.iters, args.warmup)
+            print(f"{name}: {statistics.mean(times[name]):.3f} s/it so far", flush=True)
+    after = sgemm_gflops()
+    base = statistics.mean(times[next(iter(VARIANTS))])
+    lines = [f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; fp32 sgemm "
+             f"{before['fp32']:.0f} GFLOP/s before, {after:.0f} after; bf16 {before['bf16']:.0f} GFLOP/s; bf16 units: "
+             f"{native_bf16()}. Demo preset from random weights, {args.rounds} rounds of {args.warmup} + {args.iters} "
+             "iterations per configuration.", "",
+             "| configuration | s / iteration (mean) | median | speed-up over fp32 |", "|---|---|---|---|"]
+    for name, values in times.items():
+        lines.append(f"| {name} | {statistics.mean(values):.3f} | {statistics.median(values):.3f} | "
+                     f"{base / statistics.mean(values):.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train_speed.md").write_text(table + "\n")
+    (root / "train_speed.json").write_text(json.dumps({"sgemm_before": before, "sgemm_after": after, "seconds": times}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
