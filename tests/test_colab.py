@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import sys
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -306,3 +306,33 @@ def test_demo_model_is_trained_once(monkeypatch, tmp_path):
     weights = (model_dir / "model_final.pth").stat().st_mtime_ns
     assert colab.demo_model(tmp_path / "demo") == model_dir  # a finished model is reused, not retrained
     assert (model_dir / "model_final.pth").stat().st_mtime_ns == weights
+
+
+def _as_detectron2_folder(model_dir, tmp_path):
+    """A copy of a model folder whose model.json names the detectron2 engine (what prepare_engine reads)."""
+    import shutil
+
+    folder = tmp_path / "d2_model"
+    shutil.copytree(model_dir, folder)
+    info = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**info, "engine": "detectron2"}))
+    return folder
+
+
+def test_prepare_engine_reads_the_folder(tiny_model_dir, tmp_path):
+    assert colab.prepare_engine(tiny_model_dir) == "torchvision"
+    # detectron2 (its Python-only code) is installed in the test environment: nothing to do
+    assert colab.prepare_engine(_as_detectron2_folder(tiny_model_dir, tmp_path)) == "detectron2"
+
+
+def test_prepare_engine_without_detectron2_names_the_install(tiny_model_dir, tmp_path):
+    folder = _as_detectron2_folder(tiny_model_dir, tmp_path)
+    # sys.modules[name] = None makes `import detectron2` fail as if it were not installed (outside Colab)
+    code = ("import sys; sys.modules['detectron2'] = None\n"
+            "from maskrcnn_finetune import colab\n"
+            "from maskrcnn_finetune.errors import KitError\n"
+            "try:\n    colab.prepare_engine(sys.argv[1])\nexcept KitError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "was trained with detectron2, which is not installed" in proc.stdout
+    assert "python -m maskrcnn_finetune.modeling.detectron2.install" in proc.stdout
