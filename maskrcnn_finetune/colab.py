@@ -69,7 +69,7 @@ def describe_runtime() -> str:
         lines.append("No GPU: training would run on the CPU and take hours. Choose Runtime > Change runtime type > "
                      "T4 GPU, then run the notebook again from the top.")
     else:
-        lines.append("No GPU: training runs on the CPU; `--preset demo` is sized for that (about ten minutes).")
+        lines.append("No GPU: training runs on the CPU; `--preset demo` is sized for that (7-20 minutes on two cores).")
     if smoke_mode():
         lines.append(f"Smoke mode ({SMOKE_ENV}=1): synthetic data, a tiny model and a few iterations.")
     return "\n".join(lines)
@@ -261,7 +261,7 @@ def show_server(server, height: int = 720) -> str:
 def demo_model(folder, max_iter: int | None = None) -> Path:
     """A model folder to try things with when you have none: synthetic shapes and ``--preset demo``.
 
-    About ten minutes on a CPU, a few minutes on a T4, seconds in smoke mode. An existing run in
+    7-20 minutes on a 2-core CPU, a few minutes on a T4, seconds in smoke mode. An existing run in
     ``folder/model`` is resumed (or reused when finished).
 
     Returns:
