@@ -71,9 +71,6 @@ FORMATS = {"torchscript": (TORCHSCRIPT_FILE, EXPORT_JSON, "TorchScript"), "onnx"
 CHECK_IMAGES = 3
 """How many synthetic images the parity check uses when no images are given."""
 
-# torchvision's scripted GeneralizedRCNN warns on every call that it returns (losses, detections);
-# ScriptedMaskRCNN unpacks that tuple, so the warning says nothing to a user of this module.
-warnings.filterwarnings("ignore", message="RCNN always returns a", category=UserWarning)
 LATENCY_RUNS = 5  # timed calls of each model for export.json (the parity check covers every image)
 
 
@@ -110,7 +107,11 @@ class ScriptedMaskRCNN(torch.nn.Module):
         self.scripted = scripted
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        out = self.scripted(images)
+        # torchvision's scripted GeneralizedRCNN warns that it returns (losses, detections); this
+        # adapter unpacks the tuple, so the warning says nothing to its user
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RCNN always returns a", category=UserWarning)
+            out = self.scripted(images)
         if isinstance(out, tuple) and len(out) == 2:
             _, detections = out
             return detections

@@ -1,4 +1,8 @@
-"""Pictures a person looks at: annotated sample grids (and, later, prediction overlays)."""
+"""Pictures a person looks at: annotated sample grids, training curves, comparisons, prediction overlays.
+
+Figures are drawn with :class:`matplotlib.figure.Figure` straight to PNG files (notebooks display
+the files): importing this module leaves pyplot and the user's backend as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,19 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from pycocotools.coco import COCO
 
-matplotlib.use("Agg")  # files only; notebooks display the PNGs
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
-
-from maskrcnn_finetune.data.images import load_rgb  # noqa: E402
+from maskrcnn_finetune.data.images import load_rgb
 
 logger = logging.getLogger(__name__)
 
 
 def class_colors(n: int) -> np.ndarray:
     """``n`` distinct RGB colours in [0, 1], stable for a given class index."""
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return np.array([cmap(i % cmap.N)[:3] for i in range(n)])
 
 
@@ -48,7 +51,8 @@ def draw_coco_samples(json_path, out_png, n: int = 12, seed: int = 0, columns: i
     colors = dict(zip(cat_ids, class_colors(len(cat_ids))))
     rows = max(1, math.ceil(len(chosen) / columns))
     cols = min(columns, len(chosen))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image_id in zip(axes.flat, chosen):
@@ -62,14 +66,13 @@ def draw_coco_samples(json_path, out_png, n: int = 12, seed: int = 0, columns: i
         for ann in anns:
             x, y, w, h = ann["bbox"]
             color = colors[ann["category_id"]]
-            ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, edgecolor=color, linewidth=1.2))
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=color, linewidth=1.2))
             ax.text(x, y, coco.cats[ann["category_id"]]["name"], fontsize=7, color="white",
                     bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "linewidth": 0}, va="bottom")
         ax.set_title(f"{Path(info['file_name']).name} ({len(anns)})", fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     logger.info("sample grid drawn to %s", out_png)
     return out_png
 
@@ -96,7 +99,8 @@ def plot_training_curves(metrics_jsonl, out_png) -> Path | None:
     evals = [r for r in records if "segm_AP50" in r]
     if not train and not evals:
         return None
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_ap = fig.subplots(1, 2)
     if train:
         iters = [r["iter"] for r in train]
         ax_loss.plot(iters, [r["loss"] for r in train], label="total", linewidth=2, color="black")
@@ -116,7 +120,6 @@ def plot_training_curves(metrics_jsonl, out_png) -> Path | None:
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png
 
 
@@ -125,7 +128,8 @@ def plot_backbone_comparison(rows: list[dict], out_png) -> Path:
     out_png = Path(out_png)
     names = [r["backbone"] for r in rows]
     x = np.arange(len(rows))
-    fig, (ax_ap, ax_ms) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(rows)), 4))
+    fig = Figure(figsize=(max(8, 2.2 * len(rows)), 4))
+    ax_ap, ax_ms = fig.subplots(1, 2)
     ax_ap.bar(x - 0.2, [r.get("val_box_AP50", 0) for r in rows], 0.4, label="box AP50")
     ax_ap.bar(x + 0.2, [r.get("val_mask_AP50", 0) for r in rows], 0.4, label="mask AP50")
     ax_ap.set(xticks=x, title="accuracy (val)", ylim=(0, 1))
@@ -137,7 +141,6 @@ def plot_backbone_comparison(rows: list[dict], out_png) -> Path:
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png
 
 
@@ -201,7 +204,8 @@ def draw_predictions_grid(predictor, image_paths: list, out_png, threshold: floa
     out_png = Path(out_png)
     rows = max(1, math.ceil(len(image_paths) / columns))
     cols = max(1, min(columns, len(image_paths)))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, path in zip(axes.flat, image_paths):
@@ -212,7 +216,6 @@ def draw_predictions_grid(predictor, image_paths: list, out_png, threshold: floa
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png
 
 

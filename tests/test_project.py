@@ -77,3 +77,18 @@ def test_make_demo_runs_data_training_evaluation_and_serving(tmp_path):
     assert info["training"]["preset"] == "demo" and info["training"]["max_iter"] == 3
     assert "| segm |" in out
     assert (tmp_path / "served").is_dir() and any((tmp_path / "served").iterdir())
+
+
+def test_importing_the_kit_changes_no_global_state():
+    """A user's notebook keeps its matplotlib backend and warning filters when it imports the kit."""
+    # torch and torchvision add warning filters of their own on import: take them first
+    code = ("import warnings, matplotlib\n"
+            "import torch, torchvision.models.detection, torch.distributed, torch.jit, torch.fx, torch.onnx\n"
+            "matplotlib.use('svg')\n"
+            "filters = list(warnings.filters)\n"
+            "import maskrcnn_finetune.visualize, maskrcnn_finetune.engines.torchvision_engine, maskrcnn_finetune.export\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+            "assert warnings.filters == filters, [f for f in warnings.filters if f not in filters]\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
