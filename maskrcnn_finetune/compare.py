@@ -43,7 +43,7 @@ def compare_backbones(base: TrainConfig, backbones: list[str], out_dir, test_jso
         else:
             cfg = replace(cfg, resume=True)  # continues an interrupted comparison
             train(cfg)
-        predictor = Predictor.from_dir(model_dir, device=base.device if base.device != "auto" else "auto")
+        predictor = Predictor.from_dir(model_dir, device=base.device)
         val = load_coco(base.val_json)
         row = {
             "backbone": name,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from torch import nn
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -38,8 +37,8 @@ class ModelSpec:
         detections_per_image: the most instances one image can return.
         box_head_dim: width of the box head's two fully connected layers.
         mask_head_layers: channels of the mask head's 3x3 convolutions. The mask head runs on
-            every positive RoI, so on a CPU it dominates training time: the demo preset uses two
-            128-channel layers instead of four 256-channel ones.
+            every positive RoI, so on a CPU it weighs on training time: the demo preset uses two
+            64-channel layers instead of four 256-channel ones.
     """
 
     backbone: str
@@ -145,7 +144,3 @@ def _replace_heads(model: MaskRCNN, num_classes: int) -> None:
     hidden = model.roi_heads.mask_predictor.conv5_mask.out_channels
     in_channels = model.roi_heads.mask_predictor.conv5_mask.in_channels
     model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, hidden, num_classes)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
