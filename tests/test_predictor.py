@@ -27,7 +27,7 @@ def test_every_input_kind_gives_the_same_result(model_dir, tiny_coco, tmp_path):
     rgb = np.array(Image.open(path).convert("RGB"))
     from_path, from_array, from_pil = predictor(path), predictor(rgb), predictor(Image.open(path))
     batch = predictor([path, rgb])
-    assert len(batch) == 2
+    assert len(batch) == 2 and len(from_path) > 0
     for other in (from_array, from_pil, batch[0], batch[1]):
         assert np.allclose(other.scores, from_path.scores, atol=1e-4)
         assert np.array_equal(other.masks, from_path.masks)
@@ -38,8 +38,8 @@ def test_threshold_and_odd_images(model_dir, tmp_path):
     predictor = Predictor.from_dir(model_dir, score_threshold=0.0)
     image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
     everything = predictor(image)
-    assert len(everything) <= 20
-    cut = float(np.median(everything.scores)) if len(everything) else 0.5
+    assert 0 < len(everything) <= 20
+    cut = float(np.median(everything.scores))
     above = predictor(image, threshold=cut)
     assert len(above) == int((everything.scores >= cut).sum())
     grey = predictor(image[:, :, 0])  # a 2-D grey array is accepted
@@ -85,12 +85,3 @@ def test_model_folder_problems_are_explained(model_dir, tmp_path):
     (broken / "model_final.pth").unlink()
     with pytest.raises(ModelDirError, match="has no model_final.pth"):
         Predictor.from_dir(broken)
-
-
-def test_reloaded_folder_predicts_like_the_trained_model(model_dir, tiny_coco):
-    a = Predictor.from_dir(model_dir, score_threshold=0.0)
-    b = Predictor.from_dir(model_dir, score_threshold=0.0)
-    data = json.loads(tiny_coco["val"].read_text())
-    path = tiny_coco["val"].parent / data["images"][0]["file_name"]
-    ra, rb = a(path), b(path)
-    assert np.array_equal(ra.boxes, rb.boxes) and np.array_equal(ra.masks, rb.masks)

@@ -39,6 +39,7 @@ def test_every_backbone_trains_reloads_and_predicts(backbone, tiny_coco, tmp_pat
     image[10:40, 20:60] = (200, 30, 30)
     result = predictor(image)
     n = len(result)
+    assert n > 0, f"{backbone} found nothing at threshold 0"
     assert result.masks.shape == (n, 70, 90) and result.masks.dtype == bool
     assert result.boxes.shape == (n, 4) and result.scores.shape == (n,) and result.class_ids.shape == (n,)
     assert all(0 <= c < 3 for c in result.class_ids)
