@@ -235,10 +235,17 @@ def test_show_server_in_colab_shows_the_page_in_the_notebook(fake_colab, no_smok
 
 
 def test_show_logs_prints_the_kits_messages(capsys):
-    colab.show_logs()
-    colab.show_logs()  # twice: still one line per message
-    logging.getLogger("maskrcnn_finetune.engines").info("resuming from iteration 3")
-    assert capsys.readouterr().out == "INFO: resuming from iteration 3\n"
+    loggers = [logging.getLogger(name) for name in colab.LOGGERS]
+    before = [(log.level, list(log.handlers)) for log in loggers]
+    try:
+        colab.show_logs()
+        colab.show_logs()  # twice: still one line per message
+        logging.getLogger("maskrcnn_finetune.engines").info("resuming from iteration 3")
+        assert capsys.readouterr().out == "INFO: resuming from iteration 3\n"
+    finally:  # the handlers write to this test's captured stdout, closed after it
+        for log, (level, handlers) in zip(loggers, before):
+            log.setLevel(level)
+            log.handlers[:] = handlers
 
 
 def test_kit_source_is_one_placeholder_everywhere():

@@ -83,10 +83,11 @@ def test_channels_last_alone_gives_the_plain_answer(model_dir, images):
     fast_fp32 = Predictor.from_dir(model_dir, fast=True, bf16=False)
     everything = plain(images[1], threshold=0.0)
     scores = np.sort(everything.scores)
-    # a threshold between two scores far apart, so rounding in another memory layout cannot cross it
+    # a threshold between the two scores furthest apart: fp32 rounding in another memory layout
+    # moves scores by about 1e-6, far less than the gap
     gaps = np.diff(scores)
     k = int(np.argmax(gaps))
-    assert gaps[k] > 1e-3
+    assert gaps[k] > 1e-4
     cut = float(scores[k] + gaps[k] / 2)
     reference = [plain(image, threshold=cut) for image in images]
     candidate = [fast_fp32(image, threshold=cut) for image in images]

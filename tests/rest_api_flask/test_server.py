@@ -198,7 +198,8 @@ def test_no_authtoken_says_how_to_get_one_and_keeps_serving_locally(model_dir, t
     srv = start_server(model_dir, tmp_path, "--use-ngrok")  # start_server empties NGROK_AUTHTOKEN
     try:
         deadline = time.monotonic() + 30
-        while not any("no public URL" in line for line in srv.lines) and time.monotonic() < deadline:
+        # the warning, then "keeps serving locally" on a line of its own: wait for both
+        while not any("keeps serving locally" in line for line in srv.lines) and time.monotonic() < deadline:
             time.sleep(0.1)
         text = "\n".join(srv.lines)
         assert "WARNING: no public URL: no ngrok authtoken" in text and "NGROK_AUTHTOKEN" in text, text
