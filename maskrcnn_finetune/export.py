@@ -48,7 +48,7 @@ from tqdm import tqdm
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.data.coco import write_json_atomic
 from maskrcnn_finetune.data.images import load_rgb
-from maskrcnn_finetune.data.labelme import IMAGE_SUFFIXES
+from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
 from maskrcnn_finetune.errors import ConfigError, KitError
 from maskrcnn_finetune.model_dir import MODEL_JSON, read_model_info
 from maskrcnn_finetune.modeling import ModelSpec

@@ -17,6 +17,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from PIL import Image
 
+from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
 from maskrcnn_finetune.structures import Instances
 from maskrcnn_finetune.visualize import draw_instances
 from rest_api_flask.errors import ApiError
@@ -25,7 +26,6 @@ from rest_api_flask.inputs import clean_filename, decode_base64, decode_image
 
 bp = Blueprint("compat", __name__, url_prefix="/api")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 _PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
                 ".webp": "WEBP", ".gif": "GIF"}
 

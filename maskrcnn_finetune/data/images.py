@@ -9,6 +9,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # EXIF orientations 5-8 rotate by 90 degrees, so width and height trade places.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+"""The file suffixes the kit reads as images (Pillow decodes each): in labelme folders, export
+check folders, uploads and the legacy routes' folders."""
+
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 

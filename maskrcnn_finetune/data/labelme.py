@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from maskrcnn_finetune.data.images import image_size_of
+from maskrcnn_finetune.data.images import IMAGE_SUFFIXES, image_size_of
 from maskrcnn_finetune.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ IGNORED_LABELS = frozenset({"__ignore__", "_background_"})
 """labelme's conventional non-class labels: regions to leave out, not objects to learn."""
 
 MASK_SHAPES = ("polygon", "rectangle", "circle")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SKIP_HINT = "Fix the files named above, or pass --skip-invalid to leave out the shapes and files that have problems."
 
 
