@@ -1,4 +1,5 @@
-"""What every script in ``scripts/`` shares: logging set-up and turning user errors into messages."""
+"""What every script in ``scripts/`` shares: logging set-up, turning user errors into messages, and
+reading yes/no switches from text (environment variables, form fields)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import sys
 from typing import Callable
 
 from maskrcnn_finetune.errors import KitError
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def is_true(text) -> bool:
+    """Whether a switch given as text (``MRCNN_SMOKE=1``, ``polygons=true``) is on; anything else is off."""
+    return str(text if text is not None else "").strip().lower() in TRUE_WORDS
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

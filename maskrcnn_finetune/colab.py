@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from maskrcnn_finetune.cli import is_true
 from maskrcnn_finetune.errors import ConfigError, KitError
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def in_colab() -> bool:
 
 def smoke_mode() -> bool:
     """True when ``MRCNN_SMOKE`` is set to 1/true/yes: the notebooks' tiny test run."""
-    return os.environ.get(SMOKE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return is_true(os.environ.get(SMOKE_ENV))
 
 
 def describe_runtime() -> str:

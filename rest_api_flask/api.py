@@ -12,6 +12,8 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 
+from maskrcnn_finetune.cli import is_true
+from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
 from maskrcnn_finetune.structures import Instances
 from rest_api_flask.encoding import instances_json, mask_rles
 from rest_api_flask.errors import ApiError
@@ -22,9 +24,6 @@ from rest_api_flask.results import get_store
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 meta_bp = Blueprint("meta", __name__)
-
-_TRUE = {"1", "true", "yes", "on"}
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 # ---------------------------------------------------------------- request parsing
@@ -153,7 +152,7 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
         pending.discard()
         raise
     suffix = Path(filename).suffix.lower() if filename else ""
-    store.save_upload(pending.id, raw, suffix if suffix in _IMAGE_SUFFIXES else ".img")
+    store.save_upload(pending.id, raw, suffix if suffix in IMAGE_SUFFIXES else ".img")
     return payload
 
 
@@ -172,7 +171,7 @@ def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygo
 def _options(body) -> tuple[float, bool]:
     """``(threshold, polygons)`` of a predict request, from the query, the form or the JSON body."""
     threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
-    return threshold, str(request_param("polygons", body) or "").lower() in _TRUE
+    return threshold, is_true(request_param("polygons", body))
 
 
 @bp.post("/predict")
