@@ -245,4 +245,3 @@ def _failure(what: str, server: ServerProcess, timeout: float) -> str:
         state = f"{state} ({what})"
     return (f"the server {state}. The end of its log ({server.log_path}):\n{server.log_tail()}\n"
             "Fix the problem it names (often --model-dir), then run the cell again.")
-

@@ -19,8 +19,6 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 REGISTRY_ENV = "MRCNN_SERVER_REGISTRY"  # the folder that remembers this runtime's servers (tests isolate it)
-# Each server started here is remembered as a file named by its pid (= its process group: it runs
-# in its own session) until it is stopped, so that a new kernel can stop what an old one left.
 
 
 def _registry() -> Path:

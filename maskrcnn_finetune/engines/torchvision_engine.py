@@ -187,12 +187,20 @@ def _drop_rolled_back_rows(log_path: Path, iteration: int) -> None:
     if not log_path.exists():
         return
     lines = log_path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+    kept = [line for line in lines if _logged_iteration(line) <= iteration]
     if len(kept) != len(lines):
         tmp = log_path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(log_path)
         logger.info("%s: dropped %d rows logged after iteration %d", log_path.name, len(lines) - len(kept), iteration)
+
+
+def _logged_iteration(line: str) -> float:
+    """The iteration of a ``metrics.jsonl`` row; infinity for a row a killed run left cut off (dropped)."""
+    try:
+        return json.loads(line)["iter"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def evaluation_predictor(model, spec: ModelSpec, device) -> Predictor:
@@ -202,7 +210,7 @@ def evaluation_predictor(model, spec: ModelSpec, device) -> Predictor:
     is (test size ``spec.min_size``, not the training sizes; torchvision's poolers; eval mode),
     on the Predictor's default path for ``device``. The model being trained is left as it is.
     """
-    state = {k: v.detach().contiguous() for k, v in getattr(model, "module", model).state_dict().items()}
+    state = getattr(model, "module", model).state_dict()  # detached; load_state_dict copies it
     return Predictor(rebuild_model(spec, state, "the model being trained"), spec, device, score_threshold=0.0)
 
 
@@ -408,8 +416,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     metrics, test_spec = {}, spec
     if main:
         if val_data is not None:
-            sizes = [cfg.image_size] + [s for s in cfg.train_sizes if s != cfg.image_size and cfg.choose_test_size]
-            test_spec, metrics = choose_test_size(model, spec, device, val_data, sizes)
+            others = [s for s in cfg.train_sizes if s != cfg.image_size] if cfg.choose_test_size else []
+            test_spec, metrics = choose_test_size(model, spec, device, val_data, [cfg.image_size, *others])
             with (out / METRICS_LOG).open("a") as fh:
                 history.append(log_eval(iteration, metrics, fh, writer))
         # the checkpoint keeps the training spec (a --resume compares it); the folder gets the test size

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 from torch import Tensor
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 
@@ -136,11 +136,11 @@ def roi_align_parallel(features: Tensor, rois: Tensor, output_size: tuple[int, i
 
 
 class ParallelRoIAlign(MultiScaleRoIAlign):
-    """torchvision's ``MultiScaleRoIAlign`` whose CPU training backward runs on every core."""
+    """torchvision's ``MultiScaleRoIAlign`` whose CPU training (forward and backward) runs on every core."""
 
     @classmethod
     def like(cls, pooler: MultiScaleRoIAlign) -> "ParallelRoIAlign":
-        """The same pooler (feature maps, output size, sampling ratio, levels) with this backward."""
+        """The same pooler (feature maps, output size, sampling ratio, levels), parallel in CPU training."""
         return cls(pooler.featmap_names, pooler.output_size, pooler.sampling_ratio,
                    canonical_scale=pooler.canonical_scale, canonical_level=pooler.canonical_level)
 

@@ -60,12 +60,14 @@ def test_a_cut_off_checkpoint_falls_back_to_the_previous_one(tiny_coco, tmp_path
     assert (run / PREVIOUS_CHECKPOINT).is_file()
     last = (run / CHECKPOINT).read_bytes()
     (run / CHECKPOINT).write_bytes(last[: len(last) // 2])
+    with (run / "metrics.jsonl").open("a") as log:  # the killed run was writing a row
+        log.write('{"iter": 5, "loss": 1.2')
     with caplog.at_level("WARNING"):
         train(_cfg(tiny_coco, run, resume=True, **options))
     assert "resuming from the previous checkpoint" in caplog.text and "iteration 2" in caplog.text
     straight, resumed = _weights(tmp_path / "straight"), _weights(run)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    # iterations 3 and 4 were logged twice: the rolled-back rows are gone
+    # iterations 3 and 4 were logged twice and a row was cut off: the rolled-back rows are gone
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
