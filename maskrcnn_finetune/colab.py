@@ -39,7 +39,7 @@ SMOKE_SYNTHETIC = dict(n_images=8, image_size=(96, 80))
 
 def in_colab() -> bool:
     """True inside a Google Colab runtime (its kernel has imported ``google.colab``)."""
-    if "google.colab" in sys.modules:
+    if sys.modules.get("google.colab") is not None:
         return True
     try:
         return importlib.util.find_spec("google.colab") is not None
@@ -163,6 +163,20 @@ def _secret_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(userdata, name) for name in names if hasattr(userdata, name))
 
 
+def colab_secret(name: str) -> str | None:
+    """A Colab secret's value (key icon in the left bar), or None outside Colab, when it is missing,
+    empty, or the notebook has no access to it."""
+    if not in_colab():
+        return None
+    from google.colab import userdata  # only exists in Colab
+
+    try:
+        return (userdata.get(name) or "").strip() or None
+    except _secret_errors() as exc:
+        logger.info("no usable Colab secret %s (%s)", name, exc)
+        return None
+
+
 def read_ngrok_token(ask: bool = True) -> str | None:
     """The ngrok authtoken, never from a cell's source: the environment, a Colab secret, or a prompt.
 
@@ -173,19 +187,8 @@ def read_ngrok_token(ask: bool = True) -> str | None:
         The token, or None when there is none (the web page is then shown inside the notebook
         through Colab's proxy, and there is no public URL).
     """
-    token = os.environ.get(NGROK_TOKEN_NAME, "").strip()
-    if token:
-        return token
-    if not in_colab():
-        return None
-    from google.colab import userdata  # only exists in Colab
-
-    try:
-        token = (userdata.get(NGROK_TOKEN_NAME) or "").strip()
-    except _secret_errors() as exc:
-        logger.info("no usable Colab secret %s (%s)", NGROK_TOKEN_NAME, exc)
-        token = ""
-    if not token and ask:
+    token = os.environ.get(NGROK_TOKEN_NAME, "").strip() or colab_secret(NGROK_TOKEN_NAME)
+    if not token and ask and in_colab():
         token = getpass.getpass("ngrok authtoken (https://dashboard.ngrok.com/get-started/your-authtoken; "
                                 "Enter to skip: no public URL, the page shows in the notebook): ").strip()
     return token or None

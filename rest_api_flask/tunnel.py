@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from maskrcnn_finetune import colab
 from maskrcnn_finetune.errors import KitError
 
 logger = logging.getLogger(__name__)
 
-TOKEN_NAME = "NGROK_AUTHTOKEN"
+TOKEN_NAME = colab.NGROK_TOKEN_NAME
 _TOKEN_HELP = ("get an authtoken at https://dashboard.ngrok.com/get-started/your-authtoken and pass it with "
                f"--ngrok-authtoken, the {TOKEN_NAME} environment variable, or a Colab secret named {TOKEN_NAME}")
 # ngrok's error codes (https://ngrok.com/docs/errors/) that users meet, and what to do about each
@@ -32,7 +33,6 @@ NGROK_HINTS = {
                       "still runs): run the notebook's start cell again (it stops this runtime's earlier server), "
                       "or end the other session at https://dashboard.ngrok.com/agents"),
 }
-COLAB_PROXY_TIMEOUT_S = 10  # eval_js waits this long for the browser: a cell must never hang
 
 
 class TunnelError(KitError):
@@ -55,22 +55,9 @@ class Tunnel:
             logger.warning("could not close the %s tunnel cleanly: %s", self.kind, exc)
 
 
-def colab_secret(name: str) -> str | None:
-    """A Colab secret's value, or None outside Colab or when the notebook has no access to it."""
-    try:
-        from google.colab import userdata  # only inside Colab
-    except ImportError:
-        return None
-    try:
-        return userdata.get(name) or None
-    except Exception as exc:  # noqa: BLE001 - SecretNotFoundError / NotebookAccessError vary by Colab version
-        logger.info("Colab secret %s not available: %s", name, exc)
-        return None
-
-
 def resolve_authtoken(flag: str | None = None) -> str | None:
     """The ngrok authtoken from ``--ngrok-authtoken``, else ``NGROK_AUTHTOKEN``, else Colab's secret."""
-    return flag or os.environ.get(TOKEN_NAME) or colab_secret(TOKEN_NAME)
+    return flag or os.environ.get(TOKEN_NAME) or colab.colab_secret(TOKEN_NAME)
 
 
 def _explain(exc: Exception) -> str:
@@ -127,22 +114,20 @@ def open_colab_proxy(port: int) -> Tunnel:
     Raises:
         TunnelError: when not running inside Colab.
     """
-    try:
-        from google.colab.output import eval_js  # only inside Colab
-    except ImportError:
+    if not colab.in_colab():
         raise TunnelError("--tunnel colab works only inside Google Colab; elsewhere use --tunnel ngrok "
-                          "(or none, and open the local URL)") from None
+                          "(or none, and open the local URL)")
     try:
-        url = eval_js(f"google.colab.kernel.proxyPort({int(port)})", timeout_sec=COLAB_PROXY_TIMEOUT_S)
+        url = colab.proxy_url(port)
     except Exception as exc:  # noqa: BLE001 - eval_js fails in many ways outside the notebook's kernel
         raise TunnelError(f"Colab's proxy can only be asked for from the notebook's kernel ({type(exc).__name__}: "
                           f"{exc}); a server started with !python or in the background cannot. In a notebook cell, "
                           f"run maskrcnn_finetune.colab.proxy_url({int(port)}) (03_serve does), or use --tunnel ngrok"
-                          ) from None
+                          ) from exc
     if not url:  # eval_js returns None when the browser did not answer in time
-        raise TunnelError(f"Colab's browser tab did not give a proxy URL for the port within {COLAB_PROXY_TIMEOUT_S} s "
+        raise TunnelError(f"Colab's browser tab did not give a proxy URL for the port within {colab.PROXY_TIMEOUT_S} s "
                           "(is the notebook open in a browser?); use --tunnel ngrok instead")
-    return Tunnel("colab", str(url).rstrip("/"))
+    return Tunnel("colab", url)
 
 
 def open_tunnel(kind: str, port: int, authtoken: str | None = None, auth: str | None = None) -> Tunnel | None:

@@ -1,7 +1,11 @@
-"""Shared fixtures: a local HTTP server, so download tests never touch the internet."""
+"""Shared fixtures: a local HTTP server (download tests never touch the internet), the tiny data set
+and model, and the stand-in ``google.colab``."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -9,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
+
+from colab_stand_in import FAKE_COLAB
 
 
 @dataclass
@@ -123,8 +129,6 @@ def tiny_model_dir(tiny_coco, tmp_path_factory):
 def _own_server_registry(tmp_path_factory):
     """Servers started by the tests are remembered in a folder of this run only, never the machine's own
     (start_server stops the servers it finds there; notebook runs inherit the variable)."""
-    import os
-
     from maskrcnn_finetune.server_registry import REGISTRY_ENV
 
     old = os.environ.get(REGISTRY_ENV)
@@ -134,3 +138,28 @@ def _own_server_registry(tmp_path_factory):
         os.environ.pop(REGISTRY_ENV, None)
     else:
         os.environ[REGISTRY_ENV] = old
+
+
+@pytest.fixture
+def fake_colab(monkeypatch, tmp_path):
+    """The stand-in ``google.colab`` of tests/fake_colab (mocked: it only exists inside Colab), importable.
+
+    It behaves as colabtools does today (see tests/fake_colab/README.md); what the browser does is
+    set with ``FAKE_COLAB_*`` variables. Drive is a temporary folder mounted at ``tmp_path/content/drive``.
+    """
+    monkeypatch.syspath_prepend(str(FAKE_COLAB))
+    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FAKE_COLAB_DRIVE", str(tmp_path / "google_drive"))
+    from maskrcnn_finetune import handover
+
+    monkeypatch.setattr(handover, "DRIVE_ROOT", tmp_path / "content" / "drive")
+    import google.colab  # noqa: F401 - as Colab's kernel has it imported
+
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+        sys.modules.pop(name, None)

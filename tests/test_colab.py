@@ -1,13 +1,12 @@
 """The notebooks' surroundings: smoke mode, work folders, backbone choices, and the Colab-only paths.
 
-``google.colab`` cannot exist outside Colab, so the tests that take the Colab paths put a small
-stand-in module in ``sys.modules`` (only what the kit calls: ``userdata.get``, ``output.eval_js``,
-``files.upload``). Everything else runs for real.
+``google.colab`` cannot exist outside Colab, so the tests that take the Colab paths import the
+stand-in package of tests/fake_colab (the ``fake_colab`` fixture of conftest.py), which behaves as
+colabtools does today. Everything else runs for real.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -25,31 +24,7 @@ from maskrcnn_finetune.config import resolve_config
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling.backbones import BACKBONES
 
-
-FAKE_COLAB = Path(__file__).resolve().parent / "fake_colab"
-
-
-@pytest.fixture
-def fake_colab(monkeypatch, tmp_path):
-    """The stand-in ``google.colab`` of tests/fake_colab (mocked: it only exists inside Colab), importable.
-
-    It behaves as colabtools does today (see tests/fake_colab/README.md); what the browser does is
-    set with ``FAKE_COLAB_*`` variables. Drive is a temporary folder mounted at ``tmp_path/content/drive``.
-    """
-    monkeypatch.syspath_prepend(str(FAKE_COLAB))
-    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
-        monkeypatch.delitem(sys.modules, name)
-    importlib.invalidate_caches()
-    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
-    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("FAKE_COLAB_DRIVE", str(tmp_path / "google_drive"))
-    monkeypatch.setattr(handover, "DRIVE_ROOT", tmp_path / "content" / "drive")
-    import google.colab  # noqa: F401 - as Colab's kernel has it imported
-
-    yield tmp_path
-    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
-        sys.modules.pop(name, None)
+from colab_stand_in import FAKE_COLAB
 
 
 @pytest.fixture

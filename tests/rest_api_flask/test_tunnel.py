@@ -1,4 +1,5 @@
-"""Tunnels: pyngrok runs for real against a stand-in ngrok agent program; Colab's module is faked.
+"""Tunnels: pyngrok runs for real against a stand-in ngrok agent program; Colab's module is the
+stand-in of tests/fake_colab (the ``fake_colab`` fixture), which behaves as colabtools does today.
 
 The ngrok service cannot be reached from here, so the *binary* that pyngrok starts is replaced
 by a small script that prints what the real agent prints (log lines, error codes) and answers its
@@ -9,8 +10,6 @@ be installed" path runs for real (the download fails offline) in test_server.py.
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 
@@ -51,67 +50,47 @@ def test_no_token_is_refused_before_starting_anything():
         open_ngrok(5123, None)
 
 
-def _fake_colab(monkeypatch, secrets):
-    # google.colab exists only inside Colab: this stands in for its two functions used here
-    colab = types.ModuleType("google.colab")
-    userdata = types.ModuleType("google.colab.userdata")
-    output = types.ModuleType("google.colab.output")
-
-    def get(name):
-        if name not in secrets:
-            raise KeyError(name)  # Colab raises SecretNotFoundError here
-        return secrets[name]
-
-    userdata.get = get
-    def eval_js(js, ignore_result=False, timeout_sec=None):  # returns None when the browser does not answer in time
-        assert timeout_sec, "without a timeout eval_js can hang the cell forever"
-        return "https://5000-m-s-abc.colab.googleusercontent.com/" if "proxyPort(5000)" in js else None
-
-    output.eval_js = eval_js
-    colab.userdata, colab.output = userdata, output
-    google = types.ModuleType("google")
-    google.colab = colab
-    for name, module in {"google": google, "google.colab": colab, "google.colab.userdata": userdata,
-                         "google.colab.output": output}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-
-
-def test_token_sources_in_order(monkeypatch):
+def test_outside_colab_no_secret_and_no_proxy(monkeypatch):
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
-    monkeypatch.setitem(sys.modules, "google.colab", None)  # outside Colab: the import fails
     assert resolve_authtoken(None) is None
-    _fake_colab(monkeypatch, {"NGROK_AUTHTOKEN": "from-colab"})
+    with pytest.raises(TunnelError, match="only inside Google Colab"):
+        open_colab_proxy(5000)
+
+
+def test_token_sources_in_order(monkeypatch, fake_colab):
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": "from-colab"}))
     assert resolve_authtoken(None) == "from-colab"
     monkeypatch.setenv("NGROK_AUTHTOKEN", "from-env")
     assert resolve_authtoken(None) == "from-env"
     assert resolve_authtoken("from-flag") == "from-flag"
-    _fake_colab(monkeypatch, {})
     monkeypatch.delenv("NGROK_AUTHTOKEN")
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": None}))  # no notebook access
+    assert resolve_authtoken(None) is None
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", "{}")  # no such secret
     assert resolve_authtoken(None) is None
 
 
-def test_colab_proxy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "google.colab", None)
-    with pytest.raises(TunnelError, match="only inside Google Colab"):
-        open_colab_proxy(5000)
-    _fake_colab(monkeypatch, {})
+def test_colab_proxy(fake_colab):
     tunnel = open_tunnel("colab", 5000)
-    assert tunnel.public_url == "https://5000-m-s-abc.colab.googleusercontent.com"
+    assert tunnel.public_url == "https://5000-m-s-fake.colab.googleusercontent.com"
     assert open_tunnel("none", 5000) is None
 
 
-def test_colab_proxy_from_a_server_process_says_what_to_do(monkeypatch):
-    _fake_colab(monkeypatch, {})
+def test_colab_proxy_from_a_server_process_says_what_to_do(monkeypatch, fake_colab):
+    import google.colab.output
 
     def no_kernel(js, ignore_result=False, timeout_sec=None):  # what eval_js does in a process that is not the notebook's kernel
         raise AttributeError("'NoneType' object has no attribute 'kernel'")
 
-    monkeypatch.setattr(sys.modules["google.colab.output"], "eval_js", no_kernel)
+    monkeypatch.setattr(google.colab.output, "eval_js", no_kernel)
     with pytest.raises(TunnelError, match=r"notebook's kernel.*proxy_url\(5000\)"):
         open_tunnel("colab", 5000)
 
 
-def test_colab_proxy_without_an_answer_says_so(monkeypatch):
-    _fake_colab(monkeypatch, {})
-    with pytest.raises(TunnelError, match=r"did not give a proxy URL for the port within 10 s"):
-        open_tunnel("colab", 5001)  # eval_js answered None: its timeout passed
+def test_colab_proxy_without_an_answer_says_so(monkeypatch, fake_colab):
+    from maskrcnn_finetune import colab
+
+    monkeypatch.setenv("FAKE_COLAB_BROWSER", "absent")  # no browser tab answers: eval_js times out
+    monkeypatch.setattr(colab, "PROXY_TIMEOUT_S", 0.2)
+    with pytest.raises(TunnelError, match=r"did not give a proxy URL for the port within 0.2 s"):
+        open_tunnel("colab", 5001)
