@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,8 +101,6 @@ def test_a_server_that_does_not_answer_in_time_is_stopped(model_dir, tmp_path, m
 
 def _children_with(text: str) -> list[int]:
     """Child processes of this test run whose command line holds ``text`` (Linux /proc)."""
-    import os
-
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -113,10 +115,9 @@ def _children_with(text: str) -> list[int]:
     return pids
 
 
-
 def _with_fake_agent(monkeypatch, tmp_path) -> None:
     """Servers started from here open their tunnel with the stand-in ngrok agent (no ngrok service here)."""
-    import runpy
+    import runpy  # tests/rest_api_flask is not importable by name (the package rest_api_flask is)
 
     helpers = runpy.run_path(str(Path(__file__).parent / "rest_api_flask" / "server_helpers.py"))
     binary, _ = helpers["fake_ngrok_binary"](tmp_path, "ok")
@@ -133,11 +134,6 @@ def _agents_of(pgid: int) -> list[int]:
 @pytest.mark.slow
 def test_a_server_left_by_a_crashed_kernel_is_stopped_first(model_dir, tmp_path, monkeypatch):
     """A kernel killed with SIGKILL (no atexit) leaves its server and ngrok agent; the next start stops both."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     _with_fake_agent(monkeypatch, tmp_path)
     kernel = ("import time\n"
               "from maskrcnn_finetune.server_process import start_server\n"

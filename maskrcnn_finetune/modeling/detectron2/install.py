@@ -40,7 +40,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# A pinned upstream commit (2026-06-06): every runtime builds the same code the tests ran against.
+# A pinned upstream commit (2026-06-06): every runtime builds the same code. It has not been built
+# here (no GitHub); the tests run detectron2's Python code from the wheel (--source wheel).
 GIT_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
 GIT_URL = f"git+https://github.com/facebookresearch/detectron2.git@{GIT_COMMIT}"
 WHEEL_NAME = "sal-detectron2"
