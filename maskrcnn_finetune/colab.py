@@ -118,7 +118,7 @@ def install_detectron2(wheel_dir=None) -> bool:
         install("auto", wheel_dir=wheel_dir)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         raise KitError(f"installing detectron2 failed ({exc}); pip's output is above. Choose the torchvision "
-                       "engine, which needs no build") from None
+                       "engine, which needs no build") from exc
     importlib.invalidate_caches()
     return detectron2_available()
 

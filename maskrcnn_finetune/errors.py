@@ -28,3 +28,10 @@ class DatasetError(KitError, ValueError):
 
 class ConfigError(KitError, ValueError):
     """An option or argument has a value the kit cannot use; the message says what to pass."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its class name when it has none), for quoting
+    a library's error inside one of ours: ``f"... ({first_line(exc)}); do this"``."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -46,10 +46,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from tqdm import tqdm
 
 from maskrcnn_finetune import __version__
-from maskrcnn_finetune.data.coco import write_json_atomic
 from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
-from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.errors import ConfigError, KitError, first_line
+from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON, read_model_info
 from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.parity import SCORE_TOLERANCE, ParityReport, compare_runs
@@ -132,8 +132,7 @@ def load_torchscript(path, device: str | torch.device = "cpu") -> ScriptedMaskRC
     try:
         scripted = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"'{path}' is not a TorchScript file ({first}); export the model folder again") from None
+        raise ExportError(f"'{path}' is not a TorchScript file ({first_line(exc)}); export the model folder again") from exc
     return ScriptedMaskRCNN(scripted).eval()
 
 
@@ -166,9 +165,9 @@ def _require_onnx():
     try:
         importlib.import_module("onnx")  # torch's ONNX exporter writes the file with it
         onnxruntime = importlib.import_module("onnxruntime")
-    except ImportError:
+    except ImportError as exc:
         raise ExportError("ONNX export needs onnx and onnxruntime; install them with "
-                          "`pip install onnx onnxruntime`, or export to TorchScript (the default)") from None
+                          "`pip install onnx onnxruntime`, or export to TorchScript (the default)") from exc
     return onnxruntime
 
 
@@ -192,8 +191,7 @@ def load_onnx(path) -> OnnxMaskRCNN:
     try:
         return OnnxMaskRCNN(path).eval()
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"'{path}' is not an ONNX model that ONNX Runtime can run ({first}); export again") from None
+        raise ExportError(f"'{path}' is not an ONNX model that ONNX Runtime can run ({first_line(exc)}); export again") from exc
 
 
 def load_exported(path, fmt: str | None = None) -> torch.nn.Module:
@@ -217,7 +215,7 @@ def read_export_info(path) -> tuple[ModelSpec, dict]:
         return ModelSpec.from_dict(info["model"]), info
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ExportError(f"{model_json} is damaged ({type(exc).__name__}: {exc}); copy it again from the "
-                          "model folder") from None
+                          "model folder") from exc
 
 
 def load_exported_predictor(path, device="cpu", score_threshold: float | None = None) -> Predictor:
@@ -280,7 +278,7 @@ def check_images(images, spec: ModelSpec) -> tuple[list[np.ndarray], list[str]]:
             try:
                 arrays.append(load_rgb(file))
             except (OSError, ValueError, SyntaxError) as exc:
-                raise ExportError(f"'{file}' is not a readable image ({exc}); remove it or pass other images") from None
+                raise ExportError(f"'{file}' is not a readable image ({exc}); remove it or pass other images") from exc
             names.append(file.name)
     if not arrays:
         raise ExportError("no check images were given; pass image files or a folder with --images")
@@ -439,19 +437,17 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_res
     created_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     # the check runs on a temporary file: a failed export never replaces a good one
-    tmp = out_dir / f".{path.name}.tmp"
     try:
-        _save(fmt, eager, arrays[0], tmp, model_dir, eager_resize)
-        try:
-            result = _check(eager, tmp, model_dir, arrays, names, threshold, fmt)
-        except ExportParityError as exc:
-            raise ExportParityError(
-                f"the {label} export of '{model_dir}' does not predict what its eager model predicts, so it "
-                f"must not be used; it was not kept ('{path}' not written): {exc.report.describe()}", exc.report
-            ) from None
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            _save(fmt, eager, arrays[0], tmp, model_dir, eager_resize)
+            try:
+                result = _check(eager, tmp, model_dir, arrays, names, threshold, fmt)
+            except ExportParityError as exc:
+                raise ExportParityError(
+                    f"the {label} export of '{model_dir}' does not predict what its eager model predicts, so it "
+                    f"must not be used; it was not kept ('{path}' not written): {exc.report.describe()}", exc.report
+                ) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
         if created_dir and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
@@ -494,6 +490,5 @@ def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir:
                                             "labels": instances, "scores": instances,
                                             "masks": {0: "instances", 2: "height", 3: "width"}})
     except Exception as exc:  # scripting and tracing raise many kinds of errors for unsupported Python code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"the {eager.spec.backbone} model of '{model_dir}' cannot be exported to {FORMATS[fmt][2]} "
-                          f"({first}); export supports the torchvision backbones (resnet*, mobilenetv2*)") from None
+                          f"({first_line(exc)}); export supports the torchvision backbones (resnet*, mobilenetv2*)") from exc

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from maskrcnn_finetune import __version__
-from maskrcnn_finetune.data.coco import write_json_atomic
-from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.errors import KitError, first_line
+from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,8 @@ def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    tmp = out_dir / (WEIGHTS + ".tmp")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(out_dir / WEIGHTS)
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -86,7 +85,7 @@ def read_model_info(model_dir) -> dict:
         info = json.loads(path.read_text())
         ModelSpec.from_dict(info["model"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ModelDirError(f"{path} is damaged ({type(exc).__name__}: {exc}); train again or restore the file") from None
+        raise ModelDirError(f"{path} is damaged ({type(exc).__name__}: {exc}); train again or restore the file") from exc
     if info.get("format") != FORMAT:
         raise ModelDirError(f"{path} is not a model description of this kit (format {info.get('format')!r})")
     if not (model_dir / WEIGHTS).is_file():
@@ -118,7 +117,7 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ModelDirError(f"{weights} is corrupt or not a weights file ({exc}); train again or restore it") from None
+        raise ModelDirError(f"{weights} is corrupt or not a weights file ({exc}); train again or restore it") from exc
     model = rebuild_model(spec, state, weights)
     logger.info("loaded the trained %s weights of %s", spec.backbone, weights)
     model.to(device).eval()
@@ -143,10 +142,9 @@ def rebuild_model(spec: ModelSpec, state: dict, source="the weights") -> torch.n
             raise ModelDirError(
                 f"{source} was trained for {head.shape[0] - 1} classes but {MODEL_JSON} lists "
                 f"{len(spec.class_names)} ({', '.join(spec.class_names)}); the two files come from different runs"
-            ) from None
-        first = str(exc).splitlines()[0]
-        raise ModelDirError(f"{source} does not fit the {spec.backbone} model described in {MODEL_JSON} ({first}); "
-                            "the two files come from different runs") from None
+            ) from exc
+        raise ModelDirError(f"{source} does not fit the {spec.backbone} model described in {MODEL_JSON} ({first_line(exc)}); "
+                            "the two files come from different runs") from exc
     return model
 
 

@@ -40,7 +40,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the {key.lower().replace('_', ' ')} '{folder}' ({exc.strerror}); "
-                              "pass a folder you can write to") from None
+                              "pass a folder you can write to") from exc
         app.config[key] = str(folder)
 
     from rest_api_flask import api, auth, compat, errors, inference, results

@@ -49,8 +49,8 @@ def parse_threshold(value, default: float) -> float:
         return default
     try:
         threshold = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(f"'threshold' must be a number between 0 and 1, got {str(value)[:50]!r}", 400) from None
+    except (TypeError, ValueError) as exc:
+        raise ApiError(f"'threshold' must be a number between 0 and 1, got {str(value)[:50]!r}", 400) from exc
     if not 0.0 <= threshold <= 1.0 or threshold != threshold:
         raise ApiError(f"'threshold' must be between 0 and 1, got {threshold}", 400)
     return threshold

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import glob
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from flask import Blueprint, current_app, jsonify, request
 from PIL import Image
 
 from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
+from maskrcnn_finetune.files import write_bytes_atomic
 from maskrcnn_finetune.structures import Instances
 from maskrcnn_finetune.visualize import draw_instances
 from rest_api_flask.errors import ApiError
@@ -52,8 +52,8 @@ def _threshold(body: dict, required: bool) -> float:
         return float(current_app.config["THRESHOLD"])
     try:
         value = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(f"'threshold_value' must be a number between 0 and 1, got {str(value)[:50]!r}", 400) from None
+    except (TypeError, ValueError) as exc:
+        raise ApiError(f"'threshold_value' must be a number between 0 and 1, got {str(value)[:50]!r}", 400) from exc
     if not 0.0 <= value <= 1.0:
         raise ApiError(f"'threshold_value' must be between 0 and 1, got {value}", 400)
     return value
@@ -69,12 +69,6 @@ def _plain_name(value, field: str) -> str:
     if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
         name += ".png"
     return name
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{id(data)}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
@@ -98,12 +92,12 @@ def _legacy_result(image: np.ndarray, instances: Instances, output_name: str) ->
     output = Path(current_app.config["OUTPUT_FOLDER"])
     suffix = Path(output_name).suffix.lower()
     drawn = _encode(draw_instances(image, instances), _PIL_FORMATS[suffix])
-    _write_atomic(output / output_name, drawn)
+    write_bytes_atomic(output / output_name, drawn)
     boxes, partials = [], []
     for k in range(len(instances)):
         boxes.append([{f"box_{k}": [float(v) for v in instances.boxes[k]]}, {f"score_{k}": float(instances.scores[k])}])
         jpeg = _encode(_crop(image, instances.boxes[k]), "JPEG")
-        _write_atomic(output / f"{Path(output_name).stem}_partial_{k}.jpg", jpeg)
+        write_bytes_atomic(output / f"{Path(output_name).stem}_partial_{k}.jpg", jpeg)
         partials.append({f"partial_image_{k}": base64.b64encode(jpeg).decode("ascii")})
     # crops of an earlier answer under the same name that found more instances would pass for this one's
     for stale in output.glob(f"{glob.escape(Path(output_name).stem)}_partial_*.jpg"):
@@ -152,7 +146,7 @@ def detect_area_base64():
     output_name = _plain_name(body["output_image_name"], "output_image_name")
     raw = decode_base64(body["image_string"], "image_string")
     image = decode_image(raw, current_app.config["MAX_PIXELS"])
-    _write_atomic(Path(current_app.config["UPLOAD_FOLDER"]) / input_name, raw)
+    write_bytes_atomic(Path(current_app.config["UPLOAD_FOLDER"]) / input_name, raw)
     (instances,), _ = get_service().predict([image], threshold)
     data = _legacy_result(image, instances, output_name)
     data.update(input_image_name=input_name, output_image_name=output_name)  # the names actually written

@@ -110,7 +110,7 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(infos[0][4])
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
-                          "(0 picks a free one) or stop the program that uses it") from None
+                          "(0 picks a free one) or stop the program that uses it") from exc
 
 
 def model_folder_of_weights(args: argparse.Namespace) -> Path:
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         port, serve, shutdown = _make_server(app, args)
     except OSError as exc:  # the address is taken or not this machine's
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pass another --port "
-                          "(0 picks a free one) or stop the program that uses it") from None
+                          "(0 picks a free one) or stop the program that uses it") from exc
     # the socket is bound and listening: connections from here on are queued and answered
     say(f"Serving on http://{args.host}:{port}")
     if tunnel_kind == "ngrok" and not (args.auth or args.api_key):  # Colab's proxy is the notebook user's only

@@ -51,21 +51,21 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the image") -> np.nd
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-    except UnidentifiedImageError:
-        raise ApiError(f"{what} is not an image the server can read; {_FORMATS_HINT}", 415) from None
-    except Image.DecompressionBombError:  # Pillow's own limit, above any --max-pixels it makes sense to give
-        raise ApiError(f"{what} has more pixels than can be decoded safely; send a smaller image", 413) from None
+    except UnidentifiedImageError as exc:
+        raise ApiError(f"{what} is not an image the server can read; {_FORMATS_HINT}", 415) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, above any --max-pixels it makes sense to give
+        raise ApiError(f"{what} has more pixels than can be decoded safely; send a smaller image", 413) from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ApiError(f"{what} is damaged ({exc}); {_FORMATS_HINT}", 422) from None
+        raise ApiError(f"{what} is damaged ({exc}); {_FORMATS_HINT}", 422) from exc
     if width * height > max_pixels:
         raise ApiError(f"{what} is {width}x{height} = {width * height:,} pixels, more than the server accepts "
                        f"({max_pixels:,}); send a smaller image or start the server with a larger --max-pixels", 413)
     try:
         return load_rgb(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise ApiError(f"{what} has more pixels than the server accepts; send a smaller image", 413) from None
+    except Image.DecompressionBombError as exc:
+        raise ApiError(f"{what} has more pixels than the server accepts; send a smaller image", 413) from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ApiError(f"{what} is truncated or damaged ({exc}); send the complete file", 422) from None
+        raise ApiError(f"{what} is truncated or damaged ({exc}); send the complete file", 422) from exc
 
 
 def decode_base64(text, field: str = "image_base64") -> bytes:
@@ -81,9 +81,9 @@ def decode_base64(text, field: str = "image_base64") -> bytes:
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError) as exc:
         raise ApiError(f"'{field}' is not valid base64; encode the image file's bytes with base64 "
-                       "(e.g. base64.b64encode(open('x.jpg', 'rb').read()).decode())", 400) from None
+                       "(e.g. base64.b64encode(open('x.jpg', 'rb').read()).decode())", 400) from exc
 
 
 def clean_filename(name) -> str | None:
@@ -130,7 +130,7 @@ def check_url(url: str, allow_loopback: bool = False) -> str:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise ApiError(f"the host of the image URL ({parts.hostname}) cannot be resolved ({exc}); check the URL", 400) from None
+        raise ApiError(f"the host of the image URL ({parts.hostname}) cannot be resolved ({exc}); check the URL", 400) from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         reason = _refusal(address, allow_loopback)
@@ -187,11 +187,11 @@ def _get_once(session: requests.Session, target: str, headers: dict, deadline: f
     try:
         response = session.get(target, stream=True, allow_redirects=False, timeout=(min(5.0, remaining), remaining),
                                headers={"User-Agent": "maskrcnn-finetune-server", **headers})
-    except requests.Timeout:
-        raise ApiError(f"the image URL did not answer within {timeout:g} s; upload the file instead", 422) from None
+    except requests.Timeout as exc:
+        raise ApiError(f"the image URL did not answer within {timeout:g} s; upload the file instead", 422) from exc
     except requests.RequestException as exc:
         raise ApiError(f"the image URL cannot be fetched ({type(exc).__name__}); check it opens in a browser, "
-                       "or upload the file instead", 422) from None
+                       "or upload the file instead", 422) from exc
     with response:
         if response.is_redirect:
             return response.headers.get("Location", ""), b""
@@ -214,7 +214,7 @@ def _get_once(session: requests.Session, target: str, headers: dict, deadline: f
                 chunks.append(chunk)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(f"the download from the image URL failed ({type(exc).__name__}); "
-                           "upload the file instead", 422) from None
+                           "upload the file instead", 422) from exc
         return None, b"".join(chunks)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from flask import Flask, current_app
 from PIL import Image
 
+from maskrcnn_finetune.files import write_bytes_atomic
 from maskrcnn_finetune.structures import Instances
 from maskrcnn_finetune.visualize import crop_instance, draw_instances, mask_image
 from rest_api_flask.encoding import coco_results
@@ -121,9 +122,7 @@ def draw_overlay(folder: Path) -> None:
         masks = np.unpackbits(data["masks"], axis=-1, count=image.shape[1]).astype(bool)
         instances = Instances((image.shape[0], image.shape[1]), data["boxes"], data["scores"], data["class_ids"],
                               masks, [str(name) for name in data["class_names"]])
-    tmp = folder / f".tmp-overlay-{uuid.uuid4().hex}.png"
-    tmp.write_bytes(png_bytes(draw_instances(image, instances)))
-    os.replace(tmp, folder / "overlay.png")
+    write_bytes_atomic(folder / "overlay.png", png_bytes(draw_instances(image, instances)))
 
 
 class ResultStore:

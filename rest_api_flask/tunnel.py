@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from maskrcnn_finetune import colab
-from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.errors import KitError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ def open_ngrok(port: int, authtoken: str | None, auth: str | None = None, pyngro
     try:
         tunnel = ngrok.connect(str(port), "http", pyngrok_config=config, **options)
     except PyngrokNgrokInstallError as exc:
-        raise TunnelError(f"the ngrok program cannot be downloaded ({str(exc).splitlines()[0][:200]}); "
+        raise TunnelError(f"the ngrok program cannot be downloaded ({first_line(exc)}); "
                           "connect to the internet, or install ngrok yourself and set PYNGROK_NGROK_PATH to it, "
-                          "or use --tunnel colab inside Colab") from None
+                          "or use --tunnel colab inside Colab") from exc
     except (PyngrokError, OSError) as exc:
-        raise TunnelError(_explain(exc)) from None
+        raise TunnelError(_explain(exc)) from exc
     url = tunnel.public_url.replace("http://", "https://", 1)
 
     def _close() -> None:

@@ -1,12 +1,10 @@
-"""COCO json files: writing them safely, and loading any user-given one with validation."""
+"""COCO json files: loading any user-given one with validation."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,20 +12,6 @@ from maskrcnn_finetune.data.images import image_size_of
 from maskrcnn_finetune.errors import DatasetError
 
 logger = logging.getLogger(__name__)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Writes json to ``path`` through a temporary file, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -96,9 +80,9 @@ def load_coco(json_path, check_images: bool = True) -> CocoData:
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}); regenerate the file") from None
+        raise DatasetError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}); regenerate the file") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{where}: cannot be read ({exc})") from None
+        raise DatasetError(f"{where}: cannot be read ({exc})") from exc
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise DatasetError(
             f"{where}: not a COCO dataset (it needs 'images', 'annotations' and 'categories' lists); "

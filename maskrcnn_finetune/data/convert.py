@@ -16,7 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from tqdm.auto import tqdm
 
-from maskrcnn_finetune.data.coco import write_json_atomic
+from maskrcnn_finetune.files import write_json_atomic
 from maskrcnn_finetune.data.labelme import LabelmeFile, load_labelme_folder, rasterize
 from maskrcnn_finetune.data.report import format_class_table
 from maskrcnn_finetune.errors import DatasetError

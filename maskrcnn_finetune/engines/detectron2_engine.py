@@ -314,7 +314,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     except FloatingPointError as exc:
         raise TrainingError(
             f"the loss became infinite or NaN ({exc}). Lower --lr (now {cfg.lr}), keep --clip-grad on, or check the "
-            f"annotations for tiny or broken objects. The last checkpoint in {out} is kept; --resume continues") from None
+            f"annotations for tiny or broken objects. The last checkpoint in {out} is kept; --resume continues") from exc
     except KeyboardInterrupt:
         if trainer.iter > trainer.start_iter:
             trainer.checkpointer.save(CHECKPOINT, iteration=trainer.iter - 1)

@@ -29,8 +29,9 @@ from maskrcnn_finetune.config import TrainConfig, check_config
 from maskrcnn_finetune.data.augment import augment_batch
 from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.data.dataset import CocoInstanceDataset
-from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.errors import ConfigError, KitError, first_line
 from maskrcnn_finetune.evaluate import evaluate_predictor
+from maskrcnn_finetune.files import atomic_path, write_text_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON, rebuild_model, write_model_dir
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes
@@ -148,11 +149,10 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, iteration:
         "spec": spec.to_dict(),
         "history": history,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    if path.exists():
-        path.replace(path.with_name(PREVIOUS_CHECKPOINT))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        if path.exists():  # the one before stays as a fall-back (see _load_checkpoint)
+            path.replace(path.with_name(PREVIOUS_CHECKPOINT))
 
 
 def _load_checkpoint(out: Path) -> dict | None:
@@ -170,7 +170,7 @@ def _load_checkpoint(out: Path) -> dict | None:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
             logger.warning("%s cannot be read (%s: %s); trying the checkpoint before it", path, type(exc).__name__,
-                           str(exc).splitlines()[0] if str(exc) else "")
+                           first_line(exc))
             problems.append(f"{path} ({type(exc).__name__})")
             continue
         if problems:
@@ -189,9 +189,7 @@ def _drop_rolled_back_rows(log_path: Path, iteration: int) -> None:
     lines = log_path.read_text().splitlines()
     kept = [line for line in lines if _logged_iteration(line) <= iteration]
     if len(kept) != len(lines):
-        tmp = log_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(log_path)
+        write_text_atomic(log_path, "".join(line + "\n" for line in kept))
         logger.info("%s: dropped %d rows logged after iteration %d", log_path.name, len(lines) - len(kept), iteration)
 
 

@@ -29,4 +29,4 @@ def require_detectron2() -> None:
         import detectron2.modeling  # noqa: F401
     except ImportError as exc:  # installed but broken (e.g. a _C built for another torch)
         raise ConfigError(f"detectron2 is installed but does not import ({exc}). Reinstall it with: "
-                          f"{INSTALL_HINT} --force") from None
+                          f"{INSTALL_HINT} --force") from exc

@@ -20,7 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.errors import ConfigError, KitError, first_line
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
 from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
@@ -58,11 +58,11 @@ def load_weights_file(path, trusted: bool = False) -> dict:
         if not trusted:
             raise CheckpointError(
                 f"{path} holds Python objects besides the weights, which torch >= 2.6 does not load by default "
-                f"({str(exc).splitlines()[0]}). If you trust where the file comes from, pass --trust-checkpoint "
-                "(trusted=True); the model folder then gets a copy with the weights only") from None
+                f"({first_line(exc)}). If you trust where the file comes from, pass --trust-checkpoint "
+                "(trusted=True); the model folder then gets a copy with the weights only") from exc
         logger.warning("%s holds more than weights; loading it fully because it is trusted", path)
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt or not a weights file ({exc}); train again or restore it") from None
+        raise CheckpointError(f"{path} is corrupt or not a weights file ({exc}); train again or restore it") from exc
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -167,7 +167,7 @@ def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model,
         fit_weights(model, model_state(load_weights_file(model_dir / WEIGHTS)), str(model_dir / WEIGHTS),
                     len(spec.class_names))
     except (CheckpointError, ConfigError) as exc:
-        raise ModelDirError(str(exc)) from None
+        raise ModelDirError(str(exc)) from exc
     wrapped = Detectron2Model(model, cfg).to(device).eval()
     return wrapped, spec, info
 

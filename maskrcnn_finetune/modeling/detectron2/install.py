@@ -221,7 +221,7 @@ def install(source: str = "auto", force: bool = False, wheel_dir: Path | None = 
     except subprocess.CalledProcessError as exc:
         if not fallback:
             raise RuntimeError(f"installing detectron2 from {source} failed ({exc}); "
-                               f"try --source {'wheel' if source == 'git' else 'git'}") from None
+                               f"try --source {'wheel' if source == 'git' else 'git'}") from exc
         logger.warning("building detectron2 failed (%s); installing its Python-only code instead "
                        "(Mask R-CNN runs with torchvision's ops)", exc)
         install_from_wheel()

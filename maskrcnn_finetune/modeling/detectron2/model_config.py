@@ -73,16 +73,16 @@ def load_config(path_or_zoo_name) -> CfgNode:
                               f"trained with, or a model-zoo name such as {ZOO_R50}")
         try:
             path = Path(model_zoo.get_config_file(str(path_or_zoo_name)))
-        except RuntimeError:
+        except RuntimeError as exc:
             raise ConfigError(f"config '{path_or_zoo_name}' is neither an existing yaml file nor a detectron2 "
                               f"model-zoo name (e.g. {ZOO_R50}); pass the config.yaml the weights were "
-                              "trained with") from None
+                              "trained with") from exc
     try:
         cfg.merge_from_file(str(path))
     except KeyError as exc:
         raise ConfigError(f"config '{path}' has a key detectron2 does not know ({exc}); it belongs to a detectron2 "
                           "project this kit cannot build. Only standard Mask R-CNN configs (and this kit's "
-                          "MobileNetV2 / VoVNet backbones) can be served") from None
+                          "MobileNetV2 / VoVNet backbones) can be served") from exc
     return cfg
 
 
