@@ -17,6 +17,7 @@ from PIL import Image
 
 from maskrcnn_finetune.data.download import download_file, extract_zip
 from maskrcnn_finetune.data.images import image_size_of
+from maskrcnn_finetune.data.labelme import labelme_record, labelme_shape
 from maskrcnn_finetune.data.convert import ConversionResult, convert_labelme_splits
 from maskrcnn_finetune.errors import DatasetError
 
@@ -32,20 +33,7 @@ BALLOON_LABEL = "balloon"
 BALLOON_SPLITS = ("train", "val")
 VIA_FILE = "via_region_data.json"
 
-LABELME_VERSION = "5.2.1"
 _ELLIPSE_VERTICES = 32
-
-
-def _labelme_shape(label: str, shape_type: str, points: list[list[float]]) -> dict:
-    return {
-        "label": label,
-        "points": points,
-        "group_id": None,
-        "description": "",
-        "shape_type": shape_type,
-        "flags": {},
-        "mask": None,
-    }
 
 
 def _finite(value, what: str) -> float:
@@ -77,13 +65,13 @@ def _via_region_to_shape(region, label: str) -> tuple[dict | None, str | None]:
             points = [[_finite(x, "an x"), _finite(y, "a y")] for x, y in zip(xs, ys)]
             if len(points) < 3:
                 return None, f"polygon has {len(points)} point(s), at least 3 are needed"
-            return _labelme_shape(label, "polygon", points), None
+            return labelme_shape(label, points, "polygon"), None
         if name == "rect":
             x, y, w, h = (_number(attrs, k) for k in ("x", "y", "width", "height"))
-            return _labelme_shape(label, "rectangle", [[x, y], [x + w, y + h]]), None
+            return labelme_shape(label, [[x, y], [x + w, y + h]], "rectangle"), None
         if name == "circle":
             cx, cy, r = (_number(attrs, k) for k in ("cx", "cy", "r"))
-            return _labelme_shape(label, "circle", [[cx, cy], [cx + r, cy]]), None
+            return labelme_shape(label, [[cx, cy], [cx + r, cy]], "circle"), None
         if name == "ellipse":
             cx, cy, rx, ry = (_number(attrs, k) for k in ("cx", "cy", "rx", "ry"))
             theta = _number(attrs, "theta") if "theta" in attrs else 0.0  # VIA 2 rotates ellipses
@@ -93,7 +81,7 @@ def _via_region_to_shape(region, label: str) -> tuple[dict | None, str | None]:
                 a = 2 * math.pi * i / _ELLIPSE_VERTICES
                 dx, dy = rx * math.cos(a), ry * math.sin(a)
                 points.append([cx + dx * cos_t - dy * sin_t, cy + dx * sin_t + dy * cos_t])
-            return _labelme_shape(label, "polygon", points), None
+            return labelme_shape(label, points, "polygon"), None
     except KeyError as exc:
         return None, f"{name} lacks the attribute {exc}"
     except ValueError as exc:
@@ -178,15 +166,7 @@ def via_to_labelme(via_json_path, images_dir, *, label: str = BALLOON_LABEL) -> 
         documents.append(
             (
                 image_path.with_suffix(".json"),
-                {
-                    "version": LABELME_VERSION,
-                    "flags": {},
-                    "shapes": shapes,
-                    "imagePath": image_path.name,
-                    "imageData": None,
-                    "imageHeight": height,
-                    "imageWidth": width,
-                },
+                labelme_record(image_path.name, width, height, shapes),
             )
         )
     if problems:

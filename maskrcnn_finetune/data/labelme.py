@@ -35,6 +35,8 @@ IGNORED_LABELS = frozenset({"__ignore__", "_background_"})
 """labelme's conventional non-class labels: regions to leave out, not objects to learn."""
 
 MASK_SHAPES = ("polygon", "rectangle", "circle")
+LABELME_VERSION = "5.2.1"
+"""The labelme version written into the files the kit makes (synthetic data, converted balloon)."""
 SKIP_HINT = "Fix the files named above, or pass --skip-invalid to leave out the shapes and files that have problems."
 
 
@@ -246,7 +248,7 @@ def _read_shapes(shapes, rel, width, height, labels, problems) -> list[Instance]
         inside = np.clip(polygon, [0.0, 0.0], [float(width), float(height)])
         if not np.array_equal(inside, polygon):
             clipped += 1
-        if _polygon_area(inside) <= 0.0:
+        if polygon_area(inside) <= 0.0:
             problems.error(f"{where} lies entirely outside the {width}x{height} image; delete or redraw it")
             continue
         group_id = shape.get("group_id")
@@ -304,9 +306,36 @@ def _shape_to_polygon(points, shape_type: str, where: str, problems: _Problems) 
     return np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
 
 
-def _polygon_area(polygon: np.ndarray) -> float:
+def polygon_area(polygon: np.ndarray) -> float:
+    """The area of an ``(N, 2)`` polygon (shoelace formula), whichever way it turns."""
     x, y = polygon[:, 0], polygon[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def labelme_shape(label: str, points, shape_type: str = "polygon", group_id: int | None = None) -> dict:
+    """One labelme 5 shape, as labelme itself writes it."""
+    return {
+        "label": label,
+        "points": [[float(x), float(y)] for x, y in points],
+        "group_id": group_id,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        "mask": None,
+    }
+
+
+def labelme_record(image_path: str, width: int, height: int, shapes: list[dict]) -> dict:
+    """The labelme 5 json of one image whose file is ``image_path`` (relative to the json)."""
+    return {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": height,
+        "imageWidth": width,
+    }
 
 
 def rasterize(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:

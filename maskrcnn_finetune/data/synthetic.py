@@ -25,13 +25,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from maskrcnn_finetune.data.labelme import rasterize
+from maskrcnn_finetune.data.labelme import labelme_record, labelme_shape, polygon_area, rasterize
 from maskrcnn_finetune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle")
-LABELME_VERSION = "5.2.1"
 JPEG_QUALITY = 95
 
 _MIN_SIDE = 64  # smaller images leave no room for shapes of 8%-40% of the short side
@@ -278,8 +277,8 @@ def _cut_with_bar(rng, polygon: np.ndarray, width: int, height: int):
         _tidy(clip_polygon_to_halfplane(polygon, (1.0, 0.0), left), width, height),
         _tidy(clip_polygon_to_halfplane(polygon, (-1.0, 0.0), -right), width, height),
     ]
-    whole = _polygon_area(polygon)
-    if any(len(p) < 3 or _polygon_area(p) < 0.1 * whole for p in parts):
+    whole = polygon_area(polygon)
+    if any(len(p) < 3 or polygon_area(p) < 0.1 * whole for p in parts):
         return None
     reach = rng.uniform(0.05, 0.3, size=2) * height
     bar = (left + 1, max(0, int(ymin - reach[0])), right - 1, min(height - 1, int(math.ceil(ymax + reach[1]))))
@@ -293,11 +292,6 @@ def _tidy(polygon: np.ndarray, width: int, height: int) -> np.ndarray:
     polygon[:, 1] = np.clip(polygon[:, 1], 0, height - 1)
     keep = np.any(polygon != np.roll(polygon, 1, axis=0), axis=1)
     return polygon[keep] + 0.0  # + 0.0 turns -0.0 into 0.0 so the json never says "-0.0"
-
-
-def _polygon_area(polygon: np.ndarray) -> float:
-    x, y = polygon[:, 0], polygon[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
 def _draw_background(rng, width: int, height: int) -> np.ndarray:
@@ -360,24 +354,5 @@ def _labelme_record(image_name: str, width: int, height: int, instances: list[_I
         group_id = None
         if len(instance.parts) > 1:
             group_id, next_group = next_group, next_group + 1
-        for part in instance.parts:
-            shapes.append(
-                {
-                    "label": instance.label,
-                    "points": [[float(x), float(y)] for x, y in part.tolist()],
-                    "group_id": group_id,
-                    "description": "",
-                    "shape_type": "polygon",
-                    "flags": {},
-                    "mask": None,
-                }
-            )
-    return {
-        "version": LABELME_VERSION,
-        "flags": {},
-        "shapes": shapes,
-        "imagePath": image_name,
-        "imageData": None,
-        "imageHeight": height,
-        "imageWidth": width,
-    }
+        shapes += [labelme_shape(instance.label, part.tolist(), group_id=group_id) for part in instance.parts]
+    return labelme_record(image_name, width, height, shapes)
