@@ -1,50 +1,12 @@
 """Evaluate a model folder on a COCO json with pycocotools (bbox and segm AP, AP50, AP75, per class).
 
-Usage:
-    python scripts/evaluate.py --model-dir DIR --json V [--device cpu] [--out DIR/metrics.json]
+An example entry point: the code is :mod:`maskrcnn_finetune.commands.evaluate`, also installed as the
+``mrcnn-evaluate`` command. ``python scripts/evaluate.py --help`` lists the options.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-try:
-    import maskrcnn_finetune  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from maskrcnn_finetune.cli import run_cli
-from maskrcnn_finetune.evaluate import evaluate_predictor
-from maskrcnn_finetune.predictor import Predictor
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True, help="a model folder written by scripts/train.py")
-    parser.add_argument("--json", type=Path, required=True, help="COCO json to evaluate on")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the metrics (default: DIR/metrics.json)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    predictor = Predictor.from_dir(args.model_dir, device=args.device)
-    metrics = evaluate_predictor(predictor, args.json)
-    out = args.out or args.model_dir / "metrics.json"
-    existing = json.loads(out.read_text()) if out.is_file() else {}
-    existing[args.json.stem] = metrics
-    out.write_text(json.dumps(existing, indent=2))
-    print("| iou type | AP | AP50 | AP75 |\n| --- | --- | --- | --- |")
-    for iou_type in ("bbox", "segm"):
-        m = metrics[iou_type]
-        print(f"| {iou_type} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} |")
-    print(f"metrics written to {out}")
-    return 0
-
+from maskrcnn_finetune.commands.evaluate import cli, main  # noqa: F401 - main: for callers that run it in-process
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

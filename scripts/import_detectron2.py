@@ -1,59 +1,12 @@
 """Make a model folder from a detectron2 checkpoint, so the Predictor, evaluate.py and the server use it.
 
-Usage:
-    python scripts/import_detectron2.py --weights output/model_final.pth --config output/config.yaml \
-        --classes balloon --output-dir models/balloon [--score-threshold 0.5] [--trust-checkpoint]
-
-    # a run that used a model-zoo config unchanged (apart from the number of classes, which
-    # --classes gives) can name it instead of a yaml:
-    python scripts/import_detectron2.py --weights model_final.pth \
-        --config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml --classes balloon --output-dir DIR
-
---classes lists the class names in the order of the training set's categories (comma-separated
-or space-separated). The weights are checked against the config: a config of another backbone,
-other heads or another number of classes is refused with what differs. --trust-checkpoint reads a
-checkpoint holding Python objects besides the weights (torch >= 2.6 refuses those by default);
-the folder then gets a copy with the weights only. Needs detectron2 (scripts/install_detectron2.py).
+An example entry point: the code is :mod:`maskrcnn_finetune.commands.import_detectron2`, also installed as the
+``mrcnn-import-detectron2`` command. ``python scripts/import_detectron2.py --help`` lists the options.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-try:
-    import maskrcnn_finetune  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from maskrcnn_finetune.cli import run_cli
-from maskrcnn_finetune.modeling.detectron2 import require_detectron2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, required=True, help="model_final.pth of a detectron2 run")
-    parser.add_argument("--config", required=True, help="the run's config yaml, or a model-zoo config name")
-    parser.add_argument("--classes", nargs="+", required=True, help="class names in category order")
-    parser.add_argument("--output-dir", type=Path, required=True, help="the model folder to write")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="default threshold of the Predictor")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="read a checkpoint that holds Python objects (only for files you trust)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    require_detectron2()
-    from maskrcnn_finetune.modeling.detectron2.checkpoints import import_checkpoint
-
-    classes = [name for item in args.classes for name in item.split(",")]
-    out = import_checkpoint(args.weights, args.config, classes, args.output_dir,
-                            score_threshold=args.score_threshold, trusted=args.trust_checkpoint)
-    print(f"model folder: {out}")
-    return 0
-
+from maskrcnn_finetune.commands.import_detectron2 import cli, main  # noqa: F401 - main: for callers that run it in-process
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -1,45 +1,12 @@
 """Fine-tune (or train from scratch) Mask R-CNN on COCO json and write a model folder.
 
-Usage:
-    python scripts/train.py --train-json T --val-json V --backbone NAME --output-dir DIR
-        [--preset demo|finetune] [--max-iter N | --epochs E] [--batch-size 2] [--lr 0.01]
-        [--schedule step|cosine] [--device cpu|cuda] [--image-size 800] [--eval-period 500]
-        [--pretrained default|none] [--seed 0] [--resume]
-
-    torchrun --nproc_per_node 2 scripts/train.py ...    # several GPUs (or CPU processes)
-
-Every option of maskrcnn_finetune.config.TrainConfig is a flag here; a --preset fills in a
-recipe and the flags you give override it. DIR gets model.json, model_final.pth, metrics.json,
-metrics.jsonl, training_curves.png, config.json and last_checkpoint.pth.
+An example entry point: the code is :mod:`maskrcnn_finetune.commands.train`, also installed as the
+``mrcnn-train`` command. ``python scripts/train.py --help`` lists the options.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-try:
-    import maskrcnn_finetune  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from maskrcnn_finetune.cli import run_cli
-from maskrcnn_finetune.config import add_config_arguments, resolve_config
-from maskrcnn_finetune.engines import train
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_config_arguments(parser)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    cfg = resolve_config(args.pop("preset"), **args)
-    out = train(cfg)
-    print(f"model folder: {out}")
-    return 0
-
+from maskrcnn_finetune.commands.train import cli, main  # noqa: F401 - main: for callers that run it in-process
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

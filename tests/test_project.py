@@ -92,3 +92,27 @@ def test_importing_the_kit_changes_no_global_state():
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_every_console_command_is_installed_and_answers_help(tmp_path):
+    import tomllib
+
+    commands = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = {p.stem.replace("_", "-") for p in (ROOT / "scripts").glob("*.py")}
+    assert {name.removeprefix("mrcnn-") for name in commands} >= scripts  # one command per script
+    bin_dir = Path(sys.executable).parent
+    for name in ("mrcnn-train", "mrcnn-evaluate", "mrcnn-labelme-to-coco"):
+        proc = subprocess.run([str(bin_dir / name), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "usage:" in proc.stdout and "--" in proc.stdout
+
+
+def test_scripts_run_from_any_folder_as_thin_shims(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model-dir", str(tmp_path / "no"),
+                           "--json", str(tmp_path / "v.json")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "model folder" in proc.stderr and "does not exist" in proc.stderr
+    for script in (ROOT / "scripts").glob("*.py"):
+        assert "sys.path" not in script.read_text(), script
