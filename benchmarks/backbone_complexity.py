@@ -15,10 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskrcnn_finetune.modeling import BACKBONES  # noqa: E402
-from maskrcnn_finetune.modeling.complexity import describe_backbone  # noqa: E402
+from maskrcnn_finetune.modeling import BACKBONES
+from maskrcnn_finetune.modeling.complexity import describe_backbone
 
 
 def build_parser() -> argparse.ArgumentParser:

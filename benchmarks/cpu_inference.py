@@ -49,17 +49,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskrcnn_finetune.data.coco import load_coco  # noqa: E402
-from maskrcnn_finetune.data.images import load_rgb  # noqa: E402
-from maskrcnn_finetune.data.synthetic import make_synthetic  # noqa: E402
-from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model  # noqa: E402
-from maskrcnn_finetune.modeling.complexity import count_gmacs  # noqa: E402
-from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes  # noqa: E402
-from maskrcnn_finetune.parity import compare_runs  # noqa: E402
-from maskrcnn_finetune.predictor import Predictor, native_bf16  # noqa: E402
-from maskrcnn_finetune.timing import cpu_name, measure_latency, sgemm_gflops  # noqa: E402
+from maskrcnn_finetune.data.coco import load_coco
+from maskrcnn_finetune.data.images import load_rgb
+from maskrcnn_finetune.data.synthetic import make_synthetic
+from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model
+from maskrcnn_finetune.modeling.complexity import count_gmacs
+from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes
+from maskrcnn_finetune.parity import compare_runs
+from maskrcnn_finetune.predictor import Predictor, native_bf16
+from maskrcnn_finetune.timing import cpu_name, measure_latency, sgemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.05  # torchvision's own box_score_thresh: the eager path's detections

@@ -28,12 +28,11 @@ import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from maskrcnn_finetune.data.convert import convert_labelme  # noqa: E402
-from maskrcnn_finetune.data.synthetic import make_synthetic  # noqa: E402
-from maskrcnn_finetune.predictor import native_bf16  # noqa: E402
-from maskrcnn_finetune.timing import cpu_name, sgemm_gflops  # noqa: E402
+from maskrcnn_finetune.data.convert import convert_labelme
+from maskrcnn_finetune.data.synthetic import make_synthetic
+from maskrcnn_finetune.predictor import native_bf16
+from maskrcnn_finetune.timing import cpu_name, sgemm_gflops
 
 CASES = {
     # what `make demo` trains on

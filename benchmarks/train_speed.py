@@ -30,18 +30,17 @@ import torch
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from maskrcnn_finetune.config import resolve_config  # noqa: E402
-from maskrcnn_finetune.data.augment import augment_batch  # noqa: E402
-from maskrcnn_finetune.data.convert import convert_labelme  # noqa: E402
-from maskrcnn_finetune.data.dataset import CocoInstanceDataset  # noqa: E402
-from maskrcnn_finetune.data.synthetic import make_synthetic  # noqa: E402
-from maskrcnn_finetune.engines.torchvision_engine import BatchIndexSampler, _collate, load_train_val, spec_for  # noqa: E402
-from maskrcnn_finetune.modeling import build_model  # noqa: E402
-from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align  # noqa: E402
-from maskrcnn_finetune.predictor import native_bf16  # noqa: E402
-from maskrcnn_finetune.timing import cpu_name, sgemm_gflops  # noqa: E402
+from maskrcnn_finetune.config import resolve_config
+from maskrcnn_finetune.data.augment import augment_batch
+from maskrcnn_finetune.data.convert import convert_labelme
+from maskrcnn_finetune.data.dataset import CocoInstanceDataset
+from maskrcnn_finetune.data.synthetic import make_synthetic
+from maskrcnn_finetune.engines.torchvision_engine import BatchIndexSampler, _collate, load_train_val, spec_for
+from maskrcnn_finetune.modeling import build_model
+from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
+from maskrcnn_finetune.predictor import native_bf16
+from maskrcnn_finetune.timing import cpu_name, sgemm_gflops
 
 VARIANTS = {
     "fp32 (torchvision as it is)": dict(parallel=False, channels_last=False, bf16=False),
