@@ -218,7 +218,7 @@ def prepare_balloon(
         sha256: the zip's hex sha256, or None not to check it.
 
     Returns:
-        The :class:`~maskrcnn_finetune.data.labelme.ConversionResult` of the conversion.
+        The :class:`~maskrcnn_finetune.data.convert.ConversionResult` of the conversion.
 
     Raises:
         DatasetError: the download, the archive or its annotations cannot be used.
