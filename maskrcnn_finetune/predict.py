@@ -452,8 +452,12 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         bar.update(len(batch))
     bar.close()
     seconds = time.perf_counter() - start
-    if distributed:
-        dist.barrier()
+    if distributed:  # the whole run: every process's images, in the slowest process's time
+        totals = torch.tensor([float(predicted), float(skipped)], dtype=torch.float64)
+        slowest = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(totals)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        predicted, skipped, seconds = int(totals[0]), int(totals[1]), float(slowest[0])
     summary = {"images": len(sources), "predicted": predicted, "skipped": skipped, "seconds": round(seconds, 3),
                "images_per_second": round(predicted / seconds, 3) if seconds > 0 and predicted else 0.0,
                "threshold": threshold, "processes": world}
