@@ -258,6 +258,11 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
     assert [r["backbone"] for r in rows] == colab.SMOKE_BACKBONES
     assert all(r["ms_per_image"] > 0 and 0 <= r["val_mask_AP50"] <= 1 for r in rows)
     assert_png(drive / "compare" / "comparison.png")
+    predictions = drive / "predictions" / "run1"  # the val images, predicted and pre-labelled
+    summary = json.loads((predictions / "summary.json").read_text())
+    assert (summary["images_done"], summary["errors"]) == (len(splits["val"]["images"]), 0)
+    assert len(list((predictions / "labelme").glob("*.json"))) == summary["images_done"]
+    assert len((predictions / "review_order.txt").read_text().splitlines()) == summary["images_done"] + 1
 
     nb03 = with_form("03_serve.ipynb", runtimes[2] / "nb", MODEL_DIR="runs/run1", STOP_SERVER=True)
     client, text = run_all_keep_kernel(nb03, drive, runtimes[2])
