@@ -48,7 +48,7 @@ from tqdm import tqdm
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
-from maskrcnn_finetune.errors import ConfigError, KitError, first_line
+from maskrcnn_finetune.errors import ConfigError, ExportError, ExportParityError, first_line
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON, read_model_info
 from maskrcnn_finetune.modeling import ModelSpec
@@ -72,22 +72,6 @@ CHECK_IMAGES = 3
 """How many synthetic images the parity check uses when no images are given."""
 
 LATENCY_RUNS = 5  # timed calls of each model for export.json (the parity check covers every image)
-
-
-class ExportError(KitError):
-    """A model folder cannot be exported as asked (wrong engine, existing file, bad images)."""
-
-
-class ExportParityError(ExportError):
-    """The exported model does not predict what the eager model predicts; it must not be used.
-
-    Attributes:
-        report: the :class:`~maskrcnn_finetune.parity.ParityReport` that failed.
-    """
-
-    def __init__(self, message: str, report: ParityReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 class ScriptedMaskRCNN(torch.nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from maskrcnn_finetune import __version__
-from maskrcnn_finetune.errors import KitError, first_line
+from maskrcnn_finetune.errors import ModelDirError, first_line
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 
@@ -26,10 +26,6 @@ MODEL_JSON = "model.json"
 WEIGHTS = "model_final.pth"
 FORMAT = "maskrcnn-finetune/model-dir"
 FORMAT_VERSION = 1
-
-
-class ModelDirError(KitError):
-    """A model folder is missing something, or its parts do not fit together."""
 
 
 def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine: str = "torchvision",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.errors import KitError, ServerStartError
 from maskrcnn_finetune.server_registry import forget_server, remember_server, signal_group, stop_previous_servers
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ SERVING_LINE = re.compile(r"Serving on (http://\S+)")
 PUBLIC_LINE = re.compile(r"Public URL: (https?://\S+)")
 TUNNEL_FAILED_LINE = re.compile(r"no public URL: (.*)")
 TUNNELS = ("none", "ngrok")
-
-
-class ServerStartError(KitError):
-    """The server process stopped or did not answer in time; the message holds the end of its log."""
 
 
 def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.0.0.1", port: int = 5000,

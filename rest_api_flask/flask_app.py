@@ -142,7 +142,8 @@ def say(text: str) -> None:
 
 
 def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, opened: list) -> None:
-    from rest_api_flask.tunnel import TunnelError, open_tunnel
+    from maskrcnn_finetune.errors import TunnelError
+    from rest_api_flask.tunnel import open_tunnel
 
     try:
         tunnel = open_tunnel(kind, port, token, auth)

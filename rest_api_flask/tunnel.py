@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from maskrcnn_finetune import colab
-from maskrcnn_finetune.errors import KitError, first_line
+from maskrcnn_finetune.errors import TunnelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ NGROK_HINTS = {
                       "still runs): run the notebook's start cell again (it stops this runtime's earlier server), "
                       "or end the other session at https://dashboard.ngrok.com/agents"),
 }
-
-
-class TunnelError(KitError):
-    """A tunnel could not be opened; the message says what to do. The server still serves locally."""
 
 
 @dataclass

@@ -52,7 +52,7 @@ from maskrcnn_finetune.model_dir import write_model_dir  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.checkpoints import CONFIG_YAML, TrustedCheckpointer  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
-from maskrcnn_finetune.modeling.maskrcnn import WeightsUnavailableError  # noqa: E402
+from maskrcnn_finetune.errors import WeightsUnavailableError  # noqa: E402
 from maskrcnn_finetune.predictor import Predictor, resolve_device  # noqa: E402
 from maskrcnn_finetune.visualize import plot_training_curves  # noqa: E402
 

@@ -29,7 +29,7 @@ from maskrcnn_finetune.config import TrainConfig, check_config
 from maskrcnn_finetune.data.augment import augment_batch
 from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.data.dataset import CocoInstanceDataset
-from maskrcnn_finetune.errors import ConfigError, KitError, first_line
+from maskrcnn_finetune.errors import ConfigError, TrainingError, first_line
 from maskrcnn_finetune.evaluate import evaluate_predictor
 from maskrcnn_finetune.files import atomic_path, write_text_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON, rebuild_model, write_model_dir
@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "last_checkpoint.pth"
 PREVIOUS_CHECKPOINT = "previous_checkpoint.pth"  # kept when a new one is written: a cut-off file is not the end
 METRICS_LOG = "metrics.jsonl"
-
-
-class TrainingError(KitError):
-    """Training cannot go on (e.g. the loss diverged); the message says what to change."""
 
 
 class BatchIndexSampler(Sampler):

@@ -9,16 +9,12 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.errors import ConfigError, WeightsUnavailableError
 from maskrcnn_finetune.modeling.backbones import BACKBONES, build_backbone
 
 
 PRETRAINED_CHOICES = ("default", "none")
 """``default``: COCO Mask R-CNN weights for resnet50_fpn, ImageNet weights for the others."""
-
-
-class WeightsUnavailableError(KitError):
-    """Pretrained weights were asked for but cannot be fetched (offline, blocked, ...)."""
 
 
 @dataclass

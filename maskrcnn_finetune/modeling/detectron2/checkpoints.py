@@ -20,7 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from maskrcnn_finetune.errors import ConfigError, KitError, first_line
+from maskrcnn_finetune.errors import CheckpointError, ConfigError, first_line
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
 from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
@@ -29,10 +29,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_YAML = "detectron2_config.yaml"
 """The detectron2 config in a model folder, beside ``model.json`` and ``model_final.pth``."""
-
-
-class CheckpointError(KitError):
-    """A detectron2 checkpoint cannot be read, or does not fit its config."""
 
 
 def load_weights_file(path, trusted: bool = False) -> dict:
@@ -153,7 +149,8 @@ def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model,
     Raises:
         ModelDirError: a missing or damaged config or weights file, or weights that do not fit.
     """
-    from maskrcnn_finetune.model_dir import WEIGHTS, ModelDirError
+    from maskrcnn_finetune.errors import ModelDirError
+    from maskrcnn_finetune.model_dir import WEIGHTS
 
     model_dir = Path(model_dir)
     spec = ModelSpec.from_dict(info["model"])
