@@ -18,13 +18,14 @@ the plain fp32 model exactly as it was trained):
 - masks pasted into their boxes as booleans (:func:`paste_masks_bool`, the same pixels as
   torchvision's float pasting followed by ``> 0.5``).
 
-The predictions match fp32's (same instances, mask IoU >= 0.95, scores within 0.05); see
+The fast model is built by :func:`maskrcnn_finetune.modeling.fast_cpu.make_fast` (subclasses of
+torchvision's parts, the score threshold an argument of each call); the Predictor converts inputs
+and outputs. The predictions match fp32's (same instances, mask IoU >= 0.95, scores within 0.05); see
 :mod:`maskrcnn_finetune.parity` and ``benchmarks/cpu_inference.py``, which checks it on every run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -32,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling import ModelSpec
+from maskrcnn_finetune.modeling.fast_cpu import BF16_PARTS, make_fast, paste_masks_bool, supports_fast
 from maskrcnn_finetune.structures import Instances
+
+__all__ = ["BF16_MIN_INPUT", "BF16_PARTS", "Predictor", "native_bf16", "paste_masks_bool", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +86,6 @@ def native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-BF16_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_head", "roi_heads.mask_predictor")
-"""The parts of a torchvision Mask R-CNN that run in bf16 on the fast path: the convolutions and
-the box head's wide layers, nearly all of the work. The layer that turns features into box
-offsets and scores (``box_predictor``), and everything between the parts (anchors, NMS,
-RoIAlign, box decoding, mask pasting), stay in fp32: with the box offsets in bf16, masks moved
-by a pixel and more."""
-
-
 BF16_MIN_INPUT = 512
 """bf16 is the default only for models whose input short side is at least this many pixels.
 
@@ -100,69 +93,6 @@ Measured (benchmarks/RESULTS.md): at the demo's 192 px input, bf16 saved about 2
 per image, and moved the edges of a few small masks by a pixel (mask IoU with fp32 down to
 0.84); at 800 px it saves more than half the time and masks keep IoU >= 0.98 with fp32 but
 for rare ambiguous ones."""
-
-
-def _as_float(value):
-    """bf16 tensors (also inside dicts, lists and tuples) back to fp32, in the standard memory layout."""
-    if torch.is_tensor(value):
-        # contiguous: RoIAlign's CPU kernel makes its own NCHW copy of a channels-last map on every call
-        return value.float().contiguous() if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return type(value)((k, _as_float(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_as_float(v) for v in value)
-    return value
-
-
-def _autocast_parts(model: torch.nn.Module, parts=BF16_PARTS) -> bool:
-    """Runs ``parts`` of ``model`` under CPU bf16 autocast, their outputs handed on in fp32.
-
-    The wrapper is set on each part's ``forward`` (not a wrapping module), so the state dict and
-    the module tree stay as they are.
-
-    Returns:
-        Whether the model has those parts (a torchvision Mask R-CNN); other models stay in fp32.
-    """
-    try:
-        modules = [model.get_submodule(name) for name in parts]
-    except AttributeError:
-        return False
-    for module in modules:
-        module.forward = _bf16_forward(module.forward)
-    return True
-
-
-def _bf16_forward(forward):
-    @functools.wraps(forward)
-    def wrapped(*args, **kwargs):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = forward(*args, **kwargs)
-        # one conversion here instead of one per RoIAlign call on every feature map
-        return _as_float(out)
-
-    return wrapped
-
-
-def paste_masks_bool(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The model's ``(N, 1, 28, 28)`` mask probabilities pasted into their boxes as ``(N, H, W)`` booleans (> 0.5).
-
-    torchvision's ``paste_masks_in_image`` step by step (the same padding, box rounding and
-    bilinear resize, so the same pixels), thresholded inside each box instead of afterwards:
-    it never builds a float mask of the whole image per instance, which at 800x1067 and 100
-    instances is 340 MB written, copied and compared.
-    """
-    out = torch.zeros((len(masks), height, width), dtype=torch.bool)
-    if len(masks) == 0:
-        return out
-    masks, scale = expand_masks(masks, padding=1)
-    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
-    for k, (x0, y0, x1, y1) in enumerate(boxes):
-        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        resized = F.interpolate(masks[k : k + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        cx0, cx1, cy0, cy1 = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
-        if cx1 > cx0 and cy1 > cy0:
-            out[k, cy0:cy1, cx0:cx1] = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] > 0.5
-    return out
 
 
 class Predictor:
@@ -197,7 +127,7 @@ class Predictor:
         self.info = info or {}
         on_cpu = self.device.type == "cpu"
         # the fast path knows torchvision's Mask R-CNN; detectron2 and exported models run as they are
-        self.fast = (on_cpu if fast is None else bool(fast)) and isinstance(self.model, GeneralizedRCNN)
+        self.fast = (on_cpu if fast is None else bool(fast)) and supports_fast(self.model)
         self._fp32_reason = ""
         if bf16 is None:
             bf16 = native_bf16() and getattr(spec, "min_size", 0) >= BF16_MIN_INPUT
@@ -207,14 +137,8 @@ class Predictor:
         elif not bf16:
             self._fp32_reason = "bf16 turned off"
         self.bf16 = self.fast and on_cpu and bool(bf16)
-        self._mask_floor = None
         if self.fast:
-            self.model = self.model.to(memory_format=torch.channels_last)
-            self._install_mask_floor()
-            self._install_bool_paste()
-        if self.bf16:
-            self.bf16 = _autocast_parts(self.model)
-            self._fp32_reason = "" if self.bf16 else "bf16 needs a torchvision Mask R-CNN"
+            self.model = make_fast(self.model, bf16=self.bf16)
         logger.info("inference on %s: %s", self.device, self.describe_mode())
 
     @classmethod
@@ -239,55 +163,6 @@ class Predictor:
         return ("fast path: bf16 autocast, channels-last" if self.bf16
                 else f"fast path: fp32 ({self._fp32_reason}), channels-last")
 
-    def _install_mask_floor(self) -> None:
-        """Drops detections below the call's threshold between NMS and the mask head.
-
-        Filtering after torchvision's own post-processing (score floor, NMS, top-k) rather than
-        by raising its score floor keeps the answer exact: NMS sees the same boxes either way.
-        """
-        roi_heads = getattr(self.model, "roi_heads", None)
-        postprocess = getattr(roi_heads, "postprocess_detections", None)
-        if postprocess is None:
-            return
-
-        @functools.wraps(postprocess)
-        def postprocess_above_threshold(*args, **kwargs):
-            boxes, scores, labels = postprocess(*args, **kwargs)
-            if self._mask_floor is None:
-                return boxes, scores, labels
-            keep = [s >= self._mask_floor for s in scores]
-            return ([b[k] for b, k in zip(boxes, keep)], [s[k] for s, k in zip(scores, keep)],
-                    [label[k] for label, k in zip(labels, keep)])
-
-        roi_heads.postprocess_detections = postprocess_above_threshold
-
-    def _install_bool_paste(self) -> None:
-        """Masks pasted at image size as booleans (:func:`paste_masks_bool`) instead of floats."""
-        transform = getattr(self.model, "transform", None)
-        postprocess = getattr(transform, "postprocess", None)
-        if postprocess is None or not hasattr(self.model, "roi_heads"):
-            return
-
-        @functools.wraps(postprocess)
-        def postprocess_bool_masks(result, image_shapes, original_sizes):
-            small = [pred.pop("masks", None) for pred in result]
-            result = postprocess(result, image_shapes, original_sizes)
-            for pred, masks, (height, width) in zip(result, small, original_sizes):
-                if masks is not None:
-                    pred["masks"] = paste_masks_bool(masks, pred["boxes"], int(height), int(width))[:, None]
-            return result
-
-        transform.postprocess = postprocess_bool_masks
-
-    @contextlib.contextmanager
-    def _fast_settings(self, threshold: float):
-        """The score threshold before the mask head, for one call."""
-        self._mask_floor = float(threshold) if self.fast else None
-        try:
-            yield
-        finally:
-            self._mask_floor = None
-
     @property
     def class_names(self) -> list[str]:
         return list(self.spec.class_names)
@@ -303,8 +178,7 @@ class Predictor:
         arrays = [_to_rgb_array(img) for img in ([images] if single else images)]
         threshold = self.score_threshold if threshold is None else threshold
         tensors = [torch.from_numpy(a).to(self.device).permute(2, 0, 1).float().div_(255.0) for a in arrays]
-        with self._fast_settings(threshold):
-            outputs = self.model(tensors)
+        outputs = self.model(tensors, score_floor=float(threshold)) if self.fast else self.model(tensors)
         results = [self._to_instances(out, a.shape[:2], threshold) for out, a in zip(outputs, arrays)]
         return results[0] if single else results
 

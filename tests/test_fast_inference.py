@@ -96,7 +96,8 @@ def test_channels_last_alone_gives_the_plain_answer(model_dir, images):
     assert report.matched == sum(len(r) for r in reference) > 0
 
 
-def test_bf16_runs_the_heavy_parts_in_bf16_and_the_predictors_in_fp32(model_dir, images):
+def test_bf16_runs_the_heavy_parts_in_bf16_and_the_box_predictor_in_fp32(model_dir, images):
+    """BF16_PARTS under autocast, each handing on fp32; the box predictor (offsets, scores) in fp32."""
     predictor = Predictor.from_dir(model_dir, bf16=True)
     seen = {}
 
@@ -112,7 +113,7 @@ def test_bf16_runs_the_heavy_parts_in_bf16_and_the_predictors_in_fp32(model_dir,
     instances = predictor(images[0], threshold=0.0)
     assert seen["first conv"][1] == torch.bfloat16  # autocast on inside the backbone
     assert seen["box predictor"] == (torch.float32, None)
-    assert seen["mask predictor"] == (torch.float32, None)
+    assert seen["mask predictor"] == (torch.float32, torch.bfloat16)  # the mask head's output handed on in fp32
     assert instances.scores.dtype == np.float32 and instances.boxes.dtype == np.float32
     assert state_keys_unchanged(predictor, model_dir)
 

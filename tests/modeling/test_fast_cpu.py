@@ -1,0 +1,64 @@
+"""make_fast: torchvision's parts as subclasses, the same weights, the threshold an argument of each call."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from maskrcnn_finetune.data.coco import load_coco
+from maskrcnn_finetune.data.images import load_rgb
+from maskrcnn_finetune.model_dir import load_model_dir
+from maskrcnn_finetune.modeling.fast_cpu import FastMaskRCNN, make_fast, supports_fast
+
+
+@pytest.fixture(scope="module")
+def plain_and_images(tiny_model_dir, tiny_coco):
+    model, _, _ = load_model_dir(tiny_model_dir)
+    coco = load_coco(tiny_coco["train"])
+    images = [torch.from_numpy(load_rgb(coco.image_path(i))).permute(2, 0, 1).float().div(255) for i in coco.images[:4]]
+    return model.eval(), images
+
+
+def test_the_fast_model_keeps_every_weight_and_key(plain_and_images):
+    plain, _ = plain_and_images
+    fast = make_fast(copy.deepcopy(plain))
+    assert isinstance(fast, FastMaskRCNN) and supports_fast(fast)
+    theirs, ours = plain.state_dict(), fast.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@torch.inference_mode()
+def test_each_call_gets_its_own_threshold(plain_and_images):
+    plain, images = plain_and_images
+    fast = make_fast(copy.deepcopy(plain))
+    everything = fast(images, score_floor=0.0)
+    scores = torch.cat([o["scores"] for o in everything])
+    assert len(scores) > 0
+    cut = float(scores.median())
+    high = fast(images, score_floor=cut)
+    again = fast(images)  # no floor: nothing of the call before stays behind
+    for full, part, repeat in zip(everything, high, again):
+        keep = full["scores"] >= cut
+        assert torch.equal(part["scores"], full["scores"][keep])
+        assert torch.equal(part["masks"], full["masks"][keep])
+        assert torch.equal(repeat["scores"], full["scores"])
+    # the same answer as torchvision's own model (channels-last rounds fp32 a little differently)
+    reference = plain(images)
+    for ref, ours in zip(reference, everything):
+        np.testing.assert_allclose(ours["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+        theirs = ref["masks"] > 0.5
+        overlap = (ours["masks"] & theirs).flatten(1).sum(1) / (ours["masks"] | theirs).flatten(1).sum(1).clamp(min=1)
+        assert bool((overlap >= 0.99).all())
+
+
+def test_a_model_of_other_parts_is_refused(plain_and_images):
+    plain, _ = plain_and_images
+    other = copy.deepcopy(plain)
+    other.roi_heads = torch.nn.Identity()
+    assert not supports_fast(other)
+    with pytest.raises(TypeError, match="needs a torchvision Mask R-CNN"):
+        make_fast(other)
