@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from maskrcnn_finetune import __version__
-from maskrcnn_finetune.errors import ModelDirError, first_line
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
+from maskrcnn_finetune.model_format import (CONFIG_YAML, ENGINES, FORMAT, FORMAT_VERSION, MODEL_JSON, WEIGHTS,
+                                            ModelDirError, load_checked, read_weights)
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 
 logger = logging.getLogger(__name__)
 
-MODEL_JSON = "model.json"
-WEIGHTS = "model_final.pth"
-FORMAT = "maskrcnn-finetune/model-dir"
-FORMAT_VERSION = 1
+__all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "WEIGHTS", "load_model_dir",
+           "read_model_info", "rebuild_model", "write_model_dir"]
 
 
 def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine: str = "torchvision",
@@ -103,18 +100,16 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     engine = info.get("engine", "torchvision")
-    if engine == "detectron2":
-        return _load_detectron2_dir(model_dir, device, info)
-    if engine != "torchvision":
+    if engine not in LOADERS:
         raise ModelDirError(f"'{model_dir}' holds a model of the unknown engine '{engine}'; "
-                            "this kit reads torchvision and detectron2 models")
+                            f"this kit reads {' and '.join(ENGINES)} models")
+    return LOADERS[engine](model_dir, device, info)
+
+
+def _load_torchvision_dir(model_dir: Path, device, info: dict):
     spec = ModelSpec.from_dict(info["model"])
     weights = model_dir / WEIGHTS
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ModelDirError(f"{weights} is corrupt or not a weights file ({exc}); train again or restore it") from exc
-    model = rebuild_model(spec, state, weights)
+    model = rebuild_model(spec, read_weights(weights), weights)
     logger.info("loaded the trained %s weights of %s", spec.backbone, weights)
     model.to(device).eval()
     return model, spec, info
@@ -130,17 +125,9 @@ def rebuild_model(spec: ModelSpec, state: dict, source="the weights") -> torch.n
         ModelDirError: the weights do not fit the description (e.g. another number of classes).
     """
     model = build_model(spec, pretrained="none")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        head = state.get("roi_heads.box_predictor.cls_score.weight")
-        if head is not None and head.shape[0] != len(spec.class_names) + 1:
-            raise ModelDirError(
-                f"{source} was trained for {head.shape[0] - 1} classes but {MODEL_JSON} lists "
-                f"{len(spec.class_names)} ({', '.join(spec.class_names)}); the two files come from different runs"
-            ) from exc
-        raise ModelDirError(f"{source} does not fit the {spec.backbone} model described in {MODEL_JSON} ({first_line(exc)}); "
-                            "the two files come from different runs") from exc
+    load_checked(model, state, source=str(source), class_names=list(spec.class_names),
+                 classes_from=f"{MODEL_JSON} lists", model_from=f"the {spec.backbone} model described in {MODEL_JSON}",
+                 fix="the two files come from different runs")
     return model
 
 
@@ -149,7 +136,11 @@ def _load_detectron2_dir(model_dir: Path, device, info: dict):
     :class:`maskrcnn_finetune.modeling.detectron2.inference.Detectron2Model`)."""
     from maskrcnn_finetune.modeling.detectron2 import require_detectron2
 
-    require_detectron2()
+    require_detectron2()  # detectron2 is optional: imported only for its own folders
     from maskrcnn_finetune.modeling.detectron2.checkpoints import load_detectron2_dir
 
     return load_detectron2_dir(model_dir, device, info)
+
+
+LOADERS = {"torchvision": _load_torchvision_dir, "detectron2": _load_detectron2_dir}
+"""How each engine's model folder comes back: ``loader(model_dir, device, info) -> (model, spec, info)``."""

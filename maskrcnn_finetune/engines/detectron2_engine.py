@@ -49,7 +49,8 @@ from maskrcnn_finetune.engines.torchvision_engine import (  # noqa: E402
     TrainingError, load_train_val, log_eval, open_tensorboard, refuse_to_overwrite, spec_for)
 from maskrcnn_finetune.evaluate import evaluate_predictor  # noqa: E402
 from maskrcnn_finetune.model_dir import write_model_dir  # noqa: E402
-from maskrcnn_finetune.modeling.detectron2.checkpoints import CONFIG_YAML, TrustedCheckpointer  # noqa: E402
+from maskrcnn_finetune.model_format import CONFIG_YAML  # noqa: E402
+from maskrcnn_finetune.modeling.detectron2.checkpoints import TrustedCheckpointer  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
 from maskrcnn_finetune.errors import WeightsUnavailableError  # noqa: E402

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -20,46 +18,23 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from maskrcnn_finetune.errors import CheckpointError, ConfigError, first_line
+from maskrcnn_finetune.errors import CheckpointError, ConfigError, ModelDirError
+from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON, WEIGHTS, load_checked, read_weights
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
 from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-CONFIG_YAML = "detectron2_config.yaml"
-"""The detectron2 config in a model folder, beside ``model.json`` and ``model_final.pth``."""
-
-
 def load_weights_file(path, trusted: bool = False) -> dict:
-    """The content of a ``.pth`` file, read safely where possible.
-
-    torch >= 2.6 reads only tensors and plain containers by default. Files this kit writes hold
-    nothing else; detectron2's training checkpoints may hold other Python objects, which
-    unpickling would run as code, so those are read only when ``trusted``.
-
-    Args:
-        path: the file.
-        trusted: the file comes from a source you trust (your own training run).
+    """The content of a ``.pth`` file (see :func:`maskrcnn_finetune.model_format.read_weights`).
 
     Raises:
         CheckpointError: the file is missing, damaged, or holds objects and is not trusted.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file '{path}' does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not trusted:
-            raise CheckpointError(
-                f"{path} holds Python objects besides the weights, which torch >= 2.6 does not load by default "
-                f"({first_line(exc)}). If you trust where the file comes from, pass --trust-checkpoint "
-                "(trusted=True); the model folder then gets a copy with the weights only") from exc
-        logger.warning("%s holds more than weights; loading it fully because it is trusted", path)
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt or not a weights file ({exc}); train again or restore it") from exc
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return read_weights(path, error=CheckpointError, trusted=trusted,
+                        trust_hint="pass --trust-checkpoint (trusted=True); the model folder then gets a copy with "
+                                   "the weights only")
 
 
 def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -77,29 +52,16 @@ class TrustedCheckpointer(DetectionCheckpointer):
         return load_weights_file(f, trusted=True)
 
 
-def fit_weights(model: torch.nn.Module, state: dict, source: str, num_classes: int) -> None:
+def fit_weights(model: torch.nn.Module, state: dict, source: str, class_names: list[str]) -> None:
     """Loads ``state`` into ``model`` strictly, explaining a mismatch.
 
     Raises:
         CheckpointError: the weights belong to another config (other classes, backbone or heads).
     """
-    own = model.state_dict()
-    head = state.get("roi_heads.box_predictor.cls_score.weight")
-    if head is not None and head.shape[0] != num_classes + 1:
-        raise CheckpointError(f"{source} was trained for {head.shape[0] - 1} classes but the config and class names "
-                              f"give {num_classes}; pass the class names and config the weights were trained with")
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
-        raise CheckpointError(f"{source} does not fit the model its config describes: weights {'; '.join(parts)}. "
-                              "The config and the weights come from different models: pass the config.yaml "
-                              "the weights were trained with")
-    model.load_state_dict(state, strict=True)
+    load_checked(model, state, source=source, class_names=class_names, classes_from="the config and class names give",
+                 model_from="the model its config describes", error=CheckpointError,
+                 fix="the config and the weights come from different models: pass the config.yaml and the class "
+                     "names the weights were trained with")
 
 
 def spec_from_config(cfg: CfgNode, class_names: list[str]) -> ModelSpec:
@@ -149,9 +111,6 @@ def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model,
     Raises:
         ModelDirError: a missing or damaged config or weights file, or weights that do not fit.
     """
-    from maskrcnn_finetune.errors import ModelDirError
-    from maskrcnn_finetune.model_dir import WEIGHTS
-
     model_dir = Path(model_dir)
     spec = ModelSpec.from_dict(info["model"])
     config_path = model_dir / CONFIG_YAML
@@ -162,7 +121,7 @@ def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model,
         cfg = load_config(config_path)
         model, cfg = build_for_inference(cfg, device)
         fit_weights(model, model_state(load_weights_file(model_dir / WEIGHTS)), str(model_dir / WEIGHTS),
-                    len(spec.class_names))
+                    list(spec.class_names))
     except (CheckpointError, ConfigError) as exc:
         raise ModelDirError(str(exc)) from exc
     wrapped = Detectron2Model(model, cfg).to(device).eval()
@@ -189,7 +148,7 @@ def import_checkpoint(weights, config, class_names: list[str], out_dir, score_th
         ConfigError: bad class names, config, or an existing folder.
         CheckpointError: weights that cannot be read or do not fit the config.
     """
-    from maskrcnn_finetune.model_dir import MODEL_JSON, write_model_dir
+    from maskrcnn_finetune.model_dir import write_model_dir  # model_dir loads these folders lazily: no cycle
 
     out_dir = Path(out_dir)
     if (out_dir / MODEL_JSON).exists():
@@ -209,7 +168,7 @@ def import_checkpoint(weights, config, class_names: list[str], out_dir, score_th
     if not cfg.MODEL.MASK_ON:
         raise ConfigError("the config has MODEL.MASK_ON False: it is a box-only model, and this kit serves masks")
     model, cfg = build_for_inference(cfg, "cpu")
-    fit_weights(model, model_state(load_weights_file(weights, trusted=trusted)), str(weights), len(class_names))
+    fit_weights(model, model_state(load_weights_file(weights, trusted=trusted)), str(weights), class_names)
     spec = spec_from_config(cfg, class_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_YAML).write_text(cfg.dump())
