@@ -36,7 +36,7 @@ from maskrcnn_finetune.data.augment import augment_batch
 from maskrcnn_finetune.data.convert import convert_labelme
 from maskrcnn_finetune.data.dataset import CocoInstanceDataset
 from maskrcnn_finetune.data.synthetic import make_synthetic
-from maskrcnn_finetune.engines.torchvision_engine import BatchIndexSampler, _collate, load_train_val, spec_for
+from maskrcnn_finetune.engines.torchvision_engine import BatchIndexSampler, _collate, load_train_val
 from maskrcnn_finetune.modeling import build_model
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
 from maskrcnn_finetune.predictor import native_bf16
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def seconds_per_iteration(cfg, data, variant: dict, iters: int, warmup: int) -> list[float]:
     dataset = CocoInstanceDataset(data)
     torch.manual_seed(cfg.seed)
-    model = build_model(spec_for(cfg, data.class_names), "none", train_min_sizes=cfg.train_sizes)
+    model = build_model(cfg.model_spec(data.class_names), "none", train_min_sizes=cfg.train_sizes)
     if variant["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if variant["parallel"]:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from maskrcnn_finetune.cli import is_true
+from maskrcnn_finetune.config import PRESETS
 from maskrcnn_finetune.errors import ConfigError, KitError
 
 logger = logging.getLogger(__name__)
@@ -27,13 +28,9 @@ NGROK_TOKEN_NAME = "NGROK_AUTHTOKEN"  # the environment variable and the Colab s
 LOGGERS = ("maskrcnn_finetune", "rest_api_flask")  # what show_logs prints in the notebook
 PROXY_TIMEOUT_S = 10  # eval_js waits this long for the browser tab: a cell must never hang
 
-# The model of tests/training_options.py: a few iterations of a tiny Mask R-CNN on tiny images
+# Smoke mode trains the tiny preset (tests/training_options.py too), on the CPU, whatever the form chose
 # (the light backbone too: smoke mode tests the notebook's flow, not the backbone a form chose).
-SMOKE_TRAINING = dict(
-    backbone="mobilenetv2_fpnlite", detections_per_image=20, image_size=64, max_size=96, train_sizes=[],
-    batch_size=2, max_iter=3, eval_period=100, log_period=1, box_batch_size_per_image=32, box_head_dim=64, mask_head_layers=[32], rpn_pre_nms_top_n_train=100,
-    rpn_post_nms_top_n_train=50, pretrained="none", device="cpu", warmup_iters=1, lr=0.01,
-)
+SMOKE_TRAINING = {**PRESETS["tiny"], "device": "cpu"}
 SMOKE_SYNTHETIC = dict(n_images=8, image_size=(96, 80))
 
 

@@ -7,60 +7,92 @@ next to the outputs it produced (``config.json`` in the model folder).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
+
+
+def _option(default, help: str | None = None, choices: tuple | None = None, spec: str | None = None):
+    """A :class:`TrainConfig` field with its help text, its allowed values and, for a model option,
+    the :class:`ModelSpec` field it sets (whose default it takes when ``default`` is ``SPEC_DEFAULT``)."""
+    metadata = {k: v for k, v in (("help", help), ("choices", choices), ("spec", spec)) if v is not None}
+    if default is SPEC_DEFAULT:
+        source = ModelSpec.__dataclass_fields__[spec]
+        if source.default_factory is not MISSING:
+            return field(default_factory=source.default_factory, metadata=metadata)
+        default = source.default
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+SPEC_DEFAULT = object()
+"""A model option's default is :class:`ModelSpec`'s (one source of truth)."""
 
 
 @dataclass
 class TrainConfig:
-    """Every training option. Paths are strings so the config serialises as it is."""
+    """Every training option. Paths are strings so the config serialises as it is.
 
-    train_json: str = ""
-    val_json: str = ""
-    output_dir: str = ""
-    engine: str = "torchvision"
-    backbone: str = "resnet50_fpn"
-    pretrained: str = "default"  # "default" (COCO / ImageNet weights) or "none" (from scratch)
+    Each field carries its help text and allowed values (the CLI flags are generated from them,
+    see :func:`add_config_arguments`); the model options name the :class:`ModelSpec` field they
+    set, and :meth:`model_spec` builds the spec from them.
+    """
+
+    train_json: str = _option("", "COCO json to train on (from scripts/labelme_to_coco.py)")
+    val_json: str = _option("", "COCO json to evaluate on every --eval-period iterations")
+    output_dir: str = _option("", "the model folder to write")
+    engine: str = _option("torchvision", "the training engine", choices=("torchvision", "detectron2"))
+    backbone: str = _option("resnet50_fpn", spec="backbone")
+    pretrained: str = _option("default", "default: COCO weights for resnet50_fpn, ImageNet for the others; "
+                              "none: from scratch", choices=("default", "none"))
     # schedule: give max_iter, or epochs (converted to iterations over the train set)
-    max_iter: int = 0
-    epochs: float = 0.0
-    batch_size: int = 2
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 100
-    schedule: str = "step"  # "step" or "cosine"
-    steps: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step schedule: fractions of max_iter
-    gamma: float = 0.1
-    clip_grad: float = 10.0  # max gradient norm; 0 turns clipping off
-    amp: str = "auto"  # "auto" (fp16 on CUDA, bf16 on CPUs with bf16 units), "on", "off"
-    device: str = "auto"  # "auto", "cpu", "cuda"
+    max_iter: int = _option(0, "iterations to train (or give --epochs)")
+    epochs: float = _option(0.0, "passes over the training set (converted to iterations)")
+    batch_size: int = _option(2)
+    optimizer: str = _option("sgd", choices=("sgd", "adamw"))
+    lr: float = _option(0.01)
+    momentum: float = _option(0.9)
+    weight_decay: float = _option(1e-4)
+    warmup_iters: int = _option(100)
+    schedule: str = _option("step", choices=("step", "cosine"))
+    steps: list[float] = _option([0.7, 0.9], "step schedule: the fractions of --max-iter where the lr drops")
+    gamma: float = _option(0.1)
+    clip_grad: float = _option(10.0, "max gradient norm (0: no clipping)")
+    amp: str = _option("auto", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 units), on, off (fp32)",
+                       choices=("auto", "on", "off"))
+    device: str = _option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     # images and augmentation
-    image_size: int = 800  # short side at test time
-    max_size: int = 1333
-    train_sizes: list[int] = field(default_factory=list)  # multi-scale short sides; empty = image_size only
-    choose_test_size: bool = False  # after training, keep the best of image_size and train_sizes on val
-    hflip: float = 0.5
-    # model details
-    anchor_sizes: list[int] = field(default_factory=list)  # empty = scaled from image_size
-    box_batch_size_per_image: int = 512
-    detections_per_image: int = 100
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    box_head_dim: int = 1024
-    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
-    score_threshold: float = 0.5  # what the Predictor and server show by default
+    image_size: int = _option(SPEC_DEFAULT, "short side of the images at test time (and training, unless "
+                              "--train-sizes)", spec="min_size")
+    max_size: int = _option(SPEC_DEFAULT, spec="max_size")
+    train_sizes: list[int] = _option([], "several short sides to pick from at random while training (multi-scale)")
+    choose_test_size: bool = _option(False, "after training, evaluate at --image-size and each --train-sizes and "
+                                     "write the size with the best val mask AP50 into model.json (torchvision engine)")
+    hflip: float = _option(0.5, "probability of a horizontal flip while training")
+    # model details (ModelSpec's fields)
+    anchor_sizes: list[int] = _option([], "one anchor size per FPN level (empty: scaled from --image-size)",
+                                      spec="anchor_sizes")
+    box_batch_size_per_image: int = _option(SPEC_DEFAULT, spec="box_batch_size_per_image")
+    detections_per_image: int = _option(SPEC_DEFAULT, spec="detections_per_image")
+    rpn_pre_nms_top_n_train: int = _option(SPEC_DEFAULT, spec="rpn_pre_nms_top_n_train")
+    rpn_post_nms_top_n_train: int = _option(SPEC_DEFAULT, spec="rpn_post_nms_top_n_train")
+    box_head_dim: int = _option(SPEC_DEFAULT, spec="box_head_dim")
+    mask_head_layers: list[int] = _option(SPEC_DEFAULT, spec="mask_head_layers")
+    score_threshold: float = _option(0.5, "default threshold of the Predictor and the server")
+    init_from: str = _option("", "start from a trained model folder (the next round of labelling): every weight "
+                             "reused, new classes added (torchvision engine)")
     # bookkeeping
-    eval_period: int = 500  # evaluate and checkpoint every N iterations (and at the end)
-    log_period: int = 20
-    seed: int = 0
-    num_workers: int = 0
-    resume: bool = False
-    preset: str = ""
+    eval_period: int = _option(500, "evaluate and checkpoint every N iterations")
+    log_period: int = _option(20)
+    seed: int = _option(0)
+    num_workers: int = _option(0)
+    resume: bool = _option(False, "continue the interrupted run in --output-dir exactly where it stopped")
+    preset: str = _option("")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +107,12 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**data)
+
+    def model_spec(self, class_names: list[str]) -> ModelSpec:
+        """The :class:`ModelSpec` of this run's model, from its model options."""
+        values = {f.metadata["spec"]: copy.copy(getattr(self, f.name)) for f in fields(self) if "spec" in f.metadata}
+        values["anchor_sizes"] = values["anchor_sizes"] or default_anchor_sizes(self.image_size)
+        return ModelSpec(class_names=list(class_names), **values)
 
 
 PRESETS: dict[str, dict] = {
@@ -104,6 +142,27 @@ PRESETS: dict[str, dict] = {
         box_head_dim=256,
         mask_head_layers=[64, 64],  # the mask head ran on every positive RoI: [128, 128] cost a fifth of the time
         eval_period=200,
+    ),
+    # The smallest model that trains and serves end to end in seconds: the notebooks' smoke mode and
+    # the tests. Its predictions mean nothing.
+    "tiny": dict(
+        backbone="mobilenetv2_fpnlite",
+        pretrained="none",
+        max_iter=3,
+        batch_size=2,
+        lr=0.01,
+        warmup_iters=1,
+        image_size=64,
+        max_size=96,
+        train_sizes=[],
+        box_batch_size_per_image=32,
+        rpn_pre_nms_top_n_train=100,
+        rpn_post_nms_top_n_train=50,
+        box_head_dim=64,
+        mask_head_layers=[32],
+        detections_per_image=20,
+        eval_period=100,
+        log_period=1,
     ),
     # Fine-tuning pretrained weights on a GPU (Colab): the usual detectron2-style recipe.
     "finetune": dict(
@@ -153,59 +212,45 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.lr <= 0:
         problems.append(f"--lr must be positive, got {cfg.lr}")
-    for name, allowed in (("optimizer", ("sgd", "adamw")), ("schedule", ("step", "cosine")),
-                          ("amp", ("auto", "on", "off")), ("device", ("auto", "cpu", "cuda")),
-                          ("pretrained", ("default", "none")), ("engine", ("torchvision", "detectron2"))):
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"--{name} must be one of {', '.join(allowed)}, got '{getattr(cfg, name)}'")
+    for f in fields(cfg):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(cfg, f.name) not in allowed:
+            problems.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                            f"got '{getattr(cfg, f.name)}'")
     if cfg.image_size < 32 or any(s < 32 for s in cfg.train_sizes):
         problems.append("image sizes must be at least 32 px")
     if not 0 <= cfg.hflip <= 1:
         problems.append(f"--hflip is a probability between 0 and 1, got {cfg.hflip}")
     if not 0 <= cfg.score_threshold <= 1:
         problems.append(f"--score-threshold must be between 0 and 1, got {cfg.score_threshold}")
+    if cfg.init_from and cfg.engine != "torchvision":
+        problems.append("--init-from starts a torchvision run from a torchvision model folder; the detectron2 engine "
+                        "takes its starting weights from its config (MODEL.WEIGHTS)")
     if cfg.eval_period < 1:
         problems.append(f"--eval-period must be at least 1, got {cfg.eval_period}")
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-CONFIG_HELP = {
-    "train_json": "COCO json to train on (from scripts/labelme_to_coco.py)",
-    "val_json": "COCO json to evaluate on every --eval-period iterations",
-    "output_dir": "the model folder to write",
-    "pretrained": "default: COCO weights for resnet50_fpn, ImageNet for the others; none: from scratch",
-    "max_iter": "iterations to train (or give --epochs)",
-    "epochs": "passes over the training set (converted to iterations)",
-    "device": "auto, cpu or cuda",
-    "image_size": "short side of the images at test time (and training, unless --train-sizes)",
-    "train_sizes": "several short sides to pick from at random while training (multi-scale)",
-    "choose_test_size": "after training, evaluate at --image-size and each --train-sizes and write the size with "
-                        "the best val mask AP50 into model.json (torchvision engine)",
-    "resume": "continue the interrupted run in --output-dir exactly where it stopped",
-    "eval_period": "evaluate and checkpoint every N iterations",
-    "amp": "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 units), on, off (fp32)",
-    "clip_grad": "max gradient norm (0: no clipping)",
-    "score_threshold": "default threshold of the Predictor and the server",
-}
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds ``--preset`` and one flag per :class:`TrainConfig` option (default None: the preset or config decides)."""
     from maskrcnn_finetune.modeling.backbones import BACKBONES  # imports torch: only for training scripts
 
-    helps = {**CONFIG_HELP, "backbone": f"one of: {', '.join(sorted(BACKBONES))}"}
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; explicit flags override it")
     for f in fields(TrainConfig):
         if f.name == "preset":
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
+        help_text = f.metadata.get("help", f"(default: {default})")
+        if f.name == "backbone":
+            help_text = f"one of: {', '.join(sorted(BACKBONES))} (default: {default})"
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", default=None, help=helps.get(f.name))
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif isinstance(default, list):
             item = float if f.name == "steps" else int
-            parser.add_argument(flag, type=item, nargs="+", default=None, help=helps.get(f.name, f"(default: {default})"))
+            parser.add_argument(flag, type=item, nargs="+", default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=helps.get(f.name, f"(default: {default})"))
+            parser.add_argument(flag, type=type(default), default=None, choices=f.metadata.get("choices"),
+                                help=help_text)
     return parser

@@ -1,9 +1,11 @@
 """Training options shared by the tests: a model small and fast enough for unit tests."""
 
-from maskrcnn_finetune.colab import SMOKE_TRAINING
+from maskrcnn_finetune.config import PRESETS
 
-# the notebooks' smoke-mode training, two iterations long, without its backbone and detection count
-TINY_MODEL = {k: v for k, v in SMOKE_TRAINING.items() if k not in ("backbone", "detections_per_image")} | {"max_iter": 2}
+# the tiny preset (the notebooks' smoke mode), two iterations long, on the CPU, without its backbone
+# and detection count
+TINY_MODEL = ({k: v for k, v in PRESETS["tiny"].items() if k not in ("backbone", "detections_per_image")}
+              | {"max_iter": 2, "device": "cpu"})
 
 
 def train_tiny(train_json, out_dir, backbone: str = "mobilenetv2_fpnlite", **overrides):

@@ -46,7 +46,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.structures import BoxMode  # noqa: E402
 
 from maskrcnn_finetune.engines.torchvision_engine import (  # noqa: E402
-    TrainingError, load_train_val, log_eval, open_tensorboard, refuse_to_overwrite, spec_for)
+    TrainingError, load_train_val, log_eval, open_tensorboard, refuse_to_overwrite)
 from maskrcnn_finetune.evaluate import evaluate_predictor  # noqa: E402
 from maskrcnn_finetune.model_dir import write_model_dir  # noqa: E402
 from maskrcnn_finetune.model_format import CONFIG_YAML  # noqa: E402
@@ -272,7 +272,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     refuse_to_overwrite(out, cfg.resume, has_checkpoint)
     train_data, val_data = load_train_val(cfg)
     max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(train_data.images) / cfg.batch_size))
-    spec = spec_for(cfg, train_data.class_names)
+    spec = cfg.model_spec(train_data.class_names)
     d2_cfg = _d2_config(cfg, spec, device, max_iter, register_dataset(train_data), out)
 
     # INFO on detectron2's logger stops DefaultTrainer from installing its own stdout handler:

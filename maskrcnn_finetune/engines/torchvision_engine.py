@@ -34,8 +34,8 @@ from maskrcnn_finetune.evaluate import evaluate_predictor
 from maskrcnn_finetune.files import atomic_path, write_text_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON, rebuild_model, write_model_dir
 from maskrcnn_finetune.modeling import ModelSpec, build_model
-from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
+from maskrcnn_finetune.modeling.transfer import init_from_model_dir
 from maskrcnn_finetune.predictor import Predictor, native_bf16, resolve_device
 from maskrcnn_finetune.visualize import plot_training_curves
 
@@ -114,22 +114,6 @@ def _distributed() -> tuple[int, int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def spec_for(cfg: TrainConfig, class_names: list[str]) -> ModelSpec:
-    return ModelSpec(
-        backbone=cfg.backbone,
-        class_names=class_names,
-        min_size=cfg.image_size,
-        max_size=cfg.max_size,
-        anchor_sizes=list(cfg.anchor_sizes) or default_anchor_sizes(cfg.image_size),
-        box_batch_size_per_image=cfg.box_batch_size_per_image,
-        detections_per_image=cfg.detections_per_image,
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        box_head_dim=cfg.box_head_dim,
-        mask_head_layers=list(cfg.mask_head_layers),
-    )
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, iteration: int, cfg, spec, history) -> None:
@@ -293,12 +277,18 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     train_data, val_data = load_train_val(cfg)
     dataset = CocoInstanceDataset(train_data)
     max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(dataset) / (cfg.batch_size * world)))
-    spec = spec_for(cfg, train_data.class_names)
+    spec = cfg.model_spec(train_data.class_names)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(spec, cfg.pretrained, train_min_sizes=cfg.train_sizes or None).to(device)
-    if cfg.pretrained == "none" and main:
+    # --init-from: the trained folder's weights replace the pretrained ones, which are not fetched
+    model = build_model(spec, "none" if cfg.init_from else cfg.pretrained, train_min_sizes=cfg.train_sizes or None)
+    if cfg.init_from:
+        started = init_from_model_dir(model, spec, cfg.init_from)
+        if main:
+            logger.info("%s", started)
+    elif cfg.pretrained == "none" and main:
         logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
+    model = model.to(device)
     if device.type == "cpu":
         # measured in benchmarks/RESULTS.md: oneDNN's convolutions are faster channels-last, and
         # torchvision's RoIAlign backward runs in one thread (see modeling/pooling.py)

@@ -1,8 +1,6 @@
-"""Mask R-CNN assembled from a registered backbone, described by a small serialisable spec."""
+"""Mask R-CNN assembled from a registered backbone, as a :class:`~maskrcnn_finetune.model_spec.ModelSpec` describes it."""
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
 
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -10,60 +8,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from maskrcnn_finetune.errors import ConfigError, WeightsUnavailableError
+from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
 from maskrcnn_finetune.modeling.backbones import BACKBONES, build_backbone
 
+__all__ = ["PRETRAINED_CHOICES", "ModelSpec", "build_model", "default_anchor_sizes"]
 
 PRETRAINED_CHOICES = ("default", "none")
 """``default``: COCO Mask R-CNN weights for resnet50_fpn, ImageNet weights for the others."""
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model exactly; stored in a model folder's ``model.json``.
-
-    Attributes:
-        backbone: a name from :data:`~maskrcnn_finetune.modeling.backbones.BACKBONES`.
-        class_names: the object classes (the background is implicit, class 0).
-        min_size / max_size: images are resized so the short side is ``min_size`` (a list
-            while training means multi-scale) and the long side at most ``max_size``.
-        anchor_sizes: one anchor size per FPN level (5 levels), in pixels of the resized image.
-        rpn_pre_nms_top_n_test / rpn_post_nms_top_n_test: proposals kept at test time.
-        rpn_*_nms_top_n_*: proposals kept before / after NMS, while training and at test time.
-        box_batch_size_per_image: sampled RoIs per image while training.
-        detections_per_image: the most instances one image can return.
-        box_head_dim: width of the box head's two fully connected layers.
-        mask_head_layers: channels of the mask head's 3x3 convolutions. The mask head runs on
-            every positive RoI, so on a CPU it weighs on training time: the demo preset uses two
-            64-channel layers instead of four 256-channel ones.
-    """
-
-    backbone: str
-    class_names: list[str]
-    min_size: int = 800
-    max_size: int = 1333
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512
-    detections_per_image: int = 100
-    box_head_dim: int = 1024
-    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-def default_anchor_sizes(min_size: int) -> list[int]:
-    """Anchors that scale with the image size: torchvision's 32..512 at 800 px."""
-    scale = min_size / 800.0
-    return [max(8, int(round(s * scale))) for s in (32, 64, 128, 256, 512)]
 
 
 def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list[int] | None = None) -> MaskRCNN:

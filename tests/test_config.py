@@ -1,0 +1,56 @@
+"""The one training config: model options derived from ModelSpec, choices next to each field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from maskrcnn_finetune.config import PRESETS, TrainConfig, add_config_arguments, resolve_config
+from maskrcnn_finetune.errors import ConfigError, ModelDirError
+from maskrcnn_finetune.model_dir import read_model_info
+from maskrcnn_finetune.model_spec import ModelSpec
+
+
+def test_model_options_default_to_the_spec_and_build_it():
+    cfg = TrainConfig()
+    spec = ModelSpec("resnet50_fpn", ["a"])
+    model_fields = [f for f in dataclasses.fields(TrainConfig) if "spec" in f.metadata]
+    assert {f.metadata["spec"] for f in model_fields} >= {"min_size", "max_size", "box_head_dim", "mask_head_layers",
+                                                          "detections_per_image", "anchor_sizes", "backbone"}
+    assert cfg.model_spec(["a"]) == spec  # the same defaults: one source of truth
+    demo = resolve_config("demo", train_json="t.json", output_dir="o")
+    built = demo.model_spec(["a", "b"])
+    assert (built.min_size, built.box_head_dim, built.mask_head_layers) == (192, 256, [64, 64])
+    assert built.anchor_sizes == [8, 15, 31, 61, 123]  # scaled from the image size when not given
+
+
+def test_choices_live_with_their_field_in_the_checks_and_the_flags():
+    with pytest.raises(ConfigError, match="--optimizer must be one of sgd, adamw, got 'adam'"):
+        resolve_config(None, train_json="t.json", output_dir="o", max_iter=1, optimizer="adam")
+    parser = add_config_arguments(argparse.ArgumentParser())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--schedule", "linear"])
+    assert "--amp {auto,on,off}" in parser.format_help()
+
+
+def test_the_tiny_preset_is_what_smoke_mode_trains():
+    from maskrcnn_finetune.colab import SMOKE_TRAINING
+
+    assert SMOKE_TRAINING == {**PRESETS["tiny"], "device": "cpu"}
+    assert resolve_config("tiny", train_json="t.json", output_dir="o").backbone == "mobilenetv2_fpnlite"
+
+
+def test_a_model_description_with_unknown_options_names_them(tmp_path):
+    with pytest.raises(ModelDirError, match="does not know: head_kind; the folder was written by a newer version"):
+        ModelSpec.from_dict({"backbone": "resnet18_fpn", "class_names": ["a"], "head_kind": "cascade"})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({
+        "format": "maskrcnn-finetune/model-dir", "model": {"backbone": "resnet18_fpn", "class_names": ["a"],
+                                                            "head_kind": "cascade"}}))
+    (folder / "model_final.pth").write_bytes(b"")
+    with pytest.raises(ModelDirError, match="head_kind"):
+        read_model_info(folder)
