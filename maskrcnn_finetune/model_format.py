@@ -7,6 +7,7 @@ so neither imports the other for a constant.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 
 from maskrcnn_finetune.errors import KitError, ModelDirError, first_line
+
+logger = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
 """How to rebuild the model (engine, backbone, classes, sizes, thresholds), what trained it, how well it did."""
@@ -57,6 +60,7 @@ def read_weights(path, *, error: type[KitError] = ModelDirError, trusted: bool =
             raise error(
                 f"{path} holds Python objects besides the weights, which torch >= 2.6 does not load by default "
                 f"({first_line(exc)}). If you trust where the file comes from, {trust_hint}") from exc
+        logger.warning("%s holds more than weights; loading it fully because it is trusted", path)
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise error(f"{path} is corrupt or not a weights file ({exc}); train again or restore it") from exc
     return torch.load(path, map_location="cpu", weights_only=False)

@@ -19,6 +19,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from maskrcnn_finetune.errors import CheckpointError, ConfigError, ModelDirError
+from maskrcnn_finetune.model_dir import write_model_dir  # model_dir imports this module only in a function
 from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON, WEIGHTS, load_checked, read_weights
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
 from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
@@ -148,8 +149,6 @@ def import_checkpoint(weights, config, class_names: list[str], out_dir, score_th
         ConfigError: bad class names, config, or an existing folder.
         CheckpointError: weights that cannot be read or do not fit the config.
     """
-    from maskrcnn_finetune.model_dir import write_model_dir  # model_dir loads these folders lazily: no cycle
-
     out_dir = Path(out_dir)
     if (out_dir / MODEL_JSON).exists():
         raise ConfigError(f"'{out_dir}' already holds a model folder; choose another output folder")
