@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=120, help="images per run of the model folder")
     parser.add_argument("--r50-count", type=int, default=16, help="800x1067 images per resnet50_fpn run (0: skip)")
     parser.add_argument("--memory-count", type=int, default=0, help="images of the memory run (0: skip)")
+    parser.add_argument("--memory-model-dir", type=Path, default=None,
+                        help="the model of the memory run (default: --model-dir; a smaller one runs more images)")
+    parser.add_argument("--memory-threshold", type=float, default=None, help="its score threshold")
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory run")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "predict_speed.json")
     return parser
 
@@ -152,13 +156,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = repeated_images(sources, args.count, tmp / "images")
-        for formats, processes in (("coco,labelme,masks,overlay,csv", 1), ("coco", 1),
-                                   ("coco,labelme,masks,overlay,csv", 2), ("coco", 2)):
+        speed_runs = () if args.skip_speed else (("coco,labelme,masks,overlay,csv", 1), ("coco", 1),
+                                                 ("coco,labelme,masks,overlay,csv", 2), ("coco", 2))
+        for formats, processes in speed_runs:
             row = run_predict(args.model_dir, folder, tmp / f"out_{len(rows)}", formats, processes)
             row["model"] = f"{args.model_dir} ({json.loads((args.model_dir / 'model.json').read_text())['image_size']} px)"
             rows.append(row)
             print(row)
-        if args.r50_count:
+        if args.r50_count and not args.skip_speed:
             model_dir, r50_sources = r50_model_dir(tmp)
             r50_images = repeated_images(r50_sources, args.r50_count, tmp / "r50_inputs")
             for processes in (1, 2):
@@ -169,7 +174,10 @@ def main(argv=None) -> int:
         memory = None
         if args.memory_count:
             folder = repeated_images(sources, args.memory_count, tmp / "many")
-            memory = run_predict(args.model_dir, folder, tmp / "out_many", "coco,csv", 1, sample_memory=True)
+            model_dir = args.memory_model_dir or args.model_dir
+            memory = run_predict(model_dir, folder, tmp / "out_many", "coco,csv", 1, threshold=args.memory_threshold,
+                                 sample_memory=True)
+            memory["model"] = str(model_dir)
             samples = memory["memory_samples"]
             after_first = next((s for s in samples if s[1] >= min(1000, args.memory_count // 10)), samples[-1])
             memory["rss_mb_after_first_images"] = after_first

@@ -232,10 +232,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``--preset`` and one flag per :class:`TrainConfig` option (default None: the preset or config decides)."""
-    from maskrcnn_finetune.modeling.backbones import BACKBONES  # imports torch: only for training scripts
+def add_config_arguments(parser: argparse.ArgumentParser, backbones=()) -> argparse.ArgumentParser:
+    """Adds ``--preset`` and one flag per :class:`TrainConfig` option (default None: the preset or config decides).
 
+    Args:
+        backbones: the backbone names to list in ``--backbone``'s help (the registry's, which needs torch).
+    """
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; explicit flags override it")
     for f in fields(TrainConfig):
         if f.name == "preset":
@@ -243,8 +245,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
         help_text = f.metadata.get("help", f"(default: {default})")
-        if f.name == "backbone":
-            help_text = f"one of: {', '.join(sorted(BACKBONES))} (default: {default})"
+        if f.name == "backbone" and backbones:
+            help_text = f"one of: {', '.join(sorted(backbones))} (default: {default})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif isinstance(default, list):

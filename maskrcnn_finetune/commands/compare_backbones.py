@@ -22,7 +22,7 @@ from maskrcnn_finetune.modeling import BACKBONES
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
+    add_config_arguments(parser, backbones=BACKBONES)
     parser.add_argument("--backbones", nargs="+", default=["resnet50_fpn", "mobilenetv2_fpn", "vovnet19_fpn"],
                         choices=sorted(BACKBONES), help="backbones to compare")
     parser.add_argument("--test-json", default=None, help="an optional held-out COCO json reported beside val")

@@ -20,11 +20,12 @@ import sys
 
 from maskrcnn_finetune.cli import run_cli
 from maskrcnn_finetune.config import add_config_arguments, resolve_config
+from maskrcnn_finetune.modeling.backbones import BACKBONES
 from maskrcnn_finetune.engines import train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_config_arguments(parser)
+    return add_config_arguments(parser, backbones=BACKBONES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from maskrcnn_finetune.files import atomic_path, write_text_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON, rebuild_model, write_model_dir
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
-from maskrcnn_finetune.modeling.transfer import init_from_model_dir
+from maskrcnn_finetune.engines.init_from import init_from_model_dir
 from maskrcnn_finetune.predictor import Predictor, native_bf16, resolve_device
 from maskrcnn_finetune.visualize import plot_training_curves
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from maskrcnn_finetune.errors import ConfigError
-from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
+from maskrcnn_finetune.model_dir import WEIGHTS, read_model_info
+from maskrcnn_finetune.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def init_from_model_dir(model: torch.nn.Module, spec: ModelSpec, model_dir) -> s
     Raises:
         ConfigError: the folder is not a torchvision model folder, or its architecture differs.
     """
-    from maskrcnn_finetune.model_dir import WEIGHTS, read_model_info
-
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     if info.get("engine", "torchvision") != "torchvision":

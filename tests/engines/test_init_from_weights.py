@@ -12,7 +12,7 @@ import torch
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.model_dir import WEIGHTS
 from maskrcnn_finetune.modeling import ModelSpec, build_model
-from maskrcnn_finetune.modeling.transfer import CLASS_LAYERS, init_from_model_dir
+from maskrcnn_finetune.engines.init_from import CLASS_LAYERS, init_from_model_dir
 from maskrcnn_finetune.predictor import Predictor
 
 
