@@ -1,9 +1,9 @@
-"""What the notebooks need from their runtime: Colab or not, GPU, logs, secrets, serving, smoke mode.
+"""What the notebooks need from the runtime they run in: Colab or not, GPU, logs, installs, secrets, serving.
 
 Every Colab-only call is guarded here, so the same notebook cells run unchanged in Colab, in
-Jupyter on a laptop, and under ``pytest --nbval-lax`` (where ``MRCNN_SMOKE=1`` shrinks the data,
-the model and the schedule so that each notebook runs on a CPU in about a minute). What the
-notebooks hand each other (Drive, uploads, checked paths) is in :mod:`maskrcnn_finetune.handover`.
+Jupyter on a laptop, and under ``pytest --nbval-lax``. The notebook forms' values and the smoke
+mode that shrinks them are in :mod:`maskrcnn_finetune.forms`; what the notebooks hand each other
+(Drive, uploads, checked paths) is in :mod:`maskrcnn_finetune.handover`.
 """
 
 from __future__ import annotations
@@ -14,25 +14,15 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from maskrcnn_finetune.cli import is_true
-from maskrcnn_finetune.config import PRESETS
-from maskrcnn_finetune.errors import ConfigError, KitError
+from maskrcnn_finetune.errors import KitError
+from maskrcnn_finetune.forms import SMOKE_ENV, smoke_mode
 
 logger = logging.getLogger(__name__)
 
-SMOKE_ENV = "MRCNN_SMOKE"
-WORK_DIR_ENV = "MRCNN_WORKDIR"  # where smoke runs write (a fresh temporary folder when unset)
 NGROK_TOKEN_NAME = "NGROK_AUTHTOKEN"  # the environment variable and the Colab secret
 LOGGERS = ("maskrcnn_finetune", "rest_api_flask")  # what show_logs prints in the notebook
 PROXY_TIMEOUT_S = 10  # eval_js waits this long for the browser tab: a cell must never hang
-
-# Smoke mode trains the tiny preset (tests/training_options.py too), on the CPU, whatever the form chose
-# (the light backbone too: smoke mode tests the notebook's flow, not the backbone a form chose).
-SMOKE_TRAINING = {**PRESETS["tiny"], "device": "cpu"}
-SMOKE_SYNTHETIC = dict(n_images=8, image_size=(96, 80))
-
 
 def in_colab() -> bool:
     """True inside a Google Colab runtime (its kernel has imported ``google.colab``)."""
@@ -42,11 +32,6 @@ def in_colab() -> bool:
         return importlib.util.find_spec("google.colab") is not None
     except ModuleNotFoundError:  # no ``google`` namespace package at all
         return False
-
-
-def smoke_mode() -> bool:
-    """True when ``MRCNN_SMOKE`` is set to 1/true/yes: the notebooks' tiny test run."""
-    return is_true(os.environ.get(SMOKE_ENV))
 
 
 def describe_runtime() -> str:
@@ -139,20 +124,6 @@ def prepare_engine(model_dir, wheel_dir=None) -> str:
     return engine
 
 
-def training_options(**options) -> dict:
-    """The notebook form's training options, shrunk to :data:`SMOKE_TRAINING` in smoke mode.
-
-    Pass the result to :func:`maskrcnn_finetune.config.resolve_config` with a preset.
-    """
-    return {**options, **SMOKE_TRAINING} if smoke_mode() else options
-
-
-def synthetic_options(n_images: int, image_size: tuple[int, int] = (320, 256)) -> dict:
-    """``n_images`` and ``image_size`` for :func:`~maskrcnn_finetune.data.synthetic.make_synthetic`
-    (8 tiny images in smoke mode)."""
-    return dict(SMOKE_SYNTHETIC) if smoke_mode() else dict(n_images=n_images, image_size=tuple(image_size))
-
-
 def _secret_errors() -> tuple[type[BaseException], ...]:
     from google.colab import userdata  # only exists in Colab
 
@@ -189,27 +160,6 @@ def read_ngrok_token(ask: bool = True) -> str | None:
         token = getpass.getpass("ngrok authtoken (https://dashboard.ngrok.com/get-started/your-authtoken; "
                                 "Enter to skip: no public URL, the page shows in the notebook): ").strip()
     return token or None
-
-
-SMOKE_BACKBONES = ["mobilenetv2_fpnlite", "mobilenetv2_fpn"]
-
-
-def comparison_backbones(names: str | list[str]) -> list[str]:
-    """Backbone names from a form field (``"resnet50_fpn, vovnet19_fpn"``), checked; two light ones in smoke mode.
-
-    Raises:
-        ConfigError: a name is not registered (the message lists the registered ones).
-    """
-    from maskrcnn_finetune.modeling.backbones import BACKBONES
-
-    if smoke_mode():
-        return list(SMOKE_BACKBONES)
-    chosen = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    unknown = [n for n in chosen if n not in BACKBONES]
-    if unknown or not chosen:
-        raise ConfigError(f"unknown backbone(s) {', '.join(unknown) or '(none given)'}; choose from: "
-                          f"{', '.join(sorted(BACKBONES))}")
-    return chosen
 
 
 def proxy_url(port: int) -> str | None:
@@ -257,31 +207,3 @@ def show_server(server, height: int = 720) -> str:
           "open). A public URL needs an ngrok authtoken (Colab secret NGROK_AUTHTOKEN)." +
           (f" Proxy address: {url}" if url else ""))
     return url or server.url
-
-
-def demo_model(folder, max_iter: int | None = None) -> Path:
-    """A model folder to try things with when you have none: synthetic shapes and ``--preset demo``.
-
-    7-20 minutes on a 2-core CPU, a few minutes on a T4, seconds in smoke mode. An existing run in
-    ``folder/model`` is resumed (or reused when finished).
-
-    Returns:
-        The model folder (``folder/model``).
-    """
-    from maskrcnn_finetune.config import resolve_config
-    from maskrcnn_finetune.data.convert import convert_labelme
-    from maskrcnn_finetune.data.synthetic import make_synthetic
-    from maskrcnn_finetune.engines import train
-    from maskrcnn_finetune.model_dir import MODEL_JSON
-
-    folder = Path(folder)
-    model_dir = folder / "model"
-    if (model_dir / MODEL_JSON).is_file():
-        logger.info("reusing the demo model in %s", model_dir)
-        return model_dir
-    make_synthetic(folder / "labelme", seed=0, **synthetic_options(60))
-    data = convert_labelme(folder / "labelme", folder / "coco", val_fraction=0.2, seed=0)
-    cfg = resolve_config("demo", **training_options(
-        train_json=str(data.json_paths["train"]), val_json=str(data.json_paths["val"]),
-        output_dir=str(model_dir), max_iter=max_iter, device="auto", resume=True))
-    return train(cfg)

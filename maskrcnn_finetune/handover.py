@@ -14,7 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from maskrcnn_finetune.colab import WORK_DIR_ENV, in_colab, smoke_mode
+from maskrcnn_finetune.colab import in_colab
+from maskrcnn_finetune.forms import WORK_DIR_ENV, smoke_mode
 from maskrcnn_finetune.errors import ConfigError
 
 logger = logging.getLogger(__name__)

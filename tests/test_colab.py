@@ -19,7 +19,7 @@ import nbformat
 
 import pytest
 
-from maskrcnn_finetune import colab, handover, kit_source
+from maskrcnn_finetune import colab, forms, handover, kit_source
 from maskrcnn_finetune.config import resolve_config
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling.backbones import BACKBONES
@@ -29,39 +29,39 @@ from colab_stand_in import FAKE_COLAB
 
 @pytest.fixture
 def no_smoke(monkeypatch):
-    monkeypatch.delenv(colab.SMOKE_ENV, raising=False)
+    monkeypatch.delenv(forms.SMOKE_ENV, raising=False)
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False)])
 def test_smoke_mode_reads_the_environment(monkeypatch, value, expected):
-    monkeypatch.setenv(colab.SMOKE_ENV, value)
-    assert colab.smoke_mode() is expected
+    monkeypatch.setenv(forms.SMOKE_ENV, value)
+    assert forms.smoke_mode() is expected
 
 
 def test_smoke_mode_shrinks_training_and_data(monkeypatch, no_smoke, tmp_path):
     form = dict(train_json="t.json", output_dir=str(tmp_path / "m"), backbone="resnet101_fpn", max_iter=1500)
-    assert colab.training_options(**form) == form
-    assert colab.synthetic_options(60) == {"n_images": 60, "image_size": (320, 256)}
-    monkeypatch.setenv(colab.SMOKE_ENV, "1")
-    shrunk = colab.training_options(**form)
+    assert forms.training_options(**form) == form
+    assert forms.synthetic_options(60) == {"n_images": 60, "image_size": (320, 256)}
+    monkeypatch.setenv(forms.SMOKE_ENV, "1")
+    shrunk = forms.training_options(**form)
     assert shrunk["max_iter"] == 3 and shrunk["backbone"] == "mobilenetv2_fpnlite" and shrunk["device"] == "cpu"
     assert shrunk["train_json"] == "t.json"
     # the smoke options are valid on top of either preset
     for preset in ("demo", "finetune"):
         cfg = resolve_config(preset, **shrunk)
         assert (cfg.max_iter, cfg.image_size, cfg.pretrained) == (3, 64, "none")
-    assert colab.synthetic_options(60) == {"n_images": 8, "image_size": (96, 80)}
+    assert forms.synthetic_options(60) == {"n_images": 8, "image_size": (96, 80)}
 
 
 def test_work_dir(monkeypatch, no_smoke, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert handover.work_dir() == tmp_path / "outputs" and (tmp_path / "outputs").is_dir()  # Drive only in Colab
     assert handover.work_dir(use_drive=False, local="elsewhere") == tmp_path / "elsewhere"
-    monkeypatch.setenv(colab.SMOKE_ENV, "1")
-    monkeypatch.setenv(colab.WORK_DIR_ENV, str(tmp_path / "smoke"))
+    monkeypatch.setenv(forms.SMOKE_ENV, "1")
+    monkeypatch.setenv(forms.WORK_DIR_ENV, str(tmp_path / "smoke"))
     assert handover.work_dir(use_drive=True) == tmp_path / "smoke"
-    monkeypatch.delenv(colab.WORK_DIR_ENV)
+    monkeypatch.delenv(forms.WORK_DIR_ENV)
     first, second = handover.work_dir(), handover.work_dir()
     assert first != second and first.name.startswith("mrcnn_smoke_")  # a fresh temporary folder each time
     with pytest.raises(ConfigError, match="only be mounted in Colab"):
@@ -113,14 +113,14 @@ def test_an_empty_source_is_refused(no_smoke, tmp_path):
 
 
 def test_comparison_backbones(monkeypatch, no_smoke):
-    assert colab.comparison_backbones(" resnet50_fpn,vovnet19_fpn ,") == ["resnet50_fpn", "vovnet19_fpn"]
+    assert forms.comparison_backbones(" resnet50_fpn,vovnet19_fpn ,") == ["resnet50_fpn", "vovnet19_fpn"]
     with pytest.raises(ConfigError, match="unknown backbone.*resnet5_fpn.*choose from:.*mobilenetv2_fpn"):
-        colab.comparison_backbones("resnet5_fpn, mobilenetv2_fpn")
+        forms.comparison_backbones("resnet5_fpn, mobilenetv2_fpn")
     with pytest.raises(ConfigError, match="none given"):
-        colab.comparison_backbones(" , ")
-    monkeypatch.setenv(colab.SMOKE_ENV, "1")
-    assert colab.comparison_backbones("resnet101_fpn") == colab.SMOKE_BACKBONES
-    assert set(colab.SMOKE_BACKBONES) <= set(BACKBONES)
+        forms.comparison_backbones(" , ")
+    monkeypatch.setenv(forms.SMOKE_ENV, "1")
+    assert forms.comparison_backbones("resnet101_fpn") == forms.SMOKE_BACKBONES
+    assert set(forms.SMOKE_BACKBONES) <= set(BACKBONES)
 
 
 def test_outside_colab_nothing_colab_only_happens(no_smoke, tmp_path):
@@ -269,7 +269,7 @@ def test_install_cell_checks_the_placeholder_before_pip(tmp_path, kit, expect):
     # pip must not run: a "pip" that records its call stands first on the path of the child
     script = "import google.colab, subprocess\nsubprocess.run = lambda *a, **k: open('pip_ran', 'w')\n" + cell
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_COLAB), str(root)])}
-    env.pop(colab.SMOKE_ENV, None)
+    env.pop(forms.SMOKE_ENV, None)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert expect in proc.stdout + proc.stderr, proc.stderr[-2000:]
@@ -279,14 +279,14 @@ def test_install_cell_checks_the_placeholder_before_pip(tmp_path, kit, expect):
 def test_demo_model_is_trained_once(monkeypatch, tmp_path):
     from maskrcnn_finetune.predictor import Predictor
 
-    monkeypatch.setenv(colab.SMOKE_ENV, "1")
-    model_dir = colab.demo_model(tmp_path / "demo")
+    monkeypatch.setenv(forms.SMOKE_ENV, "1")
+    model_dir = forms.demo_model(tmp_path / "demo")
     assert model_dir == tmp_path / "demo" / "model"
     predictor = Predictor.from_dir(model_dir)
     assert predictor.class_names == ["circle", "square", "triangle"]
-    assert predictor.info["training"]["max_iter"] == colab.SMOKE_TRAINING["max_iter"]
+    assert predictor.info["training"]["max_iter"] == forms.SMOKE_TRAINING["max_iter"]
     weights = (model_dir / "model_final.pth").stat().st_mtime_ns
-    assert colab.demo_model(tmp_path / "demo") == model_dir  # a finished model is reused, not retrained
+    assert forms.demo_model(tmp_path / "demo") == model_dir  # a finished model is reused, not retrained
     assert (model_dir / "model_final.pth").stat().st_mtime_ns == weights
 
 

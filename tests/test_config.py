@@ -37,7 +37,7 @@ def test_choices_live_with_their_field_in_the_checks_and_the_flags():
 
 
 def test_the_tiny_preset_is_what_smoke_mode_trains():
-    from maskrcnn_finetune.colab import SMOKE_TRAINING
+    from maskrcnn_finetune.forms import SMOKE_TRAINING
 
     assert SMOKE_TRAINING == {**PRESETS["tiny"], "device": "cpu"}
     assert resolve_config("tiny", train_json="t.json", output_dir="o").backbone == "mobilenetv2_fpnlite"

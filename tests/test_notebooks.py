@@ -23,7 +23,7 @@ import pytest
 import requests
 from PIL import Image
 
-from maskrcnn_finetune import colab
+from maskrcnn_finetune import forms
 from maskrcnn_finetune.data.synthetic import SHAPES
 from maskrcnn_finetune.modeling.backbones import BACKBONES
 
@@ -127,7 +127,7 @@ def test_form_fields_match_the_kit():
 
 def smoke_env(work_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("NGROK_AUTHTOKEN", "PYTEST_ADDOPTS")}
-    env.update({colab.SMOKE_ENV: "1", colab.WORK_DIR_ENV: str(work_dir)})
+    env.update({forms.SMOKE_ENV: "1", forms.WORK_DIR_ENV: str(work_dir)})
     return env
 
 
@@ -241,7 +241,7 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
     coco_dir = drive / "coco" / "synthetic"
     splits = {s: json.loads((coco_dir / f"{s}.json").read_text()) for s in ("train", "val")}
     assert [c["name"] for c in splits["train"]["categories"]] == sorted(SHAPES)
-    assert len(splits["train"]["images"]) + len(splits["val"]["images"]) == colab.SMOKE_SYNTHETIC["n_images"]
+    assert len(splits["train"]["images"]) + len(splits["val"]["images"]) == forms.SMOKE_SYNTHETIC["n_images"]
     assert_png(coco_dir / "samples.png")
 
     nb02 = with_form("02_finetune_and_compare.ipynb", runtimes[1] / "nb", TRAIN_JSON="coco/synthetic/train.json",
@@ -250,12 +250,12 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
     run = drive / "runs" / "run1"
     config = json.loads((run / "config.json").read_text())
     assert config["train_json"] == str(coco_dir / "train.json")  # 01's output, not data made here
-    assert config["max_iter"] == colab.SMOKE_TRAINING["max_iter"]
+    assert config["max_iter"] == forms.SMOKE_TRAINING["max_iter"]
     assert not (drive / "synthetic").exists()
     assert_png(run / "training_curves.png")
     assert_png(run / "predictions.png")
     rows = json.loads((drive / "compare" / "comparison.json").read_text())
-    assert [r["backbone"] for r in rows] == colab.SMOKE_BACKBONES
+    assert [r["backbone"] for r in rows] == forms.SMOKE_BACKBONES
     assert all(r["ms_per_image"] > 0 and 0 <= r["val_mask_AP50"] <= 1 for r in rows)
     assert_png(drive / "compare" / "comparison.png")
     predictions = drive / "predictions" / "run1"  # the val images, predicted and pre-labelled
