@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("coco", "labelme", "masks", "overlay", "csv")
 ORDERS = ("name", "uncertainty")
 RECORDS = ".records"
+RUN_JSON = "run.json"  # in RECORDS: the model and settings the records were made with
 MAX_PIXELS = 100_000_000
 """Images with more pixels are reported in errors.csv instead of being decoded (about 300 MB of RGB)."""
 
@@ -355,6 +356,36 @@ def _category_ids(class_names: list[str], by_name: dict[str, int] | None) -> lis
     return ids
 
 
+def _model_identity(predictor) -> dict:
+    """What tells one trained model from another: its model.json's creation time, backbone and classes."""
+    info = predictor.info or {}
+    return {"created": info.get("created"), "backbone": getattr(predictor.spec, "backbone", None),
+            "class_names": list(predictor.class_names)}
+
+
+def _check_earlier_run(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuses to mix these predictions with those of another model or other settings in ``out``.
+
+    Raises:
+        ConfigError: ``out`` holds predictions made otherwise, and ``overwrite`` is off.
+    """
+    path = out / RECORDS / RUN_JSON
+    if overwrite or not path.is_file():
+        return
+    earlier = json.loads(path.read_text())
+    if earlier.get("model") != settings["model"]:
+        was = earlier.get("model") or {}
+        raise ConfigError(f"'{out}' holds the predictions of another model ({was.get('backbone')} trained "
+                          f"{was.get('created')}, classes {', '.join(was.get('class_names') or [])}); pass --overwrite "
+                          "to replace them, or choose another --output")
+    changed = [f"{key} {earlier.get(key)!r} there, {settings[key]!r} here" for key in settings
+               if key != "model" and earlier.get(key) != settings[key]]
+    if changed:
+        raise ConfigError(f"'{out}' holds predictions made with other settings ({'; '.join(changed)}); run with the "
+                          "same settings to continue that run, pass --overwrite to predict everything again, or "
+                          "choose another --output")
+
+
 def _errors_of(out: Path, sources: list[ImageSource]) -> dict[str, dict]:
     """The unreadable images of this input (``{name: {"file", "problem"}}``), as every process left them."""
     errors = {}
@@ -424,6 +455,13 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         predictor = Predictor.from_dir(model_dir, device=device)
     threshold = predictor.score_threshold if threshold is None else threshold
     writer = _Writer(out, formats, _category_ids(predictor.class_names, categories), min_iou, review_below)
+    settings = {"model": _model_identity(predictor), "threshold": threshold, "formats": sorted(formats),
+                "min_iou": min_iou, "review_below": review_below, "category_ids": writer.category_ids}
+    _check_earlier_run(out, settings, overwrite)
+    if distributed:
+        dist.barrier()  # every process has compared before the first one writes
+    if rank == 0:
+        write_json_atomic(out / RECORDS / RUN_JSON, settings)
     mine = sources[rank::world]
     todo = [s for s in mine if overwrite or not writer.record_path(s).is_file()]
     skipped = len(mine) - len(todo)
@@ -478,3 +516,30 @@ def format_class_counts(summary: dict) -> str:
     if not per_class:
         lines.append("| (none) | 0 | 0 |")
     return "\n".join(lines)
+
+
+def labelme_bundle(output, zip_path) -> Path:
+    """A zip of each predicted image beside its labelme json, to correct in labelme on another machine.
+
+    ``imagePath`` is rewritten to the image's name beside the json (labelme opens the pair as it
+    is), and the zip unpacks into one folder that ``scripts/labelme_to_coco.py`` converts as it is.
+
+    Raises:
+        ConfigError: ``output`` holds no labelme predictions (run with the ``labelme`` format).
+    """
+    output, zip_path = Path(output), Path(zip_path)
+    folder = output / "labelme"
+    documents = sorted(folder.rglob("*.json")) if folder.is_dir() else []
+    if not documents:
+        raise ConfigError(f"'{output}' holds no labelme predictions; run predict_images with the 'labelme' format")
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in documents:
+            document = json.loads(path.read_text())
+            image = (path.parent / document["imagePath"]).resolve()
+            rel = path.relative_to(folder).with_suffix("")
+            image_name = rel.name + image.suffix
+            document["imagePath"] = image_name
+            archive.write(image, (rel.parent / image_name).as_posix())
+            archive.writestr(rel.with_suffix(".json").as_posix(), json.dumps(document))
+    logger.info("%d labelme files with their images in %s", len(documents), zip_path)
+    return zip_path

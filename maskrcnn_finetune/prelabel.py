@@ -2,15 +2,15 @@
 
 A predicted mask becomes the polygons labelme would have if a person had drawn it:
 
-- traced with contourpy (matplotlib's contour engine) through the centres of the mask's boundary
-  pixels, so that drawn as labelme draws a polygon it covers the mask's own pixels;
+- traced with contourpy (matplotlib's contour engine) along the pixels' edges, in COCO's polygon
+  coordinates, so that the converted COCO json gives the training the mask's own pixels;
 - a mask in several pieces becomes several polygons sharing one ``group_id`` (how labelme and
   :mod:`maskrcnn_finetune.data.labelme` join shapes into one object);
 - a hole is kept by cutting the polygon open along a zero-width bridge from its outline to the
   hole, so the one polygon draws the ring (labelme has no polygons with holes);
-- simplified with shapely to the coarsest outline whose rasterisation (exactly as the converter
-  draws it) keeps a mask IoU of at least ``min_iou`` with the predicted mask, so there are few
-  points to drag.
+- simplified with shapely to the coarsest outline whose rasterisation (as pycocotools draws the
+  converted polygons for training) keeps a mask IoU of at least ``min_iou`` with the predicted
+  mask, so there are few points to drag.
 
 The instance's number (as in ``masks/<image>/<k>.png`` and ``summary.csv``) and its score go into
 the shape's ``description`` (labelme shows it in the shape's dialog), and ``flags["review"]`` marks
@@ -21,44 +21,38 @@ from __future__ import annotations
 
 import numpy as np
 from contourpy import contour_generator
+from pycocotools import mask as mask_utils
 from shapely import Polygon, make_valid
 from shapely.geometry.base import BaseGeometry
 
-from maskrcnn_finetune.data.labelme import labelme_record, labelme_shape, rasterize
+from maskrcnn_finetune.data.labelme import labelme_record, labelme_shape
 from maskrcnn_finetune.structures import Instances
 
 DEFAULT_MIN_IOU = 0.95
 """The simplified outline of a mask keeps at least this IoU with the mask itself."""
 
 
-def _outline(points: np.ndarray) -> np.ndarray:
-    """A traced ring moved onto the centres of the mask's boundary pixels, repeated points dropped."""
-    ring = np.round(points)
-    keep = np.ones(len(ring), dtype=bool)
-    keep[1:] = np.any(ring[1:] != ring[:-1], axis=1)
-    return ring[keep]
-
-
 def trace_mask(mask: np.ndarray) -> list[Polygon]:
-    """The outlines of a boolean mask as shapely polygons (holes included), in labelme's pixel coordinates.
+    """The outlines of a boolean mask as shapely polygons (holes included), along the pixels' edges.
 
-    The outline runs through the centres of the mask's boundary pixels (traced at level 0.75 around
-    the padded mask, then rounded): filled the way labelme and the converter draw a polygon (PIL,
-    outline included), it gives back the mask's pixels. Pieces without area (a one-pixel line or
-    dot) have no polygon.
+    Coordinates follow COCO's polygon convention (pixel ``(x, y)`` covers ``[x, x+1] x [y, y+1]``),
+    so pycocotools, which the training data loader and COCOeval use, draws back the mask's own
+    pixels; labelme's own drawing (PIL, outline included) covers up to half a pixel more around it.
+    Traced with contourpy at level 0.5 around the padded mask (diagonal steps cut corners).
     """
     if not mask.any():
         return []
     padded = np.pad(mask.astype(np.float64), 1)
-    points, offsets = contour_generator(z=padded, fill_type="OuterOffset").filled(0.75, np.inf)
+    points, offsets = contour_generator(z=padded, fill_type="OuterOffset").filled(0.5, np.inf)
     polygons = []
     for xy, cuts in zip(points, offsets):
-        rings = [_outline(xy[a:b] - 1.0) for a, b in zip(cuts[:-1], cuts[1:])]  # padded index -> pixel index
+        # padded index -> pixel index (-1), then + 0.5 to the pixel-edge coordinates COCO uses
+        rings = [xy[a:b] - 0.5 for a, b in zip(cuts[:-1], cuts[1:])]
         rings = [ring for ring in rings if len(ring) >= 4]  # closed: 3 distinct points and the first again
         if not rings:
             continue
         polygon = Polygon(rings[0], rings[1:])
-        if not polygon.is_valid:  # pieces touching at a corner share an outline point
+        if not polygon.is_valid:
             polygon = make_valid(polygon)
         polygons += [part for part in _parts(polygon) if part.area > 0]
     return polygons
@@ -96,18 +90,26 @@ def _rings(polygons: list[Polygon], tolerance: float) -> list[np.ndarray]:
     return rings
 
 
+def draw(rings: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """The mask pycocotools draws for these polygons (one object, pieces and bridged holes together)."""
+    flat = [ring.reshape(-1).tolist() for ring in rings if len(ring) >= 3]
+    if not flat:
+        return np.zeros((height, width), dtype=bool)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, height, width))).astype(bool)
+
+
 def _iou(rings: list[np.ndarray], mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    """IoU of the rasterised rings with ``mask``, both within ``box`` (x0, y0, x1, y1)."""
+    """IoU of the drawn rings with ``mask``, both within ``box`` (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
-    drawn = rasterize([ring - (x0, y0) for ring in rings], x1 - x0, y1 - y0)
+    drawn = draw([ring - (x0, y0) for ring in rings], y1 - y0, x1 - x0)
     window = mask[y0:y1, x0:x1]
     union = np.count_nonzero(drawn | window)
     return np.count_nonzero(drawn & window) / union if union else 1.0
 
 
 def mask_to_polygons(mask: np.ndarray, min_iou: float = DEFAULT_MIN_IOU) -> list[np.ndarray]:
-    """The fewest-point polygons (``(N, 2)`` arrays of x, y) whose union, drawn as labelme draws it,
-    keeps at least ``min_iou`` IoU with ``mask``; one polygon per separate piece.
+    """The fewest-point polygons (``(N, 2)`` arrays of x, y) whose union, drawn as the training data
+    is drawn (pycocotools), keeps at least ``min_iou`` IoU with ``mask``; one polygon per separate piece.
 
     The simplification tolerance is the largest of a halving sequence (4 px down to 1/16 px) that
     keeps ``min_iou``; the traced outline itself is the fallback.

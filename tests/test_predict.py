@@ -23,7 +23,7 @@ from maskrcnn_finetune.data.convert import convert_labelme
 from maskrcnn_finetune.data.labelme import rasterize
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.predict import collect_images, predict_images
-from maskrcnn_finetune.prelabel import instances_to_labelme, mask_to_polygons
+from maskrcnn_finetune.prelabel import draw, instances_to_labelme, mask_to_polygons
 from maskrcnn_finetune.structures import Instances
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +53,13 @@ def test_masks_become_polygons_that_draw_the_same_pixels():
     mask = ring | square | dot
     polygons = mask_to_polygons(mask)
     assert len(polygons) == 3  # three separate pieces
-    drawn = rasterize(polygons, 160, 120)
+    drawn = draw(polygons, 120, 160)  # as pycocotools draws the converted json for training
     assert _iou(drawn, mask) >= 0.95
     assert not drawn[60, 60]  # the ring's hole stays a hole
     assert max(len(p) for p in polygons) < 80  # simplified: far fewer points than the outline's pixels
     exact = mask_to_polygons(mask, min_iou=0.999)
-    assert _iou(rasterize(exact, 160, 120), mask) >= 0.999
+    assert _iou(draw(exact, 120, 160), mask) >= 0.999
+    assert _iou(rasterize(exact, 160, 120), mask) >= 0.9  # labelme's own drawing: half a pixel more around
     assert mask_to_polygons(np.zeros((10, 10), bool)) == []
 
 
@@ -90,6 +91,7 @@ def test_labelme_files_of_real_annotations_convert_back_to_the_same_instances(tm
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "labelme_to_coco.py"), folder, tmp_path / "back",
                            "--val-fraction", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNING" not in proc.stderr, proc.stderr  # the converter's own checks find nothing to say
     back = load_coco(tmp_path / "back" / "dataset.json")
     assert back.class_names == names
     checked = 0
@@ -178,6 +180,19 @@ def test_predict_a_folder_writes_every_format_skips_bad_files_and_resumes(tiny_m
     fresh = predict_images(photo_folder, out, model_dir=tiny_model_dir, device="cpu", threshold=THRESHOLD,
                            order="uncertainty", overwrite=True, progress=False)
     assert fresh["predicted"] == 6 and _tree(out) == outputs
+
+    # predictions of other settings or another model are never mixed into these
+    with pytest.raises(ConfigError, match=r"other settings \(threshold 0.05 there, 0.3 here\).*--overwrite"):
+        predict_images(photo_folder, out, model_dir=tiny_model_dir, device="cpu", threshold=0.3, progress=False)
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model_dir, other)
+    info = json.loads((other / "model.json").read_text())
+    info["created"] = "2026-01-01T00:00:00+00:00"  # as another training run of the same recipe
+    (other / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="holds the predictions of another model .*pass --overwrite"):
+        predict_images(photo_folder, out, model_dir=other, device="cpu", threshold=THRESHOLD, order="uncertainty",
+                       progress=False)
+    assert _tree(out) == outputs  # refused before anything was written
 
 
 def test_a_coco_json_input_keeps_its_ids_and_the_results_score_with_pycocotools(tiny_model_dir, tiny_coco, tmp_path):
