@@ -144,6 +144,7 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
                 "masks_zip": f"/api/v1/results/{pending.id}/masks.zip",
                 "result_json": f"/api/v1/results/{pending.id}/result.json",
                 "coco_json": f"/api/v1/results/{pending.id}/coco_results.json",
+                "labelme_json": f"/api/v1/results/{pending.id}/labelme.json",
             },
         }
         payload["timing_ms"]["total"] = round((time.perf_counter() - start) * 1000, 1)
@@ -196,7 +197,7 @@ def result_file(result_id: str, name: str):
     """A file of a stored result (only names the store knows; never a path the client builds)."""
     path = get_store().path(result_id, name)
     mimetype = {"png": "image/png", "zip": "application/zip", "json": "application/json"}[path.suffix[1:]]
-    return send_file(path, mimetype=mimetype, max_age=0, as_attachment=path.suffix == ".zip",
+    return send_file(path, mimetype=mimetype, max_age=0, as_attachment=path.suffix == ".zip" or path.name == "labelme.json",
                      download_name=f"{result_id[:8]}_{path.name}")
 
 

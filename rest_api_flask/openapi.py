@@ -55,6 +55,7 @@ def openapi_spec() -> dict:
             "/api/v1/results/{id}/masks.zip": _RESULT_FILE,
             "/api/v1/results/{id}/result.json": _RESULT_FILE,
             "/api/v1/results/{id}/coco_results.json": _RESULT_FILE,
+            "/api/v1/results/{id}/labelme.json": _RESULT_FILE,
             "/api/v1/results/{id}/instances/{k}/mask.png": _RESULT_FILE,
             "/api/v1/results/{id}/instances/{k}/crop.png": _RESULT_FILE,
             "/api/v1/model": {"get": {"summary": "classes, backbone, engine, device",

@@ -7,6 +7,7 @@ either nothing or every file. Results older than the retention are removed.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{32}$")
 OVERLAY_SOURCE = ".overlay-source.npz"  # what the overlay is drawn from, on its first request
 _INSTANCE_FILE = re.compile(r"^instances/(\d{1,6})/(mask|crop)\.png$")
-FILES = ("overlay.png", "masks.zip", "result.json", "coco_results.json")
+FILES = ("overlay.png", "masks.zip", "result.json", "coco_results.json", "labelme.json")
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -111,17 +112,42 @@ class PendingResult:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def draw_overlay(folder: Path) -> None:
-    """Draws ``overlay.png`` of a result folder from its overlay source (written atomically;
-    two requests at once both draw it, and the second rename replaces the first's same file)."""
+def _instances_and_image(folder: Path) -> tuple[Instances, np.ndarray] | None:
+    """A result's instances and image, from what :meth:`PendingResult.write_files` kept for drawing."""
     source = folder / OVERLAY_SOURCE
     if not source.is_file():
-        return
+        return None
     with np.load(source) as data:
         image = data["image"]
         masks = np.unpackbits(data["masks"], axis=-1, count=image.shape[1]).astype(bool)
         instances = Instances((image.shape[0], image.shape[1]), data["boxes"], data["scores"], data["class_ids"],
                               masks, [str(name) for name in data["class_names"]])
+    return instances, image
+
+
+def write_labelme(folder: Path) -> None:
+    """Writes ``labelme.json`` of a result folder on its first request: the predictions as labelme
+    shapes to correct (:mod:`maskrcnn_finetune.prelabel`), the image embedded (``imageData``) so
+    that labelme opens the file alone; ``imagePath`` is the uploaded file's name."""
+    from maskrcnn_finetune.prelabel import instances_to_labelme
+
+    loaded = _instances_and_image(folder)
+    if loaded is None:
+        return
+    instances, image = loaded
+    name = json.loads((folder / "result.json").read_text())["image"].get("filename") or f"{folder.name}.png"
+    document = instances_to_labelme(instances, Path(name).name)
+    document["imageData"] = base64.b64encode(png_bytes(image)).decode("ascii")
+    write_bytes_atomic(folder / "labelme.json", json.dumps(document).encode("utf-8"))
+
+
+def draw_overlay(folder: Path) -> None:
+    """Draws ``overlay.png`` of a result folder from its overlay source (written atomically;
+    two requests at once both draw it, and the second rename replaces the first's same file)."""
+    loaded = _instances_and_image(folder)
+    if loaded is None:
+        return
+    instances, image = loaded
     write_bytes_atomic(folder / "overlay.png", png_bytes(draw_instances(image, instances)))
 
 
@@ -178,6 +204,8 @@ class ResultStore:
         path = folder / name
         if name == "overlay.png" and not path.is_file():
             draw_overlay(folder)
+        if name == "labelme.json" and not path.is_file():
+            write_labelme(folder)
         if not path.is_file():
             raise ApiError(f"result {result_id} has no {name}; instance numbers run from 0 to num_instances - 1", 404)
         return path

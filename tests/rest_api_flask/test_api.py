@@ -50,6 +50,7 @@ def test_predict_follows_the_contract_and_equals_the_predictor(client, predictor
         "masks_zip": f"/api/v1/results/{body['id']}/masks.zip",
         "result_json": f"/api/v1/results/{body['id']}/result.json",
         "coco_json": f"/api/v1/results/{body['id']}/coco_results.json",
+        "labelme_json": f"/api/v1/results/{body['id']}/labelme.json",
     }
 
 
@@ -78,10 +79,58 @@ def test_result_files_match_the_json(client, sample_png, folders):
     assert client.get(body["links"]["result_json"]).get_json() == body
     coco = client.get(body["links"]["coco_json"]).get_json()
     assert [c["category_id"] for c in coco] == [i["class_id"] + 1 for i in body["instances"]]
-    # every file lies inside the two folders: results under outputs/, the received image under uploads/
-    upload, output = folders
-    assert (output / "results" / body["id"] / "result.json").is_file()
-    assert (upload / "api" / f"{body['id']}.png").read_bytes() == sample_png
+    _labelme_file_converts_back(client, body, folders)
+
+
+def _labelme_file_converts_back(client, body, folders):
+    """labelme.json: an attachment with the image embedded, one shape group per instance with a mask."""
+    answer = client.get(body["links"]["labelme_json"])
+    assert answer.status_code == 200 and "attachment" in answer.headers["Content-Disposition"]
+    document = answer.get_json()
+    assert (document["imageWidth"], document["imageHeight"]) == (body["image"]["width"], body["image"]["height"])
+    embedded = Image.open(io.BytesIO(base64.b64decode(document["imageData"])))
+    assert embedded.size == (body["image"]["width"], body["image"]["height"])
+    described = {int(s["description"].split(",")[0].split()[1]) for s in document["shapes"]}
+    masks = [decode_rle(inst["mask_rle"]) for inst in body["instances"]]
+    assert described <= {k for k, m in enumerate(masks) if m.any()}  # no shape for an empty mask
+    assert {k for k, m in enumerate(masks) if m.sum() >= 20} <= described  # a shape for every real one
+
+
+def test_a_results_labelme_json_converts_back_to_its_instances(folders, tiny_coco, tmp_path):
+    """The store's labelme.json of a result whose masks are real objects (the tiny data set's own), read back
+    by the kit's labelme converter from the file alone."""
+    from pycocotools import mask as mask_utils
+
+    from maskrcnn_finetune.data.coco import load_coco
+    from maskrcnn_finetune.data.convert import convert_labelme
+    from maskrcnn_finetune.data.images import load_rgb
+    from maskrcnn_finetune.structures import Instances
+    from rest_api_flask.results import ResultStore
+
+    coco = load_coco(tiny_coco["train"])
+    image_info = coco.images[0]
+    image = load_rgb(coco.image_path(image_info))
+    anns = coco.annotations[image_info["id"]]
+    h, w = image.shape[:2]
+    masks = np.stack([mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w)).any(-1) for a in anns])
+    instances = Instances((h, w), np.array([a["bbox"] for a in anns], np.float32), np.full(len(anns), 0.9, np.float32),
+                          np.array([coco.label_of_category[a["category_id"]] - 1 for a in anns]), masks,
+                          coco.class_names)
+    store = ResultStore(folders[1], 60, folders[0])
+    pending = store.begin()
+    pending.write_files(image, instances)
+    pending.commit({"id": pending.id, "image": {"filename": "shapes.png"}})
+    path = store.path(pending.id, "labelme.json")
+    folder = tmp_path / "corrected"
+    folder.mkdir()
+    (folder / "shapes.json").write_bytes(path.read_bytes())  # labelme opens it alone: the image is inside
+    back = load_coco(convert_labelme(folder, tmp_path / "coco", val_fraction=0).json_paths["dataset"])
+    got = back.annotations[back.images[0]["id"]]
+    assert len(got) == len(anns) > 0
+    for ann in got:  # each object comes back as one instance (the converter orders them its own way)
+        drawn = mask_utils.decode(mask_utils.frPyObjects(ann["segmentation"], h, w)).any(-1)
+        best = max((drawn & mask).sum() / (drawn | mask).sum() for mask in masks)
+        assert best >= 0.9
 
 
 def test_threshold_is_honoured_from_query_form_and_json(client, predictor, sample_png):

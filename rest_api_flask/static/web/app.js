@@ -25,6 +25,7 @@
     noInstances: $("no-instances"), showAll: $("show-all"), hideAll: $("hide-all"),
     modelInfo: $("model-info"), dlOverlay: $("dl-overlay"), dlMasks: $("dl-masks"), dlJson: $("dl-json"),
     dlCoco: $("dl-coco"),
+    dlLabelme: $("dl-labelme"),
   };
 
   const state = {
@@ -249,6 +250,7 @@
     set(el.dlMasks, links.masks_zip, `${stem}_masks.zip`);
     set(el.dlJson, links.result_json, `${stem}_result.json`);
     set(el.dlCoco, links.coco_json, `${stem}_coco_results.json`);
+    set(el.dlLabelme, links.labelme_json, `${stem}.json`);
   }
 
   function showResult(result) {
