@@ -7,9 +7,12 @@ Usage:
         [--pretrained default|none] [--seed 0] [--resume]
 
     torchrun --nproc_per_node 2 scripts/train.py ...    # several GPUs (or CPU processes)
+    python scripts/train.py --init-from runs/r1 --train-json T2 --val-json V2 --output-dir runs/r2
+        # the next round of a labelling loop: r1's recipe, starting from r1's weights
 
 Every option of maskrcnn_finetune.config.TrainConfig is a flag here; a --preset fills in a
-recipe and the flags you give override it. DIR gets model.json, model_final.pth, metrics.json,
+recipe and the flags you give override it (with --init-from and no --preset, the recipe is the
+one of the run that made that folder). DIR gets model.json, model_final.pth, metrics.json,
 metrics.jsonl, training_curves.png, config.json and last_checkpoint.pth.
 """
 
@@ -22,6 +25,7 @@ from maskrcnn_finetune.cli import run_cli
 from maskrcnn_finetune.config import add_config_arguments, resolve_config
 from maskrcnn_finetune.modeling.backbones import BACKBONES
 from maskrcnn_finetune.engines import train
+from maskrcnn_finetune.engines.init_from import run_options
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    cfg = resolve_config(args.pop("preset"), **args)
+    preset = args.pop("preset")
+    if args.get("init_from") and not preset:
+        # the next round of a labelling loop: the recipe of the run it starts from, then the flags given
+        args = {**run_options(args["init_from"]), **{k: v for k, v in args.items() if v is not None}}
+    cfg = resolve_config(preset, **args)
     out = train(cfg)
     print(f"model folder: {out}")
     return 0

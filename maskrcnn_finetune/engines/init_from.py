@@ -35,6 +35,22 @@ SHAPE_FIELDS = ("backbone", "anchor_sizes", "box_head_dim", "mask_head_layers")
 """ModelSpec fields that decide the shapes of the shared weights (anchor sizes: how many per level)."""
 
 
+RUN_SPECIFIC = ("train_json", "val_json", "output_dir", "resume", "init_from", "preset")
+"""Options of an earlier run that a next round never takes over."""
+
+
+def run_options(model_dir) -> dict:
+    """The training options of the run that wrote ``model_dir``, without its data and folders: the
+    recipe and architecture a next round starts from (explicit options then replace them)."""
+    from dataclasses import fields
+
+    from maskrcnn_finetune.config import TrainConfig
+
+    earlier = read_model_info(model_dir).get("training") or {}
+    known = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in earlier.items() if k in known and k not in RUN_SPECIFIC}
+
+
 def _class_rows(old: torch.Tensor, new: torch.Tensor, rows: int, source: list[int | None]) -> torch.Tensor:
     """``new`` with the rows of each class ``c`` taken from ``old``'s class ``source[c]`` (None: kept)."""
     out = new.detach().clone()

@@ -65,3 +65,16 @@ def test_init_from_another_architecture_stops_before_training(tiny_model_dir, ti
     assert proc.returncode == 2
     assert "another architecture (box_head_dim 64 there, 32 here)" in proc.stderr
     assert not (tmp_path / "r" / "model.json").exists()
+
+
+def test_init_from_alone_takes_the_recipe_of_the_run_it_starts_from(tiny_model_dir, tiny_coco, tmp_path):
+    out = tmp_path / "r2"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--init-from", str(tiny_model_dir),
+                           "--train-json", str(tiny_coco["train"]), "--output-dir", str(out), "--max-iter", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "every weight reused" in proc.stderr
+    earlier = json.loads((tiny_model_dir / "model.json").read_text())
+    now = json.loads((out / "model.json").read_text())
+    assert now["model"] == earlier["model"]  # the same architecture, image size and heads
+    assert now["training"]["max_iter"] == 1 and now["training"]["init_from"] == str(tiny_model_dir)
