@@ -92,3 +92,17 @@ def demo_model(folder, max_iter: int | None = None) -> Path:
         train_json=str(data.json_paths["train"]), val_json=str(data.json_paths["val"]),
         output_dir=str(model_dir), max_iter=max_iter, device="auto", resume=True))
     return train(cfg)
+
+
+def next_round_options(model_dir, **options) -> dict:
+    """The training options of the run that made ``model_dir``, to train the next round of the
+    labelling loop from it (``init_from``): the same recipe and architecture, new data.
+
+    ``options`` (the new ``train_json``, ``val_json``, ``output_dir``, a ``max_iter``...) replace
+    the earlier run's; ``None`` values are ignored. Shrunk in smoke mode as :func:`training_options`.
+    Pass the result to :func:`maskrcnn_finetune.config.resolve_config` without a preset.
+    """
+    from maskrcnn_finetune.engines.init_from import run_options
+
+    given = {k: v for k, v in options.items() if v is not None}
+    return training_options(**{**run_options(model_dir), **given, "init_from": str(model_dir)})

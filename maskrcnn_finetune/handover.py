@@ -181,6 +181,25 @@ def upload_files(dest) -> Path:
     return dest
 
 
+def offer_download(path) -> Path:
+    """Hands a file to the browser (Colab's download), or says where it is outside Colab.
+
+    Raises:
+        FileNotFoundError: the file does not exist (as Colab's ``files.download``).
+    """
+    path = Path(path)
+    if in_colab():
+        from google.colab import files  # only exists in Colab
+
+        files.download(str(path))
+        print(f"{path.name} ({path.stat().st_size / 2**20:.1f} MB) goes to your browser's downloads")
+    else:
+        if not path.exists():
+            raise FileNotFoundError(f"Cannot find file: {path}")
+        print(f"ready: {path}")
+    return path
+
+
 def sample_image(model_dir, fallback_dir) -> Path:
     """An image to send to a model: the first of its own validation set when that is still there.
 

@@ -144,6 +144,29 @@ def plot_backbone_comparison(rows: list[dict], out_png) -> Path:
     return out_png
 
 
+def plot_rounds(rounds: dict[str, dict], out_png) -> Path:
+    """Bar chart of box and mask AP / AP50 of several models on the same json (e.g. before and after
+    a round of corrections): ``rounds`` maps a name to :func:`~maskrcnn_finetune.evaluate.evaluate_predictor`'s metrics."""
+    out_png = Path(out_png)
+    names = list(rounds)
+    keys = [("bbox", "AP50"), ("segm", "AP50"), ("bbox", "AP"), ("segm", "AP")]
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(names), 1)
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    for k, name in enumerate(names):
+        values = [rounds[name][kind][metric] for kind, metric in keys]
+        bars = ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set(xticks=x, ylim=(0, 1.05), title="the same validation images")
+    ax.set_xticklabels([f"{'box' if kind == 'bbox' else 'mask'} {metric}" for kind, metric in keys])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return out_png
+
+
 def draw_instances(image: np.ndarray, instances, alpha: float = 0.5, show_boxes: bool = True,
                    show_labels: bool = True) -> np.ndarray:
     """The image with each instance's mask tinted in its class colour, its box and its label.

@@ -152,7 +152,7 @@ def fake_colab(monkeypatch, tmp_path):
         monkeypatch.delitem(sys.modules, name)
     importlib.invalidate_caches()
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
-    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER"):
+    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER", "FAKE_COLAB_DOWNLOADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FAKE_COLAB_DRIVE", str(tmp_path / "google_drive"))
     from maskrcnn_finetune import handover

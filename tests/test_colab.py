@@ -175,6 +175,18 @@ def _labelme_zip(path: Path) -> Path:
     return path
 
 
+def test_a_download_goes_to_the_browser_in_colab_and_is_named_elsewhere(monkeypatch, fake_colab, capsys):
+    bundle = fake_colab / "to_correct.zip"
+    bundle.write_bytes(b"PK\x05\x06" + bytes(18))
+    log = fake_colab / "downloads.txt"
+    monkeypatch.setenv("FAKE_COLAB_DOWNLOADS", str(log))
+    assert handover.offer_download(bundle) == bundle
+    assert log.read_text().splitlines() == [str(bundle)]  # Colab's files.download had it
+    assert "goes to your browser's downloads" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="Cannot find file"):  # as Colab's own
+        handover.offer_download(fake_colab / "missing.zip")
+
+
 def test_upload_one_zip_several_files_and_cancel(monkeypatch, fake_colab):
     picked = fake_colab / "browser"
     picked.mkdir()

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -29,7 +30,8 @@ from maskrcnn_finetune.modeling.backbones import BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = ["00_quickstart.ipynb", "01_prepare_dataset.ipynb", "02_finetune_and_compare.ipynb", "03_serve.ipynb"]
+NOTEBOOKS = ["00_quickstart.ipynb", "01_prepare_dataset.ipynb", "02_finetune_and_compare.ipynb", "03_serve.ipynb",
+             "04_prelabel.ipynb"]
 NOTEBOOK_METADATA = {"accelerator", "colab", "kernelspec", "language_info", "gpuClass"}
 
 
@@ -275,6 +277,26 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
         assert not (drive / "demo").exists()
     finally:
         shutdown(client)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1600)
+def test_04_prelabel_runs_the_labelling_loop(tmp_path):
+    """Predict unlabelled images, hand out image + labelme pairs, take corrections back, train from the model."""
+    drive = tmp_path / "drive"
+    run_notebook("04_prelabel.ipynb", drive, cwd=tmp_path)
+    round_dir = drive / "rounds" / "round2"
+    summary = json.loads((round_dir / "predictions" / "summary.json").read_text())
+    assert summary["images_done"] == forms.SMOKE_SYNTHETIC["n_images"] and summary["errors"] == 0
+    with zipfile.ZipFile(round_dir / "to_correct.zip") as bundle:
+        names = set(bundle.namelist())
+        documents = [json.loads(bundle.read(n)) for n in names if n.endswith(".json")]
+    assert len(documents) == summary["images_done"]
+    assert all(d["imagePath"] in names and "/" not in d["imagePath"] for d in documents)  # the pair opens as is
+    info = json.loads((round_dir / "model" / "model.json").read_text())
+    assert info["training"]["init_from"] == str(drive / "demo" / "model")
+    assert info["class_names"] == sorted(SHAPES)
+    assert_png(round_dir / "rounds.png")
 
 
 @pytest.mark.slow

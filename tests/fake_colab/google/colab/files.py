@@ -28,3 +28,14 @@ def upload(target_dir=""):
             f.write(data)
         result[local] = data
     return result
+
+
+def download(filename):
+    """As Colab's: a missing file raises FileNotFoundError; otherwise the browser would receive it
+    (here the name is appended to $FAKE_COLAB_DOWNLOADS, one per line, for the test to read)."""
+    if not os.path.exists(filename):
+        raise FileNotFoundError(f"Cannot find file: {filename}")
+    log = os.environ.get("FAKE_COLAB_DOWNLOADS")
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{filename}\n")
