@@ -153,10 +153,10 @@ def test_upload_shows_masks_and_downloads_match_the_json(server, browser, image_
     page.screenshot(path=str(shots / "web_desktop.png"), full_page=True)
 
     # Downloads: relative links (they must work behind a proxy), files equal to the JSON.
-    for link in ("#dl-overlay", "#dl-masks", "#dl-json"):
+    for link in ("#dl-overlay", "#dl-masks", "#dl-json", "#dl-labelme"):
         assert page.get_attribute(link, "href").startswith(f"api/v1/results/{result['id']}/")
     downloaded = {}
-    for link in ("#dl-overlay", "#dl-masks", "#dl-json"):
+    for link in ("#dl-overlay", "#dl-masks", "#dl-json", "#dl-labelme"):
         with page.expect_download() as download:
             page.click(link)
         downloaded[link] = tmp_path / download.value.suggested_filename
@@ -173,6 +173,10 @@ def test_upload_shows_masks_and_downloads_match_the_json(server, browser, image_
         union = np.array(Image.open(io.BytesIO(archive.read("union.png"))))
         assert np.array_equal(union == 255, masks.any(0))
     assert json.loads(downloaded["#dl-json"].read_text()) == result
+    labelme = json.loads(downloaded["#dl-labelme"].read_text())  # the predictions to correct in labelme
+    assert (labelme["imageWidth"], labelme["imageHeight"]) == (width, height) and labelme["imageData"]
+    assert downloaded["#dl-labelme"].suffix == ".json"
+    assert {s["label"] for s in labelme["shapes"]} <= {inst["class_name"] for inst in result["instances"]}
     assert Image.open(downloaded["#dl-overlay"]).size == (width, height)
 
     # Letting go of the slider asks again with the same image: nothing scores 0.99 here.
