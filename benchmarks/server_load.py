@@ -10,7 +10,7 @@ What it does, in order:
    seed 0) resized to ``--size`` pixels on its short side (800 -> 1067x800), encoded once as JPEG;
    or ``--image FILE``, sent as it is.
 2. Starts the real server (``python -m rest_api_flask``, waitress, via
-   :func:`maskrcnn_finetune.server_process.start_server`) on a free loopback port, and from this
+   :func:`rest_api_flask.launcher.start_server`) on a free loopback port, and from this
    process sends ``--requests-per-level`` multipart ``POST /api/v1/predict`` requests for each
    number of concurrent clients in ``--clients`` (one thread and one keep-alive connection per
    client). Per level: throughput, p50/p95 client latency, errors (any status but 200, 429
@@ -48,10 +48,9 @@ import requests
 from PIL import Image
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from rest_api_flask.launcher import start_server
 
-from maskrcnn_finetune.server_process import start_server  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PREDICT = "/api/v1/predict"
 MEMORY_CLIENTS = 4

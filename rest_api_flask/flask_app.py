@@ -6,13 +6,16 @@ Usage:
     python -m rest_api_flask ...                      # the same
 
 It prints ``Serving on http://HOST:PORT`` once it accepts connections, and with a tunnel
-``Public URL: https://...``. Stop it with Ctrl+C (tunnels close on exit).
+``Public URL: https://...``. Programs read ``--ready-file PATH`` instead: a JSON file with the URL,
+the public URL and the tunnel's state (:mod:`rest_api_flask.ready`). Stop it with Ctrl+C (tunnels
+close on exit).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retention-minutes", type=float, default=60,
                         help="results older than this are deleted (0: keep)")
     parser.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    parser.add_argument("--ready-file", default=None, metavar="PATH",
+                        help="write a JSON file here once serving (url, public_url, tunnel_state, ...) and update "
+                             "it when the tunnel opens or fails; removed on exit (for programs that start the server)")
     return parser
 
 
@@ -141,7 +147,7 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, opened: list) -> None:
+def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, opened: list, ready) -> None:
     from maskrcnn_finetune.errors import TunnelError
     from rest_api_flask.tunnel import open_tunnel
 
@@ -150,10 +156,14 @@ def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, ope
     except TunnelError as exc:
         say(f"WARNING: no public URL: {exc}")
         say("The server keeps serving locally.")
+        if ready:
+            ready.write(tunnel_state="failed", tunnel_error=str(exc))
         return
     opened.append(tunnel)
     line = "=" * max(40, len(tunnel.public_url) + 12)
     say(f"{line}\nPublic URL: {tunnel.public_url}\n{line}")
+    if ready:
+        ready.write(tunnel_state="open", public_url=tunnel.public_url)
 
 
 def _make_server(app, args: argparse.Namespace):
@@ -190,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     check_port_free(args.host, args.port)
     from rest_api_flask import create_app
     from rest_api_flask.config import config_from_args
+    from rest_api_flask.ready import ReadyFile, connectable_url
 
-    if Path(args.model_dir).is_file():
-        args.model_dir = str(model_folder_of_weights(args))
-
-    app = create_app(config_from_args(args))
+    model_dir = model_folder_of_weights(args) if Path(args.model_dir).is_file() else Path(args.model_dir)
+    app = create_app({**config_from_args(args), "MODEL_DIR": str(model_dir)})
     predictor = app.extensions["inference"].predictor
     say(f"Model on {predictor.device}: {predictor.describe_mode()}" + (" (--no-fast turns it off)" if predictor.fast else ""))
     try:
@@ -204,11 +213,16 @@ def main(argv: list[str] | None = None) -> int:
                           "(0 picks a free one) or stop the program that uses it") from exc
     # the socket is bound and listening: connections from here on are queued and answered
     say(f"Serving on http://{args.host}:{port}")
+    ready = ReadyFile(args.ready_file) if args.ready_file else None
+    if ready:
+        ready.write(url=connectable_url(args.host, port), port=int(port), pid=os.getpid(), device=str(predictor.device),
+                    model=predictor.describe_mode(), tunnel=tunnel_kind,
+                    tunnel_state="none" if tunnel_kind == "none" else "opening", public_url=None, tunnel_error=None)
     if tunnel_kind == "ngrok" and not (args.auth or args.api_key):  # Colab's proxy is the notebook user's only
         say("WARNING: the public URL is open to anyone who has it; protect it with --auth USER:PASSWORD or --api-key KEY")
     opened: list = []
     if tunnel_kind != "none":
-        threading.Thread(target=_start_tunnel, args=(tunnel_kind, port, token, args.auth, opened), daemon=True).start()
+        threading.Thread(target=_start_tunnel, args=(tunnel_kind, port, token, args.auth, opened, ready), daemon=True).start()
 
     def _terminate(signum, frame):  # SIGTERM: leave through the finally below, so tunnels close
         raise KeyboardInterrupt
@@ -219,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("Stopping the server")
     finally:
+        if ready:
+            ready.remove()
         for tunnel in opened:
             tunnel.close()
         try:

@@ -129,7 +129,7 @@ def tiny_model_dir(tiny_coco, tmp_path_factory):
 def _own_server_registry(tmp_path_factory):
     """Servers started by the tests are remembered in a folder of this run only, never the machine's own
     (start_server stops the servers it finds there; notebook runs inherit the variable)."""
-    from maskrcnn_finetune.server_registry import REGISTRY_ENV
+    from rest_api_flask.registry import REGISTRY_ENV
 
     old = os.environ.get(REGISTRY_ENV)
     os.environ[REGISTRY_ENV] = str(tmp_path_factory.mktemp("server_registry"))

@@ -25,7 +25,7 @@ LAYERS = [
     ["maskrcnn_finetune.engines", "maskrcnn_finetune.export", "maskrcnn_finetune.predict", "maskrcnn_finetune.compare"],
     # the programs: command lines and the notebooks' helpers
     ["maskrcnn_finetune.commands", "maskrcnn_finetune.colab", "maskrcnn_finetune.forms", "maskrcnn_finetune.handover",
-     "maskrcnn_finetune.kit_source", "maskrcnn_finetune.server_process", "maskrcnn_finetune.server_registry"],
+     "maskrcnn_finetune.kit_source"],
     ["rest_api_flask"],
 ]
 

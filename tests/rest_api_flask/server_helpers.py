@@ -1,18 +1,17 @@
-"""Helpers of the server tests: PNG bytes of an array, and starting the real server process."""
+"""Helpers of the server tests: PNG bytes of an array, starting the real server process, a stand-in ngrok."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from rest_api_flask.launcher import ServerProcess
+from rest_api_flask.launcher import start_server as launch
 
 REPO = Path(__file__).resolve().parents[2]
 FLASK_APP = REPO / "rest_api_flask" / "flask_app.py"
@@ -25,46 +24,18 @@ def png_of(array: np.ndarray, fmt: str = "PNG", **save_args) -> bytes:
     return buffer.getvalue()
 
 
-class ServerProcess:
-    """A running ``flask_app.py``: its base URL, its folders and the lines it printed."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, upload: Path, output: Path, lines: list[str]) -> None:
-        self.proc, self.url, self.upload, self.output, self.lines = proc, url, upload, output, lines
-
-
-def start_server(model_dir, tmp_path: Path, *extra: str, env: dict | None = None, timeout: float = 120) -> ServerProcess:
-    """Starts the server process on a free loopback port; returns once it printed ``Serving on``."""
-    upload, output = tmp_path / "srv_uploads", tmp_path / "srv_outputs"
-    cmd = [sys.executable, str(FLASK_APP), "--model-dir", str(model_dir), "--upload-folder", str(upload),
-           "--output-folder", str(output), "--port", "0", "--infer-with-cpu", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NGROK_AUTHTOKEN": "", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
-    lines: list[str] = []
-    found = threading.Event()
-    url = {}
-
-    def _read():  # keeps draining the pipe so the server never blocks on a full stdout
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("Serving on http://") and not found.is_set():
-                url["value"] = line.split("Serving on ", 1)[1].strip()
-                found.set()
-
-    threading.Thread(target=_read, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not found.wait(0.1):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("the server did not start:\n" + "\n".join(lines))
-    return ServerProcess(proc, url["value"], upload, output, lines)
+def start_server(model_dir, tmp_path: Path, *extra: str, tunnel: str = "none", env: dict | None = None,
+                 timeout: float = 120) -> ServerProcess:
+    """The real server as notebooks start it (:func:`rest_api_flask.launcher.start_server`): loopback, a
+    free port, the CPU, folders ``srv_uploads`` and ``srv_outputs`` under ``tmp_path`` (also its working
+    folder), no ngrok token unless ``env`` gives one, one CPU thread; returns once ``/health`` answers."""
+    return launch(model_dir, tmp_path / "srv_uploads", tmp_path / "srv_outputs", tunnel=tunnel, infer_with_cpu=True,
+                  extra_args=extra, env={"NGROK_AUTHTOKEN": "", "OMP_NUM_THREADS": "1", **(env or {})}, cwd=tmp_path,
+                  timeout=timeout, stop_previous=False)
 
 
 def stop_server(server: ServerProcess) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
+    server.stop()
 
 
 FAKE_NGROK_AGENT = r'''#!{python}

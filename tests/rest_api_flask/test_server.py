@@ -1,6 +1,7 @@
 """The real server process (waitress on loopback): every endpoint, bad input, concurrency, the CLI.
 
-Started exactly as a user starts it: ``python rest_api_flask/flask_app.py --model-dir ...``.
+Started as the notebooks start it (``rest_api_flask.launcher``: ``python -m rest_api_flask --ready-file ...``);
+the file form ``python rest_api_flask/flask_app.py`` runs in the command-line tests.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def _image(sample_paths, k: int) -> np.ndarray:
 
 
 def test_prints_its_address_and_health_answers(server, predictor):
-    assert f"Serving on {server.url}" in server.lines
-    assert server.url.startswith("http://127.0.0.1:")
+    assert f"Serving on {server.url}" in server.lines  # for people; programs read the ready file
+    assert server.url == f"http://127.0.0.1:{server.port}" and server.info["pid"] == server.process.pid
+    assert server.info["device"] == "cpu" and server.info["tunnel_state"] == "none" and server.public_url is None
     health = requests.get(server.url + "/health", timeout=10)
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["model_loaded"] is True
@@ -78,7 +80,8 @@ def test_bad_input_over_http(server, sample_png):
     assert requests.get(server.url + "/api/v1/results/" + "0" * 32 + "/overlay.png", timeout=10).status_code == 404
     evil = requests.post(url, files={"image": ("../../../../tmp/evil.png", sample_png)}, timeout=30).json()
     assert evil["image"]["filename"] == "evil.png"
-    written = [p.relative_to(server.upload.parent) for root in (server.upload, server.output) for p in root.rglob("*")]
+    roots = (server.upload_folder, server.output_folder)
+    written = [p.relative_to(server.upload_folder.parent) for root in roots for p in root.rglob("*")]
     assert all(str(p).startswith(("srv_uploads/", "srv_outputs/")) for p in written)
 
 
@@ -160,11 +163,11 @@ def test_model_folder_without_a_model_is_one_line(tmp_path):
 def test_offline_ngrok_keeps_serving_locally_and_python_m_works(model_dir, tmp_path, sample_png):
     # the real pyngrok tries to download the ngrok program into an empty folder; offline that fails
     env = {"PYNGROK_NGROK_PATH": str(tmp_path / "ngrok-bin" / "ngrok"), "HOME": str(tmp_path)}
-    srv = start_server(model_dir, tmp_path, "--use-ngrok", "--ngrok-authtoken", "dummy-token", "--threshold", "0", env=env)
+    srv = start_server(model_dir, tmp_path, "--ngrok-authtoken", "dummy-token", "--threshold", "0", tunnel="ngrok", env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not any("no public URL" in line for line in srv.lines) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # start_server waited for the tunnel's outcome in the ready file
+        assert srv.info["tunnel_state"] == "failed" and srv.public_url is None
+        assert srv.tunnel_error.startswith("the ngrok program cannot be downloaded"), srv.info
         text = "\n".join(srv.lines)
         assert "WARNING: no public URL: the ngrok program cannot be downloaded" in text, text
         assert "keeps serving locally" in text and "open to anyone" in text
@@ -172,10 +175,11 @@ def test_offline_ngrok_keeps_serving_locally_and_python_m_works(model_dir, tmp_p
         ok = requests.post(srv.url + "/api/v1/predict", files={"image": ("a.png", sample_png)}, timeout=30)
         assert ok.status_code == 200
     finally:
-        srv.proc.terminate()
-        assert srv.proc.wait(timeout=20) == 0  # SIGTERM stops it cleanly (tunnels would close here)
-    # python -m rest_api_flask with the Flask development server (--debug, no reloader) and auth
-    cmd = [sys.executable, "-m", "rest_api_flask", "--model-dir", str(model_dir), "--upload-folder", str(tmp_path / "u2"),
+        srv.process.terminate()
+        assert srv.process.wait(timeout=20) == 0  # SIGTERM stops it cleanly (tunnels would close here)
+    assert not srv.ready_path.exists()  # the ready signal goes with the server
+    # python rest_api_flask/flask_app.py with the Flask development server (--debug, no reloader) and auth
+    cmd = [sys.executable, str(FLASK_APP), "--model-dir", str(model_dir), "--upload-folder", str(tmp_path / "u2"),
            "--output-folder", str(tmp_path / "o2"), "--port", "0", "--debug", "--infer-with-cpu", "--auth", "demo:pw"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
@@ -185,7 +189,7 @@ def test_offline_ngrok_keeps_serving_locally_and_python_m_works(model_dir, tmp_p
             if line.startswith("Serving on http://"):
                 url = line.split("Serving on ", 1)[1].strip()
                 break
-        assert url, "python -m rest_api_flask did not start"
+        assert url, "flask_app.py did not start"
         assert requests.get(url + "/health", timeout=10).status_code == 200
         assert requests.get(url + "/api/v1/model", timeout=10).status_code == 401
         assert requests.get(url + "/api/v1/model", auth=("demo", "pw"), timeout=10).json()["engine"] == "torchvision"
@@ -195,9 +199,11 @@ def test_offline_ngrok_keeps_serving_locally_and_python_m_works(model_dir, tmp_p
 
 
 def test_no_authtoken_says_how_to_get_one_and_keeps_serving_locally(model_dir, tmp_path):
-    srv = start_server(model_dir, tmp_path, "--use-ngrok")  # start_server empties NGROK_AUTHTOKEN
+    srv = start_server(model_dir, tmp_path, tunnel="ngrok")  # start_server empties NGROK_AUTHTOKEN
     try:
-        deadline = time.monotonic() + 30
+        assert srv.info["tunnel_state"] == "failed" and srv.public_url is None
+        assert "no ngrok authtoken" in srv.tunnel_error and "NGROK_AUTHTOKEN" in srv.tunnel_error
+        deadline = time.monotonic() + 10
         # the warning, then "keeps serving locally" on a line of its own: wait for both
         while not any("keeps serving locally" in line for line in srv.lines) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -206,8 +212,8 @@ def test_no_authtoken_says_how_to_get_one_and_keeps_serving_locally(model_dir, t
         assert "keeps serving locally" in text
         assert requests.get(srv.url + "/health", timeout=10).json()["model_loaded"] is True
     finally:
-        srv.proc.terminate()
-        assert srv.proc.wait(timeout=20) == 0
+        srv.process.terminate()
+        assert srv.process.wait(timeout=20) == 0
 
 
 @pytest.mark.slow
@@ -215,11 +221,9 @@ def test_public_url_is_printed_and_the_tunnel_closes_on_exit(model_dir, tmp_path
     # pyngrok runs for real; the ngrok program it starts is the stand-in agent (no ngrok service here)
     binary, log = fake_ngrok_binary(tmp_path, "ok")
     env = {"PYNGROK_NGROK_PATH": str(binary), "HOME": str(tmp_path), "NGROK_AUTHTOKEN": "tok-from-env"}
-    srv = start_server(model_dir, tmp_path, "--use-ngrok", "--auth", "demo:password1", env=env)
+    srv = start_server(model_dir, tmp_path, "--auth", "demo:password1", tunnel="ngrok", env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not any(line.startswith("Public URL: ") for line in srv.lines) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        assert srv.public_url == "https://fake-tunnel.ngrok-free.app" and srv.info["tunnel_state"] == "open", srv.info
         assert "Public URL: https://fake-tunnel.ngrok-free.app" in srv.lines, "\n".join(srv.lines)
         assert not any("open to anyone" in line for line in srv.lines)  # --auth was given
         calls = agent_log(log)
@@ -228,6 +232,6 @@ def test_public_url_is_printed_and_the_tunnel_closes_on_exit(model_dir, tmp_path
         assert post["body"]["basic_auth"] == ["demo:password1"] and str(srv.url.rsplit(":", 1)[1]) in json.dumps(post)
         assert requests.get(srv.url + "/api/v1/model", auth=("demo", "password1"), timeout=10).status_code == 200
     finally:
-        srv.proc.terminate()
-        assert srv.proc.wait(timeout=20) == 0
+        srv.process.terminate()  # SIGTERM to the server alone: it closes its tunnel on the way out
+        assert srv.process.wait(timeout=20) == 0
     assert any("delete" in c for c in agent_log(log))  # the tunnel was closed on exit

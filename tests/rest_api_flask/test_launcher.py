@@ -1,4 +1,7 @@
-"""The server as a notebook's background process, against the real server (waitress) and a tiny model."""
+"""The launcher: the server as a background process (notebooks, tests), against the real server and a tiny model.
+
+The model is the server tests' tiny model folder (``model_dir`` of this folder's conftest).
+"""
 
 from __future__ import annotations
 
@@ -15,20 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from maskrcnn_finetune.config import resolve_config
-from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.errors import KitError
-from maskrcnn_finetune.server_process import ServerStartError, server_command, start_server
+from rest_api_flask.launcher import ServerStartError, server_command, start_server
+from rest_api_flask.ready import read_ready
 
-from training_options import TINY_MODEL
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_coco, tmp_path_factory):
-    out = tmp_path_factory.mktemp("served") / "m"
-    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="mobilenetv2_fpnlite",
-                         **{**TINY_MODEL, "detections_per_image": 5})
-    return train(cfg)
+from server_helpers import fake_ngrok_binary
 
 
 def _port_is_free(port: int) -> bool:
@@ -42,6 +36,7 @@ def test_command_line():
     assert cmd[:4] == [sys.executable, "-u", "-m", "rest_api_flask"]
     assert cmd[4:] == ["--model-dir", "m", "--upload-folder", "u", "--output-folder", "o", "--host", "127.0.0.1",
                        "--port", "5001", "--use-ngrok", "--infer-with-cpu", "--threshold", "0.3", "--api-key", "k"]
+    assert server_command("m", "u", "o", ready_file="o/r.json")[-2:] == ["--ready-file", "o/r.json"]
     assert "--use-ngrok" not in server_command("m", "u", "o")
     with pytest.raises(KitError, match="proxy_url"):
         server_command("m", "u", "o", tunnel="colab")
@@ -53,6 +48,10 @@ def test_start_predict_stop(model_dir, tiny_coco, tmp_path, monkeypatch):
     with start_server(model_dir, tmp_path / "up", tmp_path / "out", threshold=0.0) as server:
         assert server.running and server.public_url is None
         assert server.url == f"http://127.0.0.1:{server.port}"
+        # what the launcher read: the server's own ready file, passed as --ready-file
+        assert server.ready_path.parent == tmp_path / "out" and str(server.ready_path) in server.process.args
+        assert read_ready(server.ready_path) == server.info and server.info["pid"] == server.process.pid
+        assert server.info["tunnel"] == "none" and server.info["model"]
         assert server.health()["status"] == "ok"
         val = json.loads(tiny_coco["val"].read_text())
         image = tiny_coco["val"].parent / val["images"][0]["file_name"]
@@ -63,7 +62,7 @@ def test_start_predict_stop(model_dir, tiny_coco, tmp_path, monkeypatch):
         assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
         port = server.port
     assert not server.running and server.process.returncode == 0  # SIGTERM ends it cleanly
-    assert _port_is_free(port)
+    assert _port_is_free(port) and not server.ready_path.exists()
     log = (tmp_path / "out" / "server.log").read_text()
     assert f"Serving on http://127.0.0.1:{port}" in log and "model warmed up" in log
     assert server.stop() == 0  # a second stop is harmless
@@ -93,7 +92,7 @@ def test_without_a_tunnel_the_server_keeps_serving_locally(model_dir, tmp_path, 
 @pytest.mark.slow
 def test_a_server_that_does_not_answer_in_time_is_stopped(model_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
-    with pytest.raises(ServerStartError, match=r"did not print 'Serving on \.\.\.' within 1 s") as info:
+    with pytest.raises(ServerStartError, match=r"did not signal that it serves within 1 s") as info:
         start_server(model_dir, tmp_path / "up", tmp_path / "out", timeout=1.0)  # loading the model takes longer
     assert "Fix the problem it names" in str(info.value)
     assert _children_with(str(tmp_path / "out")) == []  # the process was ended, not left behind
@@ -117,16 +116,13 @@ def _children_with(text: str) -> list[int]:
 
 def _with_fake_agent(monkeypatch, tmp_path) -> None:
     """Servers started from here open their tunnel with the stand-in ngrok agent (no ngrok service here)."""
-    import runpy  # tests/rest_api_flask is not importable by name (the package rest_api_flask is)
-
-    helpers = runpy.run_path(str(Path(__file__).parent / "rest_api_flask" / "server_helpers.py"))
-    binary, _ = helpers["fake_ngrok_binary"](tmp_path, "ok")
+    binary, _ = fake_ngrok_binary(tmp_path, "ok")
     monkeypatch.setenv("PYNGROK_NGROK_PATH", str(binary))
     monkeypatch.setenv("HOME", str(tmp_path))
 
 
 def _agents_of(pgid: int) -> list[int]:
-    from maskrcnn_finetune.server_registry import _group_members
+    from rest_api_flask.registry import _group_members
 
     return [pid for pid in _group_members(pgid) if pid != pgid]
 
@@ -136,7 +132,7 @@ def test_a_server_left_by_a_crashed_kernel_is_stopped_first(model_dir, tmp_path,
     """A kernel killed with SIGKILL (no atexit) leaves its server and ngrok agent; the next start stops both."""
     _with_fake_agent(monkeypatch, tmp_path)
     kernel = ("import time\n"
-              "from maskrcnn_finetune.server_process import start_server\n"
+              "from rest_api_flask.launcher import start_server\n"
               f"s = start_server({str(model_dir)!r}, {str(tmp_path / 'up1')!r}, {str(tmp_path / 'out1')!r}, "
               "tunnel='ngrok', ngrok_token='tok-1')\n"
               "print(s.port, s.process.pid, s.public_url, flush=True)\n"

@@ -1,8 +1,13 @@
-"""The model server as a background process of a notebook: start it, wait until it answers, stop it.
+"""The model server as a background process (notebooks, benchmarks, tests): start it, wait until it answers, stop it.
 
-The server (``python -m rest_api_flask``, the same as ``rest_api_flask/flask_app.py``) prints
-``Serving on http://HOST:PORT`` once it accepts connections and ``Public URL: https://...`` when
-a tunnel is open; :func:`start_server` reads those lines, then polls ``GET /health``.
+    from rest_api_flask.launcher import start_server
+    server = start_server("outputs/demo/model", "uploads", "served", tunnel="ngrok")
+    print(server.public_url or server.url)
+
+The server (``python -m rest_api_flask``, the same as ``rest_api_flask/flask_app.py``) is started
+with ``--ready-file``: :func:`start_server` waits for that JSON file (:mod:`rest_api_flask.ready`),
+which gives the URL and, with a tunnel, the public URL or why it did not open; then it polls
+``GET /health`` until the model is loaded. The server's output goes to a log file.
 """
 
 from __future__ import annotations
@@ -10,12 +15,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +28,17 @@ from pathlib import Path
 import requests
 
 from maskrcnn_finetune.errors import KitError, ServerStartError
-from maskrcnn_finetune.server_registry import forget_server, remember_server, signal_group, stop_previous_servers
+from rest_api_flask.ready import read_ready
+from rest_api_flask.registry import forget_server, remember_server, signal_group, stop_previous_servers
 
 logger = logging.getLogger(__name__)
 
-SERVING_LINE = re.compile(r"Serving on (http://\S+)")
-PUBLIC_LINE = re.compile(r"Public URL: (https?://\S+)")
-TUNNEL_FAILED_LINE = re.compile(r"no public URL: (.*)")
 TUNNELS = ("none", "ngrok")
 
 
 def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.0.0.1", port: int = 5000,
                    tunnel: str = "none", infer_with_cpu: bool = False, threshold: float | None = None,
-                   extra_args: list[str] | tuple[str, ...] = ()) -> list[str]:
+                   ready_file=None, extra_args: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The command line that starts the server (the ngrok token travels in the environment, never here)."""
     if tunnel not in TUNNELS:
         raise KitError(f"tunnel must be one of {', '.join(TUNNELS)}, got '{tunnel}' "
@@ -49,45 +52,80 @@ def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.
         cmd.append("--infer-with-cpu")
     if threshold is not None:
         cmd += ["--threshold", str(threshold)]
+    if ready_file is not None:
+        cmd += ["--ready-file", str(ready_file)]
     return cmd + [str(a) for a in extra_args]
 
 
 @dataclass
 class ServerProcess:
-    """A running server: its local ``url``, its ``public_url`` (tunnel) if any, and its log.
+    """A running server: its local ``url``, its ``public_url`` (tunnel) if any, its folders and its log.
 
     ``tunnel_error`` is the server's explanation when a tunnel was asked for and did not open.
+    ``info`` is the server's ready signal as last read (device, model, tunnel state).
 
     Use it as a context manager, or call :meth:`stop`; it is also stopped when Python exits.
     """
 
     process: subprocess.Popen
     log_path: Path
-    url: str | None = None
-    public_url: str | None = None
-    tunnel_error: str | None = None
-    _lines: deque = field(default_factory=lambda: deque(maxlen=400), repr=False)
-    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    ready_path: Path
+    upload_folder: Path
+    output_folder: Path
+    info: dict = field(default_factory=dict)
+    _lines: deque = field(default_factory=lambda: deque(maxlen=2000), repr=False)
+    _lines_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _reader: threading.Thread | None = field(default=None, repr=False)
 
     @property
+    def url(self) -> str | None:
+        return self.info.get("url")
+
+    @property
+    def public_url(self) -> str | None:
+        return self.info.get("public_url")
+
+    @property
+    def tunnel_error(self) -> str | None:
+        return self.info.get("tunnel_error")
+
+    @property
     def port(self) -> int | None:
-        return int(self.url.rsplit(":", 1)[1].split("/")[0]) if self.url else None
+        return self.info.get("port")
 
     @property
     def running(self) -> bool:
         return self.process.poll() is None
 
+    @property
+    def lines(self) -> list[str]:
+        """The lines the server printed so far (the last 2000)."""
+        with self._lines_lock:
+            return list(self._lines)
+
     def log_tail(self, n: int = 25) -> str:
         """The last ``n`` lines the server printed."""
-        with self._changed:
-            return "\n".join(list(self._lines)[-n:])
+        return "\n".join(self.lines[-n:])
 
     def health(self, timeout: float = 5.0) -> dict:
         """``GET /health`` as a dict (raises ``requests`` errors when it does not answer 200)."""
         response = requests.get(f"{self.url}/health", timeout=timeout)
         response.raise_for_status()
         return response.json()
+
+    def refresh(self) -> dict:
+        """Reads the server's ready signal again (it changes when a tunnel opens or fails)."""
+        info = read_ready(self.ready_path)
+        if info is not None:
+            self.info = info
+        return self.info
+
+    def wait_for_tunnel(self, timeout: float = 45.0) -> str | None:
+        """Waits until the tunnel asked for is open or has failed; returns the public URL (None: failed)."""
+        deadline = time.monotonic() + timeout
+        while self.refresh().get("tunnel_state") == "opening" and self.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.public_url
 
     def stop(self, timeout: float = 10.0) -> int:
         """Stops the server and its ngrok agent (SIGTERM to its process group, SIGKILL after ``timeout`` s).
@@ -106,6 +144,7 @@ class ServerProcess:
             logger.info("server stopped (exit code %s)", self.process.returncode)
         signal_group(self.process.pid, signal.SIGKILL)  # an agent the server left behind goes with it
         forget_server(self.process.pid)
+        self.ready_path.unlink(missing_ok=True)  # a killed server could not remove it
         if self._reader is not None:
             self._reader.join(timeout=5)  # its last lines into the log before returning
         atexit.unregister(self.stop)
@@ -118,42 +157,20 @@ class ServerProcess:
         self.stop()
 
     def _read_output(self) -> None:
-        """Copies the server's output to the log file and watches for the two lines that matter."""
+        """Copies the server's output to the log file (and keeps the last lines for messages)."""
         with self.log_path.open("a", encoding="utf-8") as log:
             for line in self.process.stdout:
                 log.write(line)
                 log.flush()
-                line = line.rstrip("\n")
-                with self._changed:
-                    self._lines.append(line)
-                    if self.url is None and (m := SERVING_LINE.search(line)):
-                        self.url = m.group(1).rstrip("/")
-                    if self.public_url is None and (m := PUBLIC_LINE.search(line)):
-                        self.public_url = m.group(1).rstrip("/")
-                    if self.tunnel_error is None and (m := TUNNEL_FAILED_LINE.search(line)):
-                        self.tunnel_error = m.group(1).strip()
-                    self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def _wait_for(self, what: str, deadline: float, unless: str | None = None) -> bool:
-        """Waits until attribute ``what`` is set (True), or the process ends, the deadline passes or
-        attribute ``unless`` is set (False)."""
-        with self._changed:
-            while getattr(self, what) is None and self.process.poll() is None:
-                if unless and getattr(self, unless) is not None:
-                    return False
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.5))
-            return getattr(self, what) is not None
+                with self._lines_lock:
+                    self._lines.append(line.rstrip("\n"))
 
 
 def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none", ngrok_token: str | None = None,
                  infer_with_cpu: bool = False, threshold: float | None = None, host: str = "127.0.0.1",
                  port: int | None = None, extra_args: list[str] | tuple[str, ...] = (), log_path=None,
-                 timeout: float = 180.0, tunnel_timeout: float = 45.0, stop_previous: bool = True) -> ServerProcess:
+                 env: dict | None = None, cwd=None, timeout: float = 180.0, tunnel_timeout: float = 45.0,
+                 stop_previous: bool = True) -> ServerProcess:
     """Starts the server in the background and returns once ``/health`` says the model is loaded.
 
     Args:
@@ -166,8 +183,10 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
         host, port: where to listen; ``port=None`` picks a free one.
         extra_args: more server flags, e.g. ``["--api-key", key]``.
         log_path: the server's log file (default: ``output_folder/server.log``).
+        env: environment variables to set for the server, on top of this process's.
+        cwd: the server's working folder (default: this process's).
         timeout: seconds to wait for the model to load and ``/health`` to answer.
-        tunnel_timeout: seconds to wait for the ``Public URL`` line after that.
+        tunnel_timeout: seconds to wait for the tunnel to open (or fail) after that.
         stop_previous: first stop the servers started before in this runtime and still running
             (a re-run cell, or a kernel that crashed and left its server and ngrok agent alive:
             a second agent of the same ngrok account would be refused, ERR_NGROK_108).
@@ -182,10 +201,12 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
     output_folder, upload_folder = Path(output_folder), Path(upload_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     upload_folder.mkdir(parents=True, exist_ok=True)
-    port = 0 if port is None else port  # 0: the server binds a free port and prints it
+    port = 0 if port is None else port  # 0: the server binds a free port and says which
+    ready_path = output_folder / f".server-ready-{uuid.uuid4().hex[:12]}.json"
     cmd = server_command(model_dir, upload_folder, output_folder, host=host, port=port, tunnel=tunnel,
-                         infer_with_cpu=infer_with_cpu, threshold=threshold, extra_args=extra_args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                         infer_with_cpu=infer_with_cpu, threshold=threshold, ready_file=ready_path,
+                         extra_args=extra_args)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if ngrok_token:
         env["NGROK_AUTHTOKEN"] = ngrok_token
     log_path = Path(log_path) if log_path else output_folder / "server.log"
@@ -194,8 +215,8 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
     logger.info("starting the server: %s", " ".join(cmd))
     # its own session: interrupting a notebook cell (SIGINT to the kernel's group) leaves it running
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               text=True, bufsize=1, env=env, start_new_session=True)
-    server = ServerProcess(process, log_path)
+                               text=True, bufsize=1, env=env, cwd=cwd, start_new_session=True)
+    server = ServerProcess(process, log_path, ready_path, upload_folder, output_folder)
     remember_server(process.pid, cmd)
     atexit.register(server.stop)
     server._reader = threading.Thread(target=server._read_output, name="server-log", daemon=True)
@@ -203,13 +224,17 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
 
     deadline = time.monotonic() + timeout
     try:
-        if not server._wait_for("url", deadline):
-            raise ServerStartError(_failure("did not print 'Serving on ...'", server, timeout))
+        while not server.refresh():
+            if not server.running:
+                raise ServerStartError(_failure("stopped", server, timeout))
+            if time.monotonic() > deadline:
+                raise ServerStartError(_failure("did not signal that it serves", server, timeout))
+            time.sleep(0.1)
         _wait_healthy(server, deadline, timeout)
     except BaseException:
         server.stop()
         raise
-    if tunnel == "ngrok" and not server._wait_for("public_url", time.monotonic() + tunnel_timeout, unless="tunnel_error"):
+    if tunnel == "ngrok" and not server.wait_for_tunnel(tunnel_timeout):
         logger.warning("no public URL (%s); the server keeps serving on %s", server.tunnel_error or
                        f"none within {tunnel_timeout:.0f} s, see {log_path}", server.url)
     logger.info("server ready at %s%s", server.url, f" (public: {server.public_url})" if server.public_url else "")

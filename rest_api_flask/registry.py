@@ -1,6 +1,6 @@
 """The servers this runtime started: remembered until stopped, so that a new kernel stops what an old one left.
 
-Each server started by :func:`maskrcnn_finetune.server_process.start_server` is remembered as a
+Each server started by :func:`rest_api_flask.launcher.start_server` is remembered as a
 file named by its pid, which is also its process group (it runs in its own session, and its
 ngrok agent is its child). A re-run cell, or a kernel that crashed and left its server and agent
 alive, would otherwise meet ERR_NGROK_108 (one agent session per free ngrok account).
