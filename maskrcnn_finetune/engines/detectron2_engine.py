@@ -19,16 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import time
 import weakref
 from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
-from tqdm.auto import tqdm
 
 from maskrcnn_finetune.config import TrainConfig, check_config
 from maskrcnn_finetune.data.coco import CocoData
@@ -45,22 +42,19 @@ from detectron2.modeling import build_model as build_d2_model  # noqa: E402
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
-from maskrcnn_finetune.engines.torchvision_engine import (  # noqa: E402
-    TrainingError, load_train_val, log_eval, open_tensorboard, refuse_to_overwrite)
+from maskrcnn_finetune.engines.common import (RunLog, diverged, finish_run, iterations_of,  # noqa: E402
+                                              load_train_val, refuse_to_overwrite)
 from maskrcnn_finetune.evaluate import evaluate_predictor  # noqa: E402
-from maskrcnn_finetune.model_dir import write_model_dir  # noqa: E402
 from maskrcnn_finetune.model_format import CONFIG_YAML  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.checkpoints import TrustedCheckpointer  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
 from maskrcnn_finetune.errors import WeightsUnavailableError  # noqa: E402
 from maskrcnn_finetune.predictor import Predictor, resolve_device  # noqa: E402
-from maskrcnn_finetune.visualize import plot_training_curves  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"  # detectron2 adds .pth and tags it in the file "last_checkpoint"
-METRICS_LOG = "metrics.jsonl"
 
 
 class _StopRequested(BaseException):
@@ -141,7 +135,8 @@ class KitTrainer(DefaultTrainer):
 
 
 class KitHook(HookBase):
-    """Progress bar, ``metrics.jsonl``, evaluation and checkpoints every ``eval_period``, early stop.
+    """The kit's run record (:class:`~maskrcnn_finetune.engines.common.RunLog`), evaluation and checkpoints
+    every ``eval_period``, and the early stop.
 
     Args:
         cfg: the kit's training options.
@@ -152,52 +147,24 @@ class KitHook(HookBase):
 
     def __init__(self, cfg: TrainConfig, out: Path, evaluate, stop_after: int | None) -> None:
         self.cfg, self.out, self.evaluate, self.stop_after = cfg, out, evaluate, stop_after
-        self.log_file = None
-        self.writer = None
-        self.bar = None
-        self.smoothed = None
+        self.run_log: RunLog | None = None
 
     def before_train(self) -> None:
-        self.log_file = (self.out / METRICS_LOG).open("a")
-        self.writer = open_tensorboard(self.out)
-        self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc="Training", unit="it",
-                        dynamic_ncols=True)
+        self.run_log = RunLog(self.out, self.trainer.max_iter, self.trainer.start_iter, self.cfg.log_period)
 
     def after_step(self) -> None:
         iteration = self.trainer.iter + 1
-        storage = self.trainer.storage
-        latest = {k: v[0] for k, v in storage.latest().items()}
+        latest = {k: v[0] for k, v in self.trainer.storage.latest().items()}
         losses = {k: float(v) for k, v in latest.items() if k.startswith("loss_")}
-        loss = sum(losses.values())
-        lr = float(latest.get("lr", self.cfg.lr))
-        self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self.smoothed:.3f}", lr=f"{lr:.2e}")
-        if iteration % self.cfg.log_period == 0 or iteration == self.trainer.max_iter:
-            record = {"iter": iteration, "loss": loss, "lr": lr, "time": time.time(), **losses}
-            self._write(record)
-            if self.writer is not None:
-                for key in ("loss", *losses):
-                    self.writer.add_scalar(f"train/{key}", record[key], iteration)
+        self.run_log.step(iteration, sum(losses.values()), float(latest.get("lr", self.cfg.lr)), losses)
         periodic = iteration % self.cfg.eval_period == 0 and iteration < self.trainer.max_iter
         if periodic and self.evaluate is not None:
-            log_eval(iteration, self.evaluate(self.trainer.model), self.log_file, self.writer)
-            plot_training_curves(self.out / METRICS_LOG, self.out / "training_curves.png")
+            self.run_log.evaluation(iteration, self.evaluate(self.trainer.model))
         if periodic or iteration == self.stop_after:
             self.trainer.checkpointer.save(CHECKPOINT, iteration=self.trainer.iter)
         if iteration == self.stop_after and iteration < self.trainer.max_iter:
             logger.info("stopped after iteration %d as asked; --resume continues", iteration)
             raise _StopRequested()
-
-    def _write(self, record: dict) -> None:
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
-
-    def after_train(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.log_file is not None:
-            self.log_file.close()
 
 
 def _make_evaluator(spec, d2_cfg: CfgNode, device, val_data):
@@ -271,7 +238,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     has_checkpoint = (out / "last_checkpoint").exists()
     refuse_to_overwrite(out, cfg.resume, has_checkpoint)
     train_data, val_data = load_train_val(cfg)
-    max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(train_data.images) / cfg.batch_size))
+    max_iter = iterations_of(cfg, len(train_data.images))
     spec = cfg.model_spec(train_data.class_names)
     d2_cfg = _d2_config(cfg, spec, device, max_iter, register_dataset(train_data), out)
 
@@ -313,36 +280,23 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     except _StopRequested:
         return out
     except FloatingPointError as exc:
-        raise TrainingError(
-            f"the loss became infinite or NaN ({exc}). Lower --lr (now {cfg.lr}), keep --clip-grad on, or check the "
-            f"annotations for tiny or broken objects. The last checkpoint in {out} is kept; --resume continues") from exc
+        raise diverged(cfg, out, f"infinite or NaN ({exc})") from exc
     except KeyboardInterrupt:
         if trainer.iter > trainer.start_iter:
             trainer.checkpointer.save(CHECKPOINT, iteration=trainer.iter - 1)
             logger.warning("interrupted at iteration %d; checkpoint saved, --resume continues", trainer.iter)
         raise
     finally:
-        if not finished and hook.writer is not None:  # a stopped run keeps its TensorBoard events too
-            hook.writer.close()
-    return _finish(cfg, trainer, spec, d2_cfg, device, val_data, out, hook)
+        if not finished and hook.run_log is not None:  # a stopped run keeps what it logged
+            hook.run_log.close()
+    return _finish(cfg, trainer, spec, out, hook)
 
 
-def _finish(cfg, trainer, spec, d2_cfg, device, val_data, out: Path, hook: KitHook) -> Path:
+def _finish(cfg, trainer, spec, out: Path, hook: KitHook) -> Path:
     """Final evaluation, checkpoint and the model folder."""
-    model = trainer.model
-    metrics = hook.evaluate(model) if hook.evaluate is not None else {}
+    metrics = hook.evaluate(trainer.model) if hook.evaluate is not None else {}
     if metrics:
-        with (out / METRICS_LOG).open("a") as fh:
-            log_eval(trainer.max_iter, metrics, fh, hook.writer)
+        hook.run_log.evaluation(trainer.max_iter, metrics, plot=False)
     trainer.checkpointer.save(CHECKPOINT, iteration=trainer.max_iter - 1)
-    summary = {f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")} if metrics else {}
-    write_model_dir(out, model, spec, engine="detectron2", score_threshold=cfg.score_threshold,
-                    training=cfg.to_dict(), metrics=summary)
-    (out / "metrics.json").write_text(json.dumps({"val": metrics, "iterations": trainer.max_iter}, indent=2))
-    plot_training_curves(out / METRICS_LOG, out / "training_curves.png")
-    if hook.writer is not None:
-        hook.writer.close()
-    if summary:
-        logger.info("val: box AP50 %.3f, mask AP50 %.3f", summary["bbox_AP50"], summary["segm_AP50"])
-    logger.info("model folder written: %s", out)
-    return out
+    return finish_run(out, trainer.model, spec, engine="detectron2", cfg=cfg, metrics=metrics,
+                      iterations=trainer.max_iter, run_log=hook.run_log)

@@ -6,44 +6,46 @@ folder. A checkpoint holds the model, optimiser, scheduler, AMP scaler, iteratio
 state, and the data order depends only on the seed and the iteration, so ``--resume`` continues
 exactly where an interrupted run stopped. Under ``torchrun`` it trains with DDP (gloo on CPU,
 NCCL on GPUs); rank 0 evaluates and writes the files.
+
+The steps, in order: :func:`_prepare` (options, data, device, DDP), :func:`_build` (model and
+optimiser: a :class:`TrainState`), :func:`_restore` (``--resume``), then per batch
+:func:`train_one_iteration`, with :func:`_evaluate` and :meth:`TrainState.save` every
+``eval_period``, and :func:`_finish` (test size, last checkpoint, model folder). What the
+detectron2 engine does the same way lives in :mod:`maskrcnn_finetune.engines.common`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import pickle
-import time
 import zipfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 from maskrcnn_finetune.config import TrainConfig, check_config
 from maskrcnn_finetune.data.augment import augment_batch
-from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.data.dataset import CocoInstanceDataset
+from maskrcnn_finetune.engines.common import (RunLog, diverged, finish_run, iterations_of, load_train_val,
+                                              refuse_to_overwrite)
+from maskrcnn_finetune.engines.init_from import init_from_model_dir
 from maskrcnn_finetune.errors import ConfigError, TrainingError, first_line
 from maskrcnn_finetune.evaluate import evaluate_predictor
-from maskrcnn_finetune.files import atomic_path, write_text_atomic
-from maskrcnn_finetune.model_dir import MODEL_JSON, rebuild_model, write_model_dir
+from maskrcnn_finetune.files import atomic_path
+from maskrcnn_finetune.model_dir import rebuild_model
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
-from maskrcnn_finetune.engines.init_from import init_from_model_dir
 from maskrcnn_finetune.predictor import Predictor, native_bf16, resolve_device
-from maskrcnn_finetune.visualize import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "last_checkpoint.pth"
 PREVIOUS_CHECKPOINT = "previous_checkpoint.pth"  # kept when a new one is written: a cut-off file is not the end
-METRICS_LOG = "metrics.jsonl"
 
 
 class BatchIndexSampler(Sampler):
@@ -116,23 +118,43 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, iteration: int, cfg, spec, history) -> None:
-    state = {
-        "model": getattr(model, "module", model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "iteration": iteration,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "config": cfg.to_dict(),
-        "spec": spec.to_dict(),
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        if path.exists():  # the one before stays as a fall-back (see _load_checkpoint)
-            path.replace(path.with_name(PREVIOUS_CHECKPOINT))
+@dataclasses.dataclass
+class TrainState:
+    """What a checkpoint holds and ``--resume`` restores: model, optimiser, scheduler and AMP scaler."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    def save(self, path: Path, iteration: int, cfg: TrainConfig, spec: ModelSpec, history: list) -> None:
+        """Writes a checkpoint (with the random state, options and eval history); the one before stays."""
+        state = {
+            "model": getattr(self.model, "module", self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": iteration,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "config": cfg.to_dict(),
+            "spec": spec.to_dict(),
+            "history": history,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            if path.exists():  # the one before stays as a fall-back (see _load_checkpoint)
+                path.replace(path.with_name(PREVIOUS_CHECKPOINT))
+
+    def restore(self, state: dict) -> None:
+        """Loads a checkpoint's states and random state (before DDP wraps the model)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def _load_checkpoint(out: Path) -> dict | None:
@@ -160,25 +182,6 @@ def _load_checkpoint(out: Path) -> dict | None:
         raise TrainingError(f"cannot resume: no checkpoint in {out} can be read ({'; '.join(problems)}). They were "
                             "kept as they are: restore one from a copy, or train into another --output-dir")
     return None
-
-
-def _drop_rolled_back_rows(log_path: Path, iteration: int) -> None:
-    """Removes the rows of ``metrics.jsonl`` logged after ``iteration``: a resumed run logs them again."""
-    if not log_path.exists():
-        return
-    lines = log_path.read_text().splitlines()
-    kept = [line for line in lines if _logged_iteration(line) <= iteration]
-    if len(kept) != len(lines):
-        write_text_atomic(log_path, "".join(line + "\n" for line in kept))
-        logger.info("%s: dropped %d rows logged after iteration %d", log_path.name, len(lines) - len(kept), iteration)
-
-
-def _logged_iteration(line: str) -> float:
-    """The iteration of a ``metrics.jsonl`` row; infinity for a row a killed run left cut off (dropped)."""
-    try:
-        return json.loads(line)["iter"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
 
 
 def evaluation_predictor(model, spec: ModelSpec, device) -> Predictor:
@@ -232,21 +235,117 @@ def training_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | 
     return torch.bfloat16 if cfg.amp == "on" or native_bf16() else None
 
 
-def refuse_to_overwrite(out: Path, resume: bool, holds_checkpoint: bool) -> None:
-    """Raises :class:`ConfigError` when ``out`` holds a run and ``--resume`` was not given."""
-    if not resume and ((out / MODEL_JSON).exists() or holds_checkpoint):
-        raise ConfigError(f"'{out}' already holds a training run; pass --resume to continue it, "
-                          "or choose another --output-dir (nothing was overwritten)")
+@dataclasses.dataclass
+class _Run:
+    """One training run's fixed facts, decided before the model is built."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    train_data: object
+    val_data: object
+    spec: ModelSpec
+    max_iter: int
+    precision: torch.dtype | None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
 
-def load_train_val(cfg: TrainConfig):
-    """The validated train and val :class:`CocoData` (val None when not given), with the same classes."""
-    train_data = load_coco(cfg.train_json)
-    val_data = load_coco(cfg.val_json) if cfg.val_json else None
-    if val_data is not None and val_data.class_names != train_data.class_names:
-        raise ConfigError(f"train and val json have different categories ({train_data.class_names} vs "
-                          f"{val_data.class_names}); convert both with the same --labels")
-    return train_data, val_data
+def _prepare(cfg: TrainConfig) -> _Run:
+    """Checks options and data, starts DDP under torchrun, picks the device; refuses to overwrite a run."""
+    check_config(cfg)
+    rank, world, local_rank = _distributed()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    out = Path(cfg.output_dir)
+    refuse_to_overwrite(out, cfg.resume, (out / CHECKPOINT).exists() or (out / PREVIOUS_CHECKPOINT).exists())
+    train_data, val_data = load_train_val(cfg)
+    return _Run(cfg, out, device, rank, world, train_data, val_data, cfg.model_spec(train_data.class_names),
+                iterations_of(cfg, len(train_data.images), world), training_precision(cfg, device))
+
+
+def _build(run: _Run) -> TrainState:
+    """The model (pretrained, from scratch, or from ``--init-from``) on its device, and its optimiser."""
+    cfg, spec = run.cfg, run.spec
+    torch.manual_seed(cfg.seed)
+    # --init-from: the trained folder's weights replace the pretrained ones, which are not fetched
+    model = build_model(spec, "none" if cfg.init_from else cfg.pretrained, train_min_sizes=cfg.train_sizes or None)
+    if cfg.init_from:
+        started = init_from_model_dir(model, spec, cfg.init_from)
+        if run.main:
+            logger.info("%s", started)
+    elif cfg.pretrained == "none" and run.main:
+        logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
+    model = model.to(run.device)
+    if run.device.type == "cpu":
+        # measured in benchmarks/RESULTS.md: oneDNN's convolutions are faster channels-last, and
+        # torchvision's RoIAlign backward runs in one thread (see modeling/pooling.py)
+        model = use_parallel_roi_align(model.to(memory_format=torch.channels_last))
+    model.train()
+    optimizer = _build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, run.max_iter))
+    scaler = torch.amp.GradScaler("cuda", enabled=run.precision == torch.float16)
+    return TrainState(model, optimizer, scheduler, scaler)
+
+
+def _restore(run: _Run, state: TrainState) -> tuple[int, list]:
+    """With ``--resume``: the newest checkpoint's states; returns (start iteration, eval history)."""
+    saved = _load_checkpoint(run.out) if run.cfg.resume else None
+    if saved is None:
+        if run.cfg.resume and run.main:
+            logger.info("--resume: no checkpoint in %s yet, starting from the beginning", run.out)
+        return 0, []
+    if saved["spec"] != run.spec.to_dict():
+        raise ConfigError(f"cannot resume: {run.out / CHECKPOINT} was made with other model options "
+                          f"({saved['spec']}); use the same options, or another --output-dir")
+    state.restore(saved)
+    if run.main:
+        logger.info("resuming from iteration %d of %d (%s)", saved["iteration"], run.max_iter, run.out)
+    return saved["iteration"], saved["history"]
+
+
+def _loader(run: _Run, start_iter: int) -> DataLoader:
+    """The batches from ``start_iter`` on, in the order that depends only on the seed (exact resume)."""
+    dataset = CocoInstanceDataset(run.train_data)
+    sampler = BatchIndexSampler(len(dataset), run.cfg.batch_size, run.cfg.seed, start_iter, run.max_iter, run.rank,
+                                run.world)
+    # its own generator: otherwise starting the loader draws from the global random state, and a
+    # resumed run would see other augmentations than an uninterrupted one
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=run.cfg.num_workers, collate_fn=_collate,
+                      generator=torch.Generator().manual_seed(run.cfg.seed))
+
+
+def train_one_iteration(run: _Run, state: TrainState, images, targets, iteration: int) -> tuple[float, dict]:
+    """One optimiser step on a batch (augmented here); returns the loss and its parts as floats.
+
+    Raises:
+        TrainingError: the loss is not finite (nothing was updated).
+    """
+    cfg, device = run.cfg, run.device
+    images, targets = augment_batch(images, targets, cfg.hflip)
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    with torch.autocast(device_type=device.type, dtype=run.precision, enabled=run.precision is not None):
+        losses = state.model(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        parts = ", ".join(f"{k}={float(v.detach()):.3g}" for k, v in losses.items())
+        raise diverged(cfg, run.out, f"{float(loss.detach())} at iteration {iteration + 1} ({parts})")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if cfg.clip_grad > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
@@ -264,180 +363,72 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         ConfigError / DatasetError: bad options or data, before any training.
         TrainingError: the loss diverged; the last checkpoint is kept.
     """
-    check_config(cfg)
-    rank, world, local_rank = _distributed()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    main = rank == 0
-    out = Path(cfg.output_dir)
-    ckpt_path = out / CHECKPOINT
-    refuse_to_overwrite(out, cfg.resume, ckpt_path.exists() or (out / PREVIOUS_CHECKPOINT).exists())
-    train_data, val_data = load_train_val(cfg)
-    dataset = CocoInstanceDataset(train_data)
-    max_iter = cfg.max_iter or max(1, math.ceil(cfg.epochs * len(dataset) / (cfg.batch_size * world)))
-    spec = cfg.model_spec(train_data.class_names)
-
-    torch.manual_seed(cfg.seed)
-    # --init-from: the trained folder's weights replace the pretrained ones, which are not fetched
-    model = build_model(spec, "none" if cfg.init_from else cfg.pretrained, train_min_sizes=cfg.train_sizes or None)
-    if cfg.init_from:
-        started = init_from_model_dir(model, spec, cfg.init_from)
-        if main:
-            logger.info("%s", started)
-    elif cfg.pretrained == "none" and main:
-        logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
-    model = model.to(device)
-    if device.type == "cpu":
-        # measured in benchmarks/RESULTS.md: oneDNN's convolutions are faster channels-last, and
-        # torchvision's RoIAlign backward runs in one thread (see modeling/pooling.py)
-        model = use_parallel_roi_align(model.to(memory_format=torch.channels_last))
-    model.train()
-    optimizer = _build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, max_iter))
-    precision = training_precision(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-
-    start_iter, history = 0, []
-    state = _load_checkpoint(out) if cfg.resume else None
-    if state is not None:
-        if state["spec"] != spec.to_dict():
-            raise ConfigError(f"cannot resume: {ckpt_path} was made with other model options "
-                              f"({state['spec']}); use the same options, or another --output-dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start_iter, history = state["iteration"], state["history"]
-        if main:
-            logger.info("resuming from iteration %d of %d (%s)", start_iter, max_iter, out)
-            _drop_rolled_back_rows(out / METRICS_LOG, start_iter)
-    elif cfg.resume and main:
-        logger.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
-
+    run = _prepare(cfg)
+    state = _build(run)
+    start_iter, history = _restore(run, state)
+    out, spec, main = run.out, run.spec, run.main
     if main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
-        logger.info("training %s on %d images (%d classes) for %d iterations on %s%s, %s", spec.backbone, len(dataset),
-                    len(spec.class_names), max_iter, device, f" x{world}" if world > 1 else "",
-                    {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[precision])
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        logger.info("training %s on %d images (%d classes) for %d iterations on %s%s, %s", spec.backbone,
+                    len(run.train_data.images), len(spec.class_names), run.max_iter, run.device,
+                    f" x{run.world}" if run.world > 1 else "",
+                    {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[run.precision])
+    if run.world > 1:
+        state.model = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
-    sampler = BatchIndexSampler(len(dataset), cfg.batch_size, cfg.seed, start_iter, max_iter, rank, world)
-    # its own generator: otherwise starting the loader draws from the global random state, and a
-    # resumed run would see other augmentations than an uninterrupted one
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=_collate,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    log_file = (out / METRICS_LOG).open("a") if main else None
-    writer = open_tensorboard(out) if main else None
-    bar = tqdm(total=max_iter, initial=start_iter, desc="Training", unit="it", disable=not main, dynamic_ncols=True)
-    smoothed = None
+    run_log = RunLog(out, run.max_iter, start_iter, cfg.log_period, enabled=main)
+    if start_iter:
+        run_log.drop_rows_after(start_iter)
+    ckpt_path = out / CHECKPOINT
     iteration = start_iter
     try:
-        for images, targets in loader:
-            images, targets = augment_batch(images, targets, cfg.hflip)
-            images = [img.to(device, non_blocking=True) for img in images]
-            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with torch.autocast(device_type=device.type, dtype=precision, enabled=precision is not None):
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v.detach()):.3g}" for k, v in losses.items())
-                raise TrainingError(
-                    f"the loss became {float(loss.detach())} at iteration {iteration + 1} ({parts}). Lower --lr "
-                    f"(now {cfg.lr}), keep --clip-grad on, or check the annotations for tiny or broken objects. "
-                    f"The last checkpoint in {out} is kept; --resume continues from it")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+        for images, targets in _loader(run, start_iter):
+            loss, losses = train_one_iteration(run, state, images, targets, iteration)
             iteration += 1
-
-            value = float(loss.detach())
-            smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-            bar.update(1)
-            bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if main and (iteration % cfg.log_period == 0 or iteration == max_iter):
-                record = {"iter": iteration, "loss": value, "lr": scheduler.get_last_lr()[0], "time": time.time(),
-                          **{k: float(v.detach()) for k, v in losses.items()}}
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                if writer is not None:
-                    for key in ("loss", *losses):
-                        writer.add_scalar(f"train/{key}", record[key], iteration)
-            periodic = iteration % cfg.eval_period == 0 and iteration < max_iter
+            run_log.step(iteration, loss, state.scheduler.get_last_lr()[0], losses)
+            periodic = iteration % cfg.eval_period == 0 and iteration < run.max_iter
             if periodic or iteration == stop_after:
                 if main:
-                    if periodic and val_data is not None:
-                        history.append(log_eval(iteration, _evaluate(model, spec, device, val_data), log_file, writer))
-                        plot_training_curves(out / METRICS_LOG, out / "training_curves.png")
-                    _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
-                if world > 1:
+                    if periodic and run.val_data is not None:
+                        metrics = _evaluate(state.model, spec, run.device, run.val_data)
+                        history.append(run_log.evaluation(iteration, metrics))
+                    state.save(ckpt_path, iteration, cfg, spec, history)
+                if run.world > 1:
                     dist.barrier()
             if iteration == stop_after:
                 if main:
                     logger.info("stopped after iteration %d as asked; --resume continues", iteration)
+                run_log.close()
                 return out
     except KeyboardInterrupt:
         if main and iteration > start_iter:
-            _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
+            state.save(ckpt_path, iteration, cfg, spec, history)
             logger.warning("interrupted at iteration %d; checkpoint saved, --resume continues", iteration)
+        run_log.close()
         raise
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-
-    metrics, test_spec = {}, spec
+    except BaseException:
+        run_log.close()
+        raise
     if main:
-        if val_data is not None:
-            others = [s for s in cfg.train_sizes if s != cfg.image_size] if cfg.choose_test_size else []
-            test_spec, metrics = choose_test_size(model, spec, device, val_data, [cfg.image_size, *others])
-            with (out / METRICS_LOG).open("a") as fh:
-                history.append(log_eval(iteration, metrics, fh, writer))
-        # the checkpoint keeps the training spec (a --resume compares it); the folder gets the test size
-        _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, iteration, cfg, spec, history)
-        summary = {f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")} if metrics else {}
-        write_model_dir(out, model, test_spec, engine="torchvision", score_threshold=cfg.score_threshold,
-                        training=cfg.to_dict(), metrics=summary)
-        (out / "metrics.json").write_text(json.dumps({"val": metrics, "iterations": iteration}, indent=2))
-        plot_training_curves(out / METRICS_LOG, out / "training_curves.png")
-        if writer is not None:
-            writer.close()
-        if summary:
-            logger.info("val: box AP50 %.3f, mask AP50 %.3f", summary["bbox_AP50"], summary["segm_AP50"])
-        logger.info("model folder written: %s", out)
-    if world > 1:
+        _finish(run, state, history, iteration, run_log)
+    else:
+        run_log.close()
+    if run.world > 1:
         dist.barrier()
     return out
 
 
-def log_eval(iteration: int, metrics: dict, log_file, writer) -> dict:
-    record = {"iter": iteration, **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")}}
-    log_file.write(json.dumps(record) + "\n")
-    log_file.flush()
-    if writer is not None:
-        for key, value in record.items():
-            if key != "iter":
-                writer.add_scalar(f"val/{key}", value, iteration)
-    logger.info("iteration %d: box AP50 %.3f, mask AP50 %.3f", iteration, record["bbox_AP50"], record["segm_AP50"])
-    return record
-
-
-def open_tensorboard(out: Path):
-    """A TensorBoard writer when the tensorboard package is installed (Colab has it), else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        logger.info("tensorboard is not installed: curves go to %s and training_curves.png only", METRICS_LOG)
-        return None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
+def _finish(run: _Run, state: TrainState, history: list, iteration: int, run_log: RunLog) -> None:
+    """The final evaluation (choosing the test size), the last checkpoint and the model folder."""
+    cfg, spec = run.cfg, run.spec
+    metrics, test_spec = {}, spec
+    if run.val_data is not None:
+        others = [s for s in cfg.train_sizes if s != cfg.image_size] if cfg.choose_test_size else []
+        test_spec, metrics = choose_test_size(state.model, spec, run.device, run.val_data, [cfg.image_size, *others])
+        history.append(run_log.evaluation(iteration, metrics, plot=False))
+    # the checkpoint keeps the training spec (a --resume compares it); the folder gets the test size
+    state.save(run.out / CHECKPOINT, iteration, cfg, spec, history)
+    finish_run(run.out, state.model, test_spec, engine="torchvision", cfg=cfg, metrics=metrics, iterations=iteration,
+               run_log=run_log)
