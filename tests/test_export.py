@@ -258,3 +258,36 @@ def test_onnx_export_predicts_what_eager_predicts(model_dir, eager, same_size_im
         assert report.ok and report.matched == len(ref), report.describe()
     assert run_export_cli("--model-dir", model_dir, "--format", "onnx", "--output", out) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_onnx_resizes_as_eager_and_pastes_masks_outside_the_graph(model_dir, eager, tmp_path):
+    import onnxruntime
+
+    # the 56x93 image that torchvision's traced resize makes 57x95 (float32 scale); eager makes 57x96
+    arrays, _ = check_images(None, eager.spec)
+    odd = arrays[1]
+    grid = [np.full((h, w, 3), 90, np.uint8) for h, w in ((56, 93), (300, 400), (307, 361), (61, 140))]
+    record = export_onnx(model_dir, tmp_path / "onnx", images=[odd, *grid], threshold=THRESHOLD)
+    assert record["parity"]["ok"] and record["parity"]["min_mask_iou"] == 1.0 and record["parity"]["max_score_diff"] < 1e-3
+    session = onnxruntime.InferenceSession(record["path"], providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["maskrcnn_finetune.masks"] == "mask_head"
+    x = torch.from_numpy(odd).permute(2, 0, 1).float().numpy() / 255
+    boxes, _, scores, masks = session.run(None, {session.get_inputs()[0].name: x})
+    assert masks.shape[1:] == (1, 28, 28) and len(masks) == len(scores) > 0  # the mask head's, unpasted
+    predictor = load_exported_predictor(record["path"], score_threshold=THRESHOLD)
+    ref, got = eager(odd, threshold=THRESHOLD), predictor(odd)
+    assert len(got) == len(ref) > 0 and got.masks.shape == ref.masks.shape == (len(ref), 56, 93)
+    report = compare_runs([ref], [got], THRESHOLD, score_tolerance=1e-3)
+    assert report.ok and report.min_mask_iou == 1.0, report.describe()
+
+
+def test_default_check_images_are_the_models_val_images_when_they_are_here(eager, tiny_coco, tmp_path):
+    val = json.loads(Path(tiny_coco["val"]).read_text())
+    info = {**eager.info, "training": {"val_json": str(tiny_coco["val"])}}
+    arrays, names = check_images(None, eager.spec, info)
+    assert names == [image["file_name"].split("/")[-1] for image in val["images"][:12]]
+    assert all(a.shape[:2] == (image["height"], image["width"]) for a, image in zip(arrays, val["images"]))
+    # a val json that is not here (another machine's path): the synthetic images, as without one
+    gone = {**eager.info, "training": {"val_json": str(tmp_path / "elsewhere" / "val.json")}}
+    assert check_images(None, eager.spec, gone)[1] == ["synth_00000.jpg", "synth_00001.jpg", "synth_00002.jpg"]

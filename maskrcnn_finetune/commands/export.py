@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the file to write, or a folder (default: MODEL_DIR/{EXPORT_DIR}/model.torchscript.pt "
                              "or model.onnx)")
     parser.add_argument("--images", nargs="+", default=None, metavar="DIR_OR_FILES",
-                        help="images for the parity check (default: 3 synthetic images at the model's size)")
+                        help="images for the parity check (default: the first 12 of the val json the model was "
+                             "trained with, when it is here; else 3 synthetic images at the model's size)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="score threshold the parity check is about (default: the model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing exported file")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from maskrcnn_finetune.data.images import IMAGE_SUFFIXES, load_rgb
 from maskrcnn_finetune.errors import ConfigError, ExportError, ExportParityError
-from maskrcnn_finetune.export.formats import CHECK_IMAGES, FORMATS, LATENCY_RUNS
+from maskrcnn_finetune.export.formats import CHECK_IMAGES, CHECK_VAL_IMAGES, FORMATS, LATENCY_RUNS
 from maskrcnn_finetune.export.runtimes import load_exported
 from maskrcnn_finetune.model_dir import read_model_info
 from maskrcnn_finetune.modeling import ModelSpec
@@ -35,17 +35,41 @@ def _require_torchvision_engine(model_dir: Path) -> dict:
     return info
 
 
-def check_images(images, spec: ModelSpec) -> tuple[list[np.ndarray], list[str]]:
+def model_val_images(info: dict) -> list[Path]:
+    """The first :data:`CHECK_VAL_IMAGES` images of the val json the model was trained with, when it can
+    still be read from here (``model.json``'s ``training.val_json``); else an empty list."""
+    from maskrcnn_finetune.data.coco import load_coco
+    from maskrcnn_finetune.errors import DatasetError
+
+    val_json = (info.get("training") or {}).get("val_json")
+    if not val_json or not Path(val_json).is_file():
+        return []
+    try:
+        coco = load_coco(val_json, check_images=False)
+    except (DatasetError, OSError, ValueError) as exc:
+        logger.info("the model's val json %s cannot be read (%s); the parity check uses synthetic images", val_json, exc)
+        return []
+    paths = [coco.image_path(image) for image in coco.images[:CHECK_VAL_IMAGES]]
+    return paths if paths and all(p.is_file() for p in paths) else []
+
+
+def check_images(images, spec: ModelSpec, info: dict | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The images of the parity check as RGB arrays, with names for the report.
 
     Args:
         images: image paths, folders (their images, sorted), RGB arrays, PIL images, or ``None`` for
-            :data:`CHECK_IMAGES` synthetic images at the model's size (the same every time).
+            the model's own val images (up to :data:`CHECK_VAL_IMAGES`, when ``info``'s training
+            says which and they are here), else :data:`CHECK_IMAGES` synthetic images at the
+            model's size (the same every time).
         spec: the model's spec (its ``min_size`` sets the synthetic images' size).
+        info: the model folder's ``model.json``.
 
     Raises:
         ExportError: a path does not exist, a folder holds no images, or an image cannot be read.
     """
+    if images is None and info and (own := model_val_images(info)):
+        logger.info("parity check on %d images of the model's val set (%s)", len(own), own[0].parent)
+        images = own
     if images is None:
         from maskrcnn_finetune.data.synthetic import make_synthetic
 
@@ -99,7 +123,7 @@ def check_export(exported, model_dir, images=None, threshold: float | None = Non
     Args:
         exported: the TorchScript file (or ONNX file, told by its ``.onnx`` suffix).
         model_dir: the model folder it should behave like.
-        images: check images (see :func:`check_images`); ``None`` for synthetic ones.
+        images: check images (see :func:`check_images`); ``None`` for the model's val images, else synthetic ones.
         threshold: the score threshold the check is about (default: the model's).
 
     Returns:
@@ -113,7 +137,7 @@ def check_export(exported, model_dir, images=None, threshold: float | None = Non
     model_dir = Path(model_dir)
     _require_torchvision_engine(model_dir)
     eager = Predictor.from_dir(model_dir, device="cpu", fast=False)
-    arrays, names = check_images(images, eager.spec)
+    arrays, names = check_images(images, eager.spec, eager.info)
     fmt = "onnx" if Path(exported).suffix == ".onnx" else "torchscript"
     return _check(eager, exported, model_dir, arrays, names, _threshold(threshold, eager), fmt)
 

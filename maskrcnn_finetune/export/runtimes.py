@@ -9,9 +9,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskrcnn_finetune.errors import ExportError, first_line
-from maskrcnn_finetune.export.formats import ONNX_OPSET, ONNX_OUTPUTS
+from maskrcnn_finetune.export.formats import ONNX_MASKS_KEY, ONNX_MASKS_UNPASTED, ONNX_OPSET, ONNX_OUTPUTS
 from maskrcnn_finetune.model_dir import MODEL_JSON
 from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.predictor import Predictor
@@ -68,7 +69,10 @@ def load_torchscript(path, device: str | torch.device = "cpu") -> ScriptedMaskRC
 class OnnxMaskRCNN(torch.nn.Module):
     """An ONNX Runtime session of an exported Mask R-CNN behind the eager interface.
 
-    The exported graph takes one ``(3, H, W)`` image, so a list of images runs one by one.
+    The exported graph takes one ``(3, H, W)`` image, so a list of images runs one by one. Its
+    ``masks`` are the mask head's (N, 1, 28, 28) probabilities: they are pasted here at image size
+    with torchvision's ``paste_masks_in_image``, as the eager model does (files exported before
+    with the masks pasted in the graph are used as they are).
 
     Args:
         path: the ``.onnx`` file.
@@ -80,12 +84,17 @@ class OnnxMaskRCNN(torch.nn.Module):
         self.path = str(path)
         self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.pastes_masks = metadata.get(ONNX_MASKS_KEY) == ONNX_MASKS_UNPASTED
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         results = []
         for image in images:
             outputs = self.session.run(list(ONNX_OUTPUTS), {self.input_name: image.detach().float().cpu().numpy()})
-            results.append({name: torch.from_numpy(value) for name, value in zip(ONNX_OUTPUTS, outputs)})
+            result = {name: torch.from_numpy(value) for name, value in zip(ONNX_OUTPUTS, outputs)}
+            if self.pastes_masks:
+                result["masks"] = paste_masks_in_image(result["masks"], result["boxes"], tuple(image.shape[-2:]))
+            results.append(result)
         return results
 
 

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 import torchvision
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.errors import ConfigError, ExportError, ExportParityError, first_line
 from maskrcnn_finetune.export.checking import check_images, _check, _require_torchvision_engine, _threshold
-from maskrcnn_finetune.export.formats import EXPORT_DIR, EXPORT_FORMAT, FORMATS, ONNX_OPSET, ONNX_OUTPUTS
+from maskrcnn_finetune.export.formats import (EXPORT_DIR, EXPORT_FORMAT, FORMATS, ONNX_MASKS_KEY,
+                                              ONNX_MASKS_UNPASTED, ONNX_OPSET, ONNX_OUTPUTS)
 from maskrcnn_finetune.export.runtimes import _onnx_versions, _require_onnx
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON
@@ -39,18 +40,49 @@ def _resolve_output(model_dir: Path, output, file_name: str) -> Path:
 
 
 class EagerResizeTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform, whose resize computes its scale in float64 when scripted too.
+    """torchvision's detection transform, whose resize computes its scale in float64 when scripted or traced too.
 
     Inference only (no targets); the same scale, output size and bilinear resize as eager
-    torchvision's ``_resize_image_and_masks``.
+    torchvision's ``_resize_image_and_masks``. Scripted and traced (ONNX), torchvision computes the
+    scale and the output size in float32, so some images come out a row or column smaller than in
+    eager (a 307x361 image at 192 px: 191 rows) and their masks and scores move.
     """
 
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
+        if torchvision._is_tracing():
+            return self._traced_resize(image), target
         height, width = image.shape[-2], image.shape[-1]
         scale = min(float(self.min_size[-1]) / float(min(height, width)), float(self.max_size) / float(max(height, width)))
         image = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear",
                                                 recompute_scale_factor=True, align_corners=False)[0]
         return image, target
+
+    @torch.jit.unused
+    def _traced_resize(self, image):  # no annotations: TorchScript reads those of unused methods too
+        """The eager output size, computed from the traced (dynamic) image size in float64."""
+        shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)  # height, width: dynamic in the graph
+        # one-element float64 tensors: the exporter makes Python floats and 0-d tensors float32 scalars
+        sides = torch.cat([shape.min(0, keepdim=True)[0], shape.max(0, keepdim=True)[0]])
+        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
+        scale = (limits / sides).min(0, keepdim=True)[0]
+        size = torch.floor(shape * scale).to(torch.int64)
+        return torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear",
+                                               align_corners=False)[0]
+
+
+class UnpastedMasksTransform(EagerResizeTransform):
+    """The eager-rounding transform whose output keeps the mask head's probabilities (N, 1, 28, 28) unpasted.
+
+    Used for the ONNX graph: the runtime adapter pastes them at image size with torchvision's eager
+    ``paste_masks_in_image`` (:class:`~maskrcnn_finetune.export.runtimes.OnnxMaskRCNN`), which is
+    exact where the traced paste rounds box corners differently, and faster.
+    """
+
+    def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        for pred, size, original in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], size, original)
+        return result
 
 
 def script_model(model: torch.nn.Module, eager_resize: bool = True) -> torch.jit.ScriptModule:
@@ -74,8 +106,9 @@ def export_torchscript(model_dir, output=None, images=None, threshold: float | N
         model_dir: a model folder written by training (torchvision engine).
         output: the file to write, or a folder for ``model.torchscript.pt`` in it
             (default ``<model_dir>/exported/model.torchscript.pt``).
-        images: check images: paths, folders, RGB arrays; ``None`` for a few synthetic images
-            at the model's size (deterministic).
+        images: check images: paths, folders, RGB arrays; ``None`` for the model's own val images
+            (the first 12 of the val json it was trained with, when that is here), else a few
+            synthetic images at the model's size (deterministic).
         threshold: the score threshold the parity check is about (default: the model's).
         overwrite: replace an existing exported file.
         eager_resize: see :func:`script_model`.
@@ -115,7 +148,7 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_res
                           "(nothing was overwritten)")
     eager = Predictor.from_dir(model_dir, device="cpu", fast=False)
     threshold = _threshold(threshold, eager)
-    arrays, names = check_images(images, eager.spec)  # bad check images fail before the slow part
+    arrays, names = check_images(images, eager.spec, eager.info)  # bad ones fail before the slow part
     out_dir = path.parent
     created_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +195,9 @@ def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir:
             script_model(model, eager_resize).save(str(tmp))
             return
         image = torch.from_numpy(example).permute(2, 0, 1).float().div(255.0)
+        model = copy.deepcopy(model)
+        if type(model.transform) is GeneralizedRCNNTransform:
+            model.transform.__class__ = UnpastedMasksTransform
         instances = {0: "instances"}
         # the tracer warns about every Python-level branch of torchvision's detection code; whether
         # the trace generalises to other images is what the parity check right after this decides
@@ -170,8 +206,17 @@ def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir:
             torch.onnx.export(model, ([image],), str(tmp), opset_version=ONNX_OPSET, dynamo=False,
                               input_names=["image"], output_names=list(ONNX_OUTPUTS),
                               dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": instances,
-                                            "labels": instances, "scores": instances,
-                                            "masks": {0: "instances", 2: "height", 3: "width"}})
+                                            "labels": instances, "scores": instances, "masks": instances})
+        _mark_unpasted_masks(tmp)
     except Exception as exc:  # scripting and tracing raise many kinds of errors for unsupported Python code
         raise ExportError(f"the {eager.spec.backbone} model of '{model_dir}' cannot be exported to {FORMATS[fmt][2]} "
                           f"({first_line(exc)}); export supports the torchvision backbones (resnet*, mobilenetv2*)") from exc
+
+
+def _mark_unpasted_masks(path: Path) -> None:
+    """Notes in the ONNX file's metadata that its masks are the mask head's, for the runtime to paste."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {ONNX_MASKS_KEY: ONNX_MASKS_UNPASTED})
+    onnx.save(model, str(path))
