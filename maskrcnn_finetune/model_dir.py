@@ -18,6 +18,8 @@ from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.model_format import (CONFIG_YAML, ENGINES, FORMAT, FORMAT_VERSION, MODEL_JSON, WEIGHTS,
                                             ModelDirError, load_checked, read_weights)
 from maskrcnn_finetune.modeling import ModelSpec, build_model
+from maskrcnn_finetune.modeling.backbones import freeze_norms
+from maskrcnn_finetune.modeling.maskrcnn import frozen_norm_eps
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +127,20 @@ def rebuild_model(spec: ModelSpec, state: dict, source="the weights") -> torch.n
         ModelDirError: the weights do not fit the description (e.g. another number of classes).
     """
     model = build_model(spec, pretrained="none")
+    if trained_with_frozen_norms(model, state):
+        freeze_norms(model, frozen_norm_eps(spec.backbone))  # fine-tuned from pretrained weights: the same norms
     load_checked(model, state, source=str(source), class_names=list(spec.class_names),
                  classes_from=f"{MODEL_JSON} lists", model_from=f"the {spec.backbone} model described in {MODEL_JSON}",
                  fix="the two files come from different runs")
     return model
+
+
+def trained_with_frozen_norms(model: torch.nn.Module, state: dict) -> bool:
+    """Whether ``state`` comes from the pretrained form of ``model`` (a scratch build): its norms' running
+    statistics are there, their ``num_batches_tracked`` (which only trainable BatchNorm has) are not."""
+    counters = [k for k in model.state_dict() if k.endswith(".num_batches_tracked")]
+    return bool(counters) and all(k not in state and k.replace("num_batches_tracked", "running_mean") in state
+                                  for k in counters)
 
 
 def _load_detectron2_dir(model_dir: Path, device, info: dict):

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from maskrcnn_finetune.errors import ConfigError
-from maskrcnn_finetune.model_dir import WEIGHTS, read_model_info
+from maskrcnn_finetune.model_dir import WEIGHTS, read_model_info, trained_with_frozen_norms
 from maskrcnn_finetune.model_spec import ModelSpec
+from maskrcnn_finetune.modeling.backbones import freeze_norms
+from maskrcnn_finetune.modeling.maskrcnn import frozen_norm_eps
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ def init_from_model_dir(model: torch.nn.Module, spec: ModelSpec, model_dir) -> s
     old_names, new_names = list(old_spec.class_names), list(spec.class_names)
     # row 0 is the background in both
     source = [0] + [old_names.index(n) + 1 if n in old_names else None for n in new_names]
+    if trained_with_frozen_norms(model, state):  # that model was fine-tuned from pretrained weights
+        freeze_norms(model, frozen_norm_eps(spec.backbone))
     own = model.state_dict()
     for key, rows in CLASS_LAYERS.items():
         state[key] = _class_rows(state[key], own[key], rows, source)

@@ -54,6 +54,27 @@ def _norm(pretrained: bool):
     return misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
 
 
+def freeze_norms(model: nn.Module, eps: float | None = None) -> nn.Module:
+    """Replaces the trainable BatchNorm layers of a model built from scratch by the frozen ones its
+    pretrained form has (torchvision's ``FrozenBatchNorm2d``; timm's in timm backbones), in place.
+
+    A model trained from pretrained weights keeps frozen norms, whose weights have no
+    ``num_batches_tracked``: this is how its model folder is rebuilt as it was trained, computing
+    what training computed. ``eps``: the frozen norms' epsilon (None: each layer's own).
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, TimmFPN):
+            import timm
+
+            child.body = timm.layers.freeze_batch_norm_2d(child.body)
+        elif type(child) is nn.BatchNorm2d:
+            frozen = misc_ops.FrozenBatchNorm2d(child.num_features, eps=child.eps if eps is None else eps)
+            setattr(model, name, frozen)
+        else:
+            freeze_norms(child, eps)
+    return model
+
+
 @register_backbone("resnet50_fpn")
 def resnet50_fpn(pretrained: bool) -> nn.Module:
     # Pretrained resnet50_fpn takes the whole COCO Mask R-CNN (see modeling.maskrcnn); here

@@ -11,7 +11,7 @@ from maskrcnn_finetune.errors import ConfigError, WeightsUnavailableError
 from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
 from maskrcnn_finetune.modeling.backbones import BACKBONES, build_backbone
 
-__all__ = ["PRETRAINED_CHOICES", "ModelSpec", "build_model", "default_anchor_sizes"]
+__all__ = ["PRETRAINED_CHOICES", "ModelSpec", "build_model", "default_anchor_sizes", "frozen_norm_eps"]
 
 PRETRAINED_CHOICES = ("default", "none")
 """``default``: COCO Mask R-CNN weights for resnet50_fpn, ImageNet weights for the others."""
@@ -71,6 +71,16 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
             "to train from scratch"
         ) from exc
     return model
+
+
+def frozen_norm_eps(backbone: str) -> float | None:
+    """The epsilon of the frozen norms of ``backbone``'s pretrained form, where it is not the layers' default.
+
+    torchvision's COCO Mask R-CNN weights (v1), where pretrained resnet50_fpn starts, were trained
+    with eps 0, and torchvision builds that model so (``overwrite_eps``); a model folder fine-tuned
+    from them is rebuilt the same way.
+    """
+    return 0.0 if backbone == "resnet50_fpn" else None
 
 
 def _heads(spec: ModelSpec, channels: int, num_classes: int) -> dict:
