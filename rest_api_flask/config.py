@@ -12,6 +12,7 @@ DEFAULTS = {
     "MAX_UPLOAD_MB": 20,          # request body limit (413 above it)
     "MAX_PIXELS": 40_000_000,     # width x height limit, checked before decoding
     "RETENTION_MINUTES": 60,      # results older than this are removed (0: never)
+    "CLEANUP_INTERVAL_S": 60,     # expired results are looked for at most this often (on a new result)
     "MAX_BATCH": 16,              # images per batch request
     "MAX_WAITING": 32,            # requests queued for the model before new ones get 429
     "URL_TIMEOUT_S": 10.0,        # whole-download limit for {"url": ...}

@@ -42,7 +42,7 @@ def signal_group(pgid: int, sig: int) -> None:
         pass  # already gone (or not ours to stop)
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """The live processes of process group ``pgid`` (Linux /proc; elsewhere only the leader if alive)."""
     proc = Path("/proc")
     if not proc.is_dir():
@@ -85,7 +85,7 @@ def stop_previous_servers(timeout: float = 10.0) -> list[int]:
         except (ValueError, KeyError, OSError):
             record.unlink(missing_ok=True)
             continue
-        members = [pid for pid in _group_members(pgid) if _is_kit_process(pid)]
+        members = [pid for pid in group_members(pgid) if _is_kit_process(pid)]
         if members:
             logger.warning("stopping the server (pid %d) that an earlier run of this notebook left running", pgid)
             for pid in members:

@@ -159,7 +159,8 @@ class ResultStore:
         retention_minutes: age after which a result is deleted (0 keeps them forever).
     """
 
-    def __init__(self, output_folder, retention_minutes: float = 60, upload_folder=None) -> None:
+    def __init__(self, output_folder, retention_minutes: float = 60, upload_folder=None,
+                 cleanup_interval_s: float = 60.0) -> None:
         self.root = Path(output_folder).resolve() / "results"
         self.root.mkdir(parents=True, exist_ok=True)
         # the API keeps each received image beside its result id, apart from the user's own files
@@ -167,6 +168,7 @@ class ResultStore:
         if self.uploads:
             self.uploads.mkdir(parents=True, exist_ok=True)
         self.retention_s = float(retention_minutes) * 60
+        self.cleanup_interval_s = float(cleanup_interval_s)
         self._last_cleanup = 0.0
         self._cleanup_lock = threading.Lock()
 
@@ -211,7 +213,9 @@ class ResultStore:
         return path
 
     def cleanup(self, force: bool = False) -> int:
-        """Removes results (and abandoned temporary folders) older than the retention; at most once a minute.
+        """Removes results (and abandoned temporary folders) older than the retention.
+
+        Unless ``force``, at most every ``cleanup_interval_s`` seconds (and half the retention).
 
         Returns:
             How many folders were removed.
@@ -219,7 +223,7 @@ class ResultStore:
         if self.retention_s <= 0:
             return 0
         now = time.time()
-        if not force and now - self._last_cleanup < min(60.0, self.retention_s / 2):
+        if not force and now - self._last_cleanup < min(self.cleanup_interval_s, self.retention_s / 2):
             return 0
         if not self._cleanup_lock.acquire(blocking=False):
             return 0
@@ -248,7 +252,8 @@ class ResultStore:
 
 def init_app(app: Flask) -> None:
     """Attaches the app's :class:`ResultStore` and removes expired results at start."""
-    store = ResultStore(app.config["OUTPUT_FOLDER"], app.config["RETENTION_MINUTES"], app.config["UPLOAD_FOLDER"])
+    store = ResultStore(app.config["OUTPUT_FOLDER"], app.config["RETENTION_MINUTES"], app.config["UPLOAD_FOLDER"],
+                        app.config["CLEANUP_INTERVAL_S"])
     store.cleanup(force=True)
     app.extensions["results"] = store
 

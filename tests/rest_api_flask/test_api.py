@@ -239,15 +239,17 @@ def test_old_results_are_removed_after_the_retention(predictor, folders, sample_
 
     from rest_api_flask import create_app
 
+    # the store looks for expired results on each new result (here every time: interval 0)
     app = create_app({"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
-                      "THRESHOLD": 0.0, "WARMUP": False, "RETENTION_MINUTES": 1})
+                      "THRESHOLD": 0.0, "WARMUP": False, "RETENTION_MINUTES": 1, "CLEANUP_INTERVAL_S": 0})
     client = app.test_client()
     old = _predict(client, sample_png).get_json()["id"]
+    kept = _predict(client, sample_png).get_json()["id"]  # a recent result: the clean-up leaves it
     hour_ago = time.time() - 3600
     os.utime(folders[1] / "results" / old, (hour_ago, hour_ago))
     os.utime(folders[0] / "api" / f"{old}.png", (hour_ago, hour_ago))
-    app.extensions["results"]._last_cleanup = 0  # the store cleans at most once a minute
     new = _predict(client, sample_png).get_json()["id"]
+    assert client.get(f"/api/v1/results/{kept}/result.json").status_code == 200
     assert client.get(f"/api/v1/results/{old}/result.json").status_code == 404
     assert client.get(f"/api/v1/results/{new}/result.json").status_code == 200
     assert not (folders[0] / "api" / f"{old}.png").exists()
@@ -274,26 +276,41 @@ def test_auth_and_api_key_protect_everything_but_health(predictor, folders, samp
     assert client.get(body["links"]["overlay"], headers=good).status_code == 200
 
 
+class _SlowPredictor:
+    """The tiny model's Predictor, whose calls wait until the test lets them go (a busy model)."""
+
+    def __init__(self, predictor) -> None:
+        import threading
+
+        self.predictor, self.entered, self.go = predictor, threading.Semaphore(0), threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.entered.release()
+        assert self.go.wait(60), "the test never let the model go"
+        return self.predictor(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+
 def test_a_full_queue_answers_429_and_the_waiting_request_still_succeeds(predictor, folders, sample_png):
     import threading
 
     from rest_api_flask import create_app
 
-    app = create_app({"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
+    slow = _SlowPredictor(predictor)
+    app = create_app({"PREDICTOR": slow, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
                       "THRESHOLD": 0.0, "WARMUP": False, "MAX_WAITING": 1})
-    service = app.extensions["inference"]
-    service._lock.acquire()  # the model is busy with another request
-    first = {}
-    waiting = threading.Thread(target=lambda: first.update(r=_predict(app.test_client(), sample_png)))
+    answers = []
+    first = threading.Thread(target=lambda: answers.append(_predict(app.test_client(), sample_png)))
     try:
-        waiting.start()
-        for _ in range(100):  # until the first request waits for the model
-            if service._waiting == 1:
-                break
-            threading.Event().wait(0.05)
+        first.start()
+        assert slow.entered.acquire(timeout=30)  # the first request is in the model: the queue is full
         busy = _predict(app.test_client(), sample_png)
-        assert busy.status_code == 429 and "retry" in busy.get_json()["error"]
+        assert busy.status_code == 429 and "retry" in busy.get_json()["error"], busy.get_json()
     finally:
-        service._lock.release()
-        waiting.join(30)
-    assert first["r"].status_code == 200
+        slow.go.set()
+        first.join(30)
+    assert [a.status_code for a in answers] == [200]
+    again = _predict(app.test_client(), sample_png)  # the model is free again
+    assert again.status_code == 200 and again.get_json()["num_instances"] == answers[0].get_json()["num_instances"]

@@ -122,9 +122,9 @@ def _with_fake_agent(monkeypatch, tmp_path) -> None:
 
 
 def _agents_of(pgid: int) -> list[int]:
-    from rest_api_flask.registry import _group_members
+    from rest_api_flask.registry import group_members
 
-    return [pid for pid in _group_members(pgid) if pid != pgid]
+    return [pid for pid in group_members(pgid) if pid != pgid]
 
 
 @pytest.mark.slow
