@@ -6,103 +6,18 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import threading
-from collections import Counter
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
 
 from colab_stand_in import FAKE_COLAB
-
-
-@dataclass
-class Route:
-    """What the server answers at one path."""
-
-    body: bytes = b""
-    status: int = 200
-    fail_first: int = 0  # answer the first N requests with fail_status
-    fail_status: int = 503
-    drop_first: int = 0  # for the first N requests, send the headers and half the body, then hang up
-
-
-class LocalServer:
-    """Serves bytes at paths on 127.0.0.1 and counts the requests it gets.
-
-    ``serve(path, body)`` adds a route; ``url(path)`` is its address; ``count(path)`` how many
-    requests reached it. Unknown paths answer 404.
-    """
-
-    def __init__(self, server: ThreadingHTTPServer) -> None:
-        self._server = server
-        self.routes: dict[str, Route] = {}
-        self.requests: Counter = Counter()
-        self.lock = threading.Lock()
-
-    def serve(self, path: str, body: bytes = b"", **kwargs) -> str:
-        """Adds (or replaces) the answer at ``path``; keyword args are :class:`Route` fields. Returns its URL."""
-        self.routes[path] = Route(body=body, **kwargs)
-        return self.url(path)
-
-    def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
-
-    def count(self, path: str | None = None) -> int:
-        with self.lock:
-            return sum(self.requests.values()) if path is None else self.requests[path]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    timeout = 10  # seconds a stuck client may hold a server thread
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        state: LocalServer = self.server.state
-        path = urlsplit(self.path).path
-        with state.lock:
-            state.requests[path] += 1
-            n = state.requests[path]
-        route = state.routes.get(path)
-        if route is None:
-            self.send_error(404, "Not Found")
-            return
-        if n <= route.fail_first:
-            self.send_error(route.fail_status)
-            return
-        if route.status != 200:
-            self.send_error(route.status)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(route.body)))
-        self.end_headers()
-        if n <= route.fail_first + route.drop_first:
-            self.wfile.write(route.body[: len(route.body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(route.body)
-
-    def log_message(self, format, *args) -> None:  # keep the test output clean
-        pass
+from http_helpers import local_server
 
 
 @pytest.fixture
 def http_server():
-    """A :class:`LocalServer` on 127.0.0.1 (a free port), shut down after the test."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.state = LocalServer(server)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    """A :class:`~http_helpers.LocalServer` on 127.0.0.1 (a free port), shut down after the test."""
+    with local_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from rest_api_flask.encoding import decode_rle
 from rest_api_flask.inputs import check_url, clean_filename
 from rest_api_flask.errors import ApiError
 
+from http_helpers import local_server
 from server_helpers import png_of
 
 
@@ -92,44 +91,6 @@ def test_path_like_names_are_reduced_to_plain_names(client, sample_png, folders)
     assert all(p.startswith(("uploads/api/", "outputs/results/")) for p in written), written
 
 
-class _Slow(BaseHTTPRequestHandler):
-    """Serves /slow (a byte every 0.3 s), /huge (bigger than any limit, no length), /redirect (to a private address)."""
-
-    def do_GET(self):  # noqa: N802
-        if self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "http://10.1.2.3/image.png")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.end_headers()
-        try:
-            if self.path == "/slow":
-                for _ in range(40):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.3)
-            else:
-                for _ in range(200):
-                    self.wfile.write(b"\0" * 65536)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def odd_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def url_client(predictor, folders):
     """The app with the test-only switch that lets URL fetches reach 127.0.0.1 (and short limits)."""
@@ -190,12 +151,15 @@ def test_every_resolved_address_is_checked(monkeypatch):
         check_url("http://mixed.example/x.png")
 
 
-def test_slow_huge_and_redirected_downloads_are_stopped(url_client, odd_server):
+def test_slow_huge_and_redirected_downloads_are_stopped(url_client, http_server):
+    slow = http_server.serve("/slow", b"x" * 40, trickle_s=0.3)  # a byte every 0.3 s: 12 s in all
+    huge = http_server.serve("/huge", b"\0" * (200 * 65536), length=False)  # bigger than any limit, no length
+    moved = http_server.serve("/redirect", redirect="http://10.1.2.3/image.png")  # to a private address
     start = time.monotonic()
-    assert "longer than 2 s" in _error(url_client.post("/api/v1/predict", json={"url": odd_server + "/slow"}), 422)
+    assert "longer than 2 s" in _error(url_client.post("/api/v1/predict", json={"url": slow}), 422)
     assert time.monotonic() - start < 6
-    assert "limit of 1 MB" in _error(url_client.post("/api/v1/predict", json={"url": odd_server + "/huge"}), 413)
-    assert "private" in _error(url_client.post("/api/v1/predict", json={"url": odd_server + "/redirect"}), 400)
+    assert "limit of 1 MB" in _error(url_client.post("/api/v1/predict", json={"url": huge}), 413)
+    assert "private" in _error(url_client.post("/api/v1/predict", json={"url": moved}), 400)
 
 
 def test_the_connection_goes_to_the_checked_address(predictor, folders, http_server, monkeypatch):
@@ -239,29 +203,13 @@ def test_https_urls_keep_their_host_name_for_tls(tmp_path, monkeypatch):
                     "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True)
 
-    class Echo(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = f"host={self.headers['Host']}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
-    port = server.server_address[1]
-    try:
+    with local_server(tls=context) as server:
+        server.serve("/x.png", echo_host=True)
+        port = server.port
         assert fetch_url(f"https://localhost:{port}/x.png", max_bytes=10**6, timeout=5,
                          allow_loopback=True) == f"host=localhost:{port}".encode()
         with pytest.raises(ApiError, match="cannot be fetched"):  # the certificate does not name 127.0.0.1
             fetch_url(f"https://127.0.0.1:{port}/x.png", max_bytes=10**6, timeout=5, allow_loopback=True)
-    finally:
-        server.shutdown()
-        server.server_close()
