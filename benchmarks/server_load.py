@@ -51,6 +51,7 @@ from tqdm import tqdm
 from rest_api_flask.launcher import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_inference's helpers, beside this file
 
 PREDICT = "/api/v1/predict"
 MEMORY_CLIENTS = 4
@@ -97,7 +98,7 @@ def synthetic_image(size: int, fmt: str = "jpeg") -> tuple[bytes, str]:
     Returns:
         ``(bytes, file name)``.
     """
-    from benchmarks.cpu_inference import test_image
+    from cpu_inference import test_image
 
     picture = Image.fromarray(test_image(size, seed=0))
     buffer = io.BytesIO()
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.model_input:
-            from benchmarks.cpu_inference import resized_model_dir
+            from cpu_inference import resized_model_dir
 
             args.model_dir = resized_model_dir(args.model_dir, args.model_input, work / "model")
         load = load_test(args, data, name, work)
