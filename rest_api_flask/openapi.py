@@ -1,41 +1,139 @@
-"""The API described in OpenAPI 3, by hand, next to the routes it describes (served at ``/openapi.json``)."""
+"""The API described in OpenAPI 3.0, next to the routes it describes (served at ``/openapi.json``).
+
+``tests/rest_api_flask/test_openapi.py`` validates this document with ``openapi-spec-validator``,
+checks that every route of the app is in it, and checks real answers of the app against its
+response schemas.
+"""
 
 from __future__ import annotations
 
-_ERROR = {"description": "an error; `error` names the problem and the fix",
-          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERROR = _json(_ref("Error"), "an error; `error` names the problem and the fix")
+_ERRORS = {str(code): _ERROR for code in (400, 401, 404, 413, 415, 422, 429, 500)}
+_THRESHOLD = {"type": "number", "minimum": 0, "maximum": 1}
+_IMAGE_ITEM = {"type": "object", "properties": {
+    "image_base64": {"type": "string", "description": "the image file, base64 (a data: URL prefix is accepted)"},
+    "url": {"type": "string", "description": "a public http(s) image address"},
+    "filename": {"type": "string"}}}
 _IMAGE_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"},
-            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "threshold": _THRESHOLD,
             "polygons": {"type": "string", "enum": ["0", "1"]}}}},
-        "application/json": {"schema": {"type": "object", "properties": {
-            "image_base64": {"type": "string", "description": "the image file, base64 (a data: URL prefix is accepted)"},
-            "url": {"type": "string", "description": "a public http(s) image address"},
-            "filename": {"type": "string"},
-            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
-            "polygons": {"type": "boolean"}}}},
+        "application/json": {"schema": {"allOf": [_IMAGE_ITEM, {"type": "object", "properties": {
+            "threshold": _THRESHOLD, "polygons": {"type": "boolean"}}}]}},
+    },
+}
+_BATCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
+            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "threshold": _THRESHOLD,
+            "polygons": {"type": "string", "enum": ["0", "1"]}}}},
+        "application/json": {"schema": {"oneOf": [
+            {"type": "array", "items": _IMAGE_ITEM, "minItems": 1},
+            {"type": "object", "required": ["images"], "properties": {
+                "images": {"type": "array", "items": _IMAGE_ITEM, "minItems": 1},
+                "threshold": _THRESHOLD, "polygons": {"type": "boolean"}}}]}},
     },
 }
 _QUERY = [
-    {"name": "threshold", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1}},
+    {"name": "threshold", "in": "query", "schema": _THRESHOLD},
     {"name": "polygons", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
 ]
-_ERRORS = {str(code): _ERROR for code in (400, 401, 404, 413, 415, 422, 429, 500)}
-_RESULT_FILE = {"get": {
-    "summary": "a file of a stored result (removed after the retention time)",
-    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-    "responses": {"200": {"description": "the file"}, "404": _ERROR},
-}}
+_ID = {"name": "id", "in": "path", "required": True, "description": "the result id a prediction returned",
+       "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+_K = {"name": "k", "in": "path", "required": True, "description": "the instance number, 0 to num_instances - 1",
+      "schema": {"type": "integer", "minimum": 0}}
+
+
+def _result_file(media_type: str, what: str, instance: bool = False) -> dict:
+    return {"get": {
+        "summary": f"{what} of a stored result (removed after the retention time)",
+        "parameters": [_ID, _K] if instance else [_ID],
+        "responses": {"200": {"description": what, "content": {media_type: {"schema": {"type": "string",
+                                                                                       "format": "binary"}}}},
+                      "401": _ERROR, "404": _ERROR}}}
+
+
 _LEGACY = {"summary": "compatible route of the older detectron2 Flask API",
            "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-           "responses": {"200": {"description": "{\"data\": {...}, \"status_code\": 200}"}, "400": _ERROR}}
+           "responses": {"200": _json(_ref("Legacy"), "the older API's answer"), "400": _json(_ref("Legacy"), "bad input"),
+                         "401": _ERROR, "404": _json(_ref("Legacy"), "no such image"),
+                         "413": _json(_ref("Legacy"), "too many images")}}
+
+_NUMBER_LIST = {"type": "array", "items": {"type": "number"}}
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Instance": {"type": "object", "required": ["index", "class_id", "class_name", "score", "box", "area",
+                                                "area_fraction", "mask_rle", "links"], "properties": {
+        "index": {"type": "integer", "minimum": 0},
+        "class_id": {"type": "integer", "minimum": 0},
+        "class_name": {"type": "string"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "box": {**_NUMBER_LIST, "minItems": 4, "maxItems": 4, "description": "x1, y1, x2, y2 in pixels"},
+        "area": {"type": "integer", "minimum": 0, "description": "mask pixels"},
+        "area_fraction": {"type": "number", "minimum": 0, "maximum": 1},
+        "mask_rle": {"type": "object", "required": ["size", "counts"], "description": "COCO RLE, compressed counts",
+                     "properties": {"size": {"type": "array", "items": {"type": "integer"}, "minItems": 2,
+                                             "maxItems": 2},
+                                    "counts": {"type": "string"}}},
+        "polygons": {"type": "array", "items": _NUMBER_LIST, "description": "with polygons=1: x1, y1, x2, y2, ..."},
+        "links": {"type": "object", "required": ["mask", "crop"], "properties": {
+            "mask": {"type": "string"}, "crop": {"type": "string"}}}}},
+    "Result": {"type": "object", "required": ["id", "image", "model", "threshold", "timing_ms", "masked_fraction",
+                                              "num_instances", "instances", "links"], "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        "image": {"type": "object", "required": ["width", "height", "filename"], "properties": {
+            "width": {"type": "integer"}, "height": {"type": "integer"},
+            "filename": {"type": "string", "nullable": True}}},
+        "model": {"type": "object", "required": ["engine", "backbone", "classes"], "properties": {
+            "engine": {"type": "string"}, "backbone": {"type": "string", "nullable": True},
+            "classes": {"type": "array", "items": {"type": "string"}}}},
+        "threshold": {"type": "number"},
+        "timing_ms": {"type": "object", "required": ["model", "total"], "properties": {
+            "model": {"type": "number"}, "total": {"type": "number"}}},
+        "masked_fraction": {"type": "number", "minimum": 0, "maximum": 1},
+        "num_instances": {"type": "integer", "minimum": 0},
+        "instances": {"type": "array", "items": _ref("Instance")},
+        "links": {"type": "object", "required": ["overlay", "masks_zip", "result_json", "coco_json", "labelme_json"],
+                  "properties": {k: {"type": "string"} for k in ("overlay", "masks_zip", "result_json", "coco_json",
+                                                                 "labelme_json")}}}},
+    "Batch": {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": _ref("Result")}}},
+    "Model": {"type": "object", "required": ["engine", "backbone", "classes", "device", "inference",
+                                             "default_threshold"], "properties": {
+        "engine": {"type": "string", "enum": ["torchvision", "detectron2"]},
+        "backbone": {"type": "string", "nullable": True},
+        "classes": {"type": "array", "items": {"type": "string"}},
+        "device": {"type": "string"},
+        "inference": {"type": "object", "properties": {"fast": {"type": "boolean"},
+                                                        "precision": {"type": "string", "enum": ["fp32", "bf16"]},
+                                                        "channels_last": {"type": "boolean"}}},
+        "default_threshold": {"type": "number"},
+        "image_size": {"nullable": True},
+        "metrics": {"type": "object"}}},
+    "Health": {"type": "object", "required": ["status", "model_loaded", "classes", "device"], "properties": {
+        "status": {"type": "string", "enum": ["ok"]}, "model_loaded": {"type": "boolean"},
+        "classes": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string", "nullable": True}}},
+    "Legacy": {"type": "object", "required": ["data", "status_code"], "properties": {
+        "data": {}, "status_code": {"type": "integer"}}},
+}
 
 
 def openapi_spec() -> dict:
-    """The OpenAPI 3 document of the server."""
+    """The OpenAPI 3.0 document of the server."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "maskrcnn-finetune server", "version": "1",
@@ -44,42 +142,30 @@ def openapi_spec() -> dict:
             "/api/v1/predict": {"post": {
                 "summary": "one image -> instances (class, score, box, area, COCO RLE mask) and result links",
                 "parameters": _QUERY, "requestBody": _IMAGE_BODY,
-                "responses": {"200": {"description": "the prediction",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
-                              **_ERRORS}}},
+                "responses": {"200": _json(_ref("Result"), "the prediction"), **_ERRORS}}},
             "/api/v1/predict/batch": {"post": {
                 "summary": "several images: multipart `images` repeated, or a JSON list of image objects",
-                "parameters": _QUERY,
-                "responses": {"200": {"description": "{\"results\": [Result, ...]}"}, **_ERRORS}}},
-            "/api/v1/results/{id}/overlay.png": _RESULT_FILE,
-            "/api/v1/results/{id}/masks.zip": _RESULT_FILE,
-            "/api/v1/results/{id}/result.json": _RESULT_FILE,
-            "/api/v1/results/{id}/coco_results.json": _RESULT_FILE,
-            "/api/v1/results/{id}/labelme.json": _RESULT_FILE,
-            "/api/v1/results/{id}/instances/{k}/mask.png": _RESULT_FILE,
-            "/api/v1/results/{id}/instances/{k}/crop.png": _RESULT_FILE,
+                "parameters": _QUERY, "requestBody": _BATCH_BODY,
+                "responses": {"200": _json(_ref("Batch"), "one result per image, in order"), **_ERRORS}}},
+            "/api/v1/results/{id}/overlay.png": _result_file("image/png", "the image with the masks drawn"),
+            "/api/v1/results/{id}/masks.zip": _result_file("application/zip", "every mask as a PNG, and their union"),
+            "/api/v1/results/{id}/result.json": _result_file("application/json", "the prediction's JSON"),
+            "/api/v1/results/{id}/coco_results.json": _result_file("application/json", "the instances as COCO results"),
+            "/api/v1/results/{id}/labelme.json": _result_file("application/json",
+                                                              "the instances as a labelme file (image embedded)"),
+            "/api/v1/results/{id}/instances/{k}/mask.png": _result_file("image/png", "one instance's mask", True),
+            "/api/v1/results/{id}/instances/{k}/crop.png": _result_file("image/png", "one instance cut out", True),
             "/api/v1/model": {"get": {"summary": "classes, backbone, engine, device",
-                                      "responses": {"200": {"description": "model information"}}}},
-            "/health": {"get": {"summary": "liveness",
-                                "responses": {"200": {"description": "{\"status\": \"ok\", \"model_loaded\": true}"}}}},
+                                      "responses": {"200": _json(_ref("Model"), "model information"),
+                                                    "401": _ERROR}}},
+            "/health": {"get": {"summary": "liveness (no authentication)",
+                                "responses": {"200": _json(_ref("Health"), "the server is up, the model loaded")}}},
+            "/openapi.json": {"get": {"summary": "this document",
+                                      "responses": {"200": {"description": "OpenAPI 3.0",
+                                                            "content": {"application/json": {}}}}}},
             "/api/detect-area-base64": {"post": _LEGACY},
             "/api/detect-area-all": {"post": _LEGACY},
             "/api/detect-area-by-name": {"post": _LEGACY},
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-            "Instance": {"type": "object", "properties": {
-                "index": {"type": "integer"}, "class_id": {"type": "integer"}, "class_name": {"type": "string"},
-                "score": {"type": "number"}, "box": {"type": "array", "items": {"type": "number"}},
-                "area": {"type": "integer"}, "area_fraction": {"type": "number"},
-                "mask_rle": {"type": "object", "properties": {"size": {"type": "array"}, "counts": {"type": "string"}}},
-                "polygons": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                "links": {"type": "object"}}},
-            "Result": {"type": "object", "properties": {
-                "id": {"type": "string"}, "image": {"type": "object"}, "model": {"type": "object"},
-                "threshold": {"type": "number"}, "timing_ms": {"type": "object"},
-                "masked_fraction": {"type": "number"}, "num_instances": {"type": "integer"},
-                "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
-                "links": {"type": "object"}}},
-        }},
+        "components": {"schemas": SCHEMAS},
     }

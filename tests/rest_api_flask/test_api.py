@@ -191,16 +191,13 @@ def test_batch_multipart_and_json_give_one_result_per_image(client, predictor, s
     assert empty.status_code == 400 and "non-empty list" in empty.get_json()["error"]
 
 
-def test_model_health_and_openapi(client, predictor):
+def test_model_and_health(client, predictor):
     model = client.get("/api/v1/model").get_json()
     assert model["classes"] == predictor.class_names and model["backbone"] == "mobilenetv2_fpnlite"
     assert model["engine"] == "torchvision" and model["device"] == "cpu"
     health = client.get("/health")
     assert health.status_code == 200 and health.get_json()["status"] == "ok" and health.get_json()["model_loaded"] is True
-    spec = client.get("/openapi.json").get_json()
-    assert spec["openapi"].startswith("3.")
-    for path in ("/api/v1/predict", "/api/v1/predict/batch", "/api/v1/model", "/health", "/api/detect-area-base64"):
-        assert path in spec["paths"]
+    # the OpenAPI document: validated, and checked against real answers, in test_openapi.py
 
 
 @pytest.mark.parametrize("url", [
