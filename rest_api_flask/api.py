@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 from maskrcnn_finetune.cli import is_true
 from maskrcnn_finetune.data.images import IMAGE_SUFFIXES
 from maskrcnn_finetune.structures import Instances
-from rest_api_flask.encoding import instances_json, mask_rles
+from rest_api_flask.encoding import RLE_FORMATS, instances_json, mask_rles
 from rest_api_flask.errors import ApiError
 from rest_api_flask.inference import get_service
 from rest_api_flask.inputs import clean_filename, decode_base64, decode_image, fetch_url
@@ -119,7 +119,7 @@ def read_images(batch: bool) -> tuple[list[tuple[bytes, str | None]], dict | Non
 
 # ---------------------------------------------------------------- prediction
 def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: str | None, threshold: float,
-                 model_ms: float, start: float, polygons: bool) -> dict:
+                 model_ms: float, start: float, polygons: bool, rle_format: str = "compressed") -> dict:
     """Writes a result's files and returns its JSON (the API's contract; also saved as ``result.json``)."""
     store = get_store()
     pending = store.begin()
@@ -138,7 +138,7 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
             "timing_ms": {"model": round(model_ms, 1), "total": None},  # filled in below, once all is done
             "masked_fraction": round(float(union.mean()), 6),
             "num_instances": len(instances),
-            "instances": instances_json(instances, pending.id, polygons=polygons, rles=rles),
+            "instances": instances_json(instances, pending.id, polygons=polygons, rles=rles, rle_format=rle_format),
             "links": {
                 "overlay": f"/api/v1/results/{pending.id}/overlay.png",
                 "masks_zip": f"/api/v1/results/{pending.id}/masks.zip",
@@ -157,7 +157,8 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
     return payload
 
 
-def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygons: bool, start: float) -> list[dict]:
+def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygons: bool, rle_format: str,
+                 start: float) -> list[dict]:
     """Decodes, predicts and stores images one after the other, so only one decoded image is held at a time."""
     max_pixels = current_app.config["MAX_PIXELS"]
     payloads = []
@@ -165,14 +166,18 @@ def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygo
         what = (f"image {i}" + (f" ({name!r})" if name else "")) if len(items) > 1 else "the image"
         image = decode_image(data, max_pixels, what=what)
         (instances,), model_ms = get_service().predict([image], threshold)
-        payloads.append(store_result(image, instances, data, name, threshold, model_ms, start, polygons))
+        payloads.append(store_result(image, instances, data, name, threshold, model_ms, start, polygons, rle_format))
     return payloads
 
 
-def _options(body) -> tuple[float, bool]:
-    """``(threshold, polygons)`` of a predict request, from the query, the form or the JSON body."""
+def _options(body) -> tuple[float, bool, str]:
+    """``(threshold, polygons, rle)`` of a predict request, from the query, the form or the JSON body."""
     threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
-    return threshold, is_true(request_param("polygons", body))
+    rle_format = request_param("rle", body) or "compressed"
+    if rle_format not in RLE_FORMATS:
+        raise ApiError(f"rle must be {' or '.join(RLE_FORMATS)}, got {str(rle_format)[:40]!r}; leave it out for "
+                       "COCO's compressed counts", 400)
+    return threshold, is_true(request_param("polygons", body)), rle_format
 
 
 @bp.post("/predict")

@@ -9,9 +9,28 @@ from maskrcnn_finetune.evaluate import encode_rle, instances_to_coco
 from maskrcnn_finetune.structures import Instances
 
 
+RLE_FORMATS = ("compressed", "uncompressed")
+"""``mask_rle`` in answers: COCO's compressed counts (a string, the default) or the run lengths as numbers."""
+
+
 def decode_rle(rle: dict) -> np.ndarray:
-    """The boolean mask of an RLE made by :func:`encode_rle`."""
+    """The boolean mask of an RLE, compressed (:func:`encode_rle`) or uncompressed (:func:`uncompressed_rle`)."""
+    height, width = rle["size"]
+    if isinstance(rle["counts"], list):
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": rle["counts"]}, height, width)
+        return mask_utils.decode(rle).astype(bool)
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """A mask as COCO's uncompressed RLE: run lengths over the pixels in column-major order, starting
+    with the background (``{"size": [h, w], "counts": [0, 5, ...]}``), what a browser reads directly."""
+    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
+    ends = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], ends, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(r) for r in runs]}
 
 
 def mask_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
@@ -42,11 +61,12 @@ def mask_rles(instances: Instances) -> list[dict]:
 
 
 def instances_json(instances: Instances, result_id: str, polygons: bool = False,
-                   rles: list[dict] | None = None) -> list[dict]:
+                   rles: list[dict] | None = None, rle_format: str = "compressed") -> list[dict]:
     """One dict per instance, in the API's contract (class, score, box, area, RLE, links).
 
     Args:
         rles: the masks from :func:`mask_rles`, when the caller already has them.
+        rle_format: ``mask_rle`` as COCO's compressed string or the run lengths (:data:`RLE_FORMATS`).
     """
     total = float(instances.image_size[0] * instances.image_size[1]) or 1.0
     rles = mask_rles(instances) if rles is None else rles
@@ -62,7 +82,7 @@ def instances_json(instances: Instances, result_id: str, polygons: bool = False,
             "box": [round(float(v), 2) for v in instances.boxes[k]],
             "area": area,
             "area_fraction": round(area / total, 6),
-            "mask_rle": rles[k],
+            "mask_rle": rles[k] if rle_format == "compressed" else uncompressed_rle(mask),
         }
         if polygons:
             item["polygons"] = mask_polygons(mask)

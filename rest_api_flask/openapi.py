@@ -51,6 +51,8 @@ _BATCH_BODY = {
 _QUERY = [
     {"name": "threshold", "in": "query", "schema": _THRESHOLD},
     {"name": "polygons", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
+    {"name": "rle", "in": "query", "description": "mask_rle as COCO's compressed string (default) or plain run lengths",
+     "schema": {"type": "string", "enum": ["compressed", "uncompressed"]}},
 ]
 _ID = {"name": "id", "in": "path", "required": True, "description": "the result id a prediction returned",
        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
@@ -85,10 +87,14 @@ SCHEMAS = {
         "box": {**_NUMBER_LIST, "minItems": 4, "maxItems": 4, "description": "x1, y1, x2, y2 in pixels"},
         "area": {"type": "integer", "minimum": 0, "description": "mask pixels"},
         "area_fraction": {"type": "number", "minimum": 0, "maximum": 1},
-        "mask_rle": {"type": "object", "required": ["size", "counts"], "description": "COCO RLE, compressed counts",
+        "mask_rle": {"type": "object", "required": ["size", "counts"], "description": "COCO RLE",
                      "properties": {"size": {"type": "array", "items": {"type": "integer"}, "minItems": 2,
                                              "maxItems": 2},
-                                    "counts": {"type": "string"}}},
+                                    "counts": {"oneOf": [
+                                        {"type": "string", "description": "compressed (pycocotools)"},
+                                        {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                         "description": "with rle=uncompressed: run lengths, column-major, "
+                                                        "background first"}]}}},
         "polygons": {"type": "array", "items": _NUMBER_LIST, "description": "with polygons=1: x1, y1, x2, y2, ..."},
         "links": {"type": "object", "required": ["mask", "crop"], "properties": {
             "mask": {"type": "string"}, "crop": {"type": "string"}}}}},

@@ -311,3 +311,23 @@ def test_a_full_queue_answers_429_and_the_waiting_request_still_succeeds(predict
     assert [a.status_code for a in answers] == [200]
     again = _predict(app.test_client(), sample_png)  # the model is free again
     assert again.status_code == 200 and again.get_json()["num_instances"] == answers[0].get_json()["num_instances"]
+
+
+def test_uncompressed_rle_gives_the_same_masks_as_plain_run_lengths(client, sample_png):
+    from rest_api_flask.encoding import decode_rle, uncompressed_rle
+
+    compressed = _predict(client, sample_png).get_json()
+    plain = client.post("/api/v1/predict?rle=uncompressed", data={"image": (io.BytesIO(sample_png), "a.png")},
+                        content_type="multipart/form-data").get_json()
+    assert plain["num_instances"] == compressed["num_instances"] > 0
+    for a, b in zip(compressed["instances"], plain["instances"]):
+        assert isinstance(a["mask_rle"]["counts"], str) and isinstance(b["mask_rle"]["counts"], list)
+        mask = decode_rle(a["mask_rle"])
+        assert np.array_equal(decode_rle(b["mask_rle"]), mask) and sum(b["mask_rle"]["counts"]) == mask.size
+        assert sum(b["mask_rle"]["counts"][1::2]) == a["area"]  # odd runs are the mask's pixels
+    # a mask that starts in the first pixel begins with an empty background run
+    corner = np.zeros((4, 3), bool)
+    corner[0, 0] = corner[1, 0] = corner[3, 2] = True
+    assert uncompressed_rle(corner) == {"size": [4, 3], "counts": [0, 2, 9, 1]}
+    assert client.post("/api/v1/predict?rle=bits", data={"image": (io.BytesIO(sample_png), "a.png")},
+                       content_type="multipart/form-data").status_code == 400

@@ -25,7 +25,7 @@ import pytest
 import requests
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
-from pycocotools import mask as mask_utils
+from rest_api_flask.encoding import decode_rle
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 
 def _is_predict(response) -> bool:
-    return response.url.endswith("/api/v1/predict") and response.request.method == "POST"
+    return response.url.split("?")[0].endswith("/api/v1/predict") and response.request.method == "POST"
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,10 @@ def test_upload_shows_masks_and_downloads_match_the_json(server, browser, image_
     expect(rows.nth(0)).to_contain_text(f"{best['score']:.3f}")
     expect(page.locator("#masked-fraction")).to_have_text(f"{100 * result['masked_fraction']:.1f}\u00a0%")
 
-    # The browser's own RLE decoding covers exactly the pixels pycocotools decodes.
+    # The page asks for plain run lengths and draws exactly the pixels pycocotools decodes from them.
     height, width = result["image"]["height"], result["image"]["width"]
-    masks = np.stack([mask_utils.decode(inst["mask_rle"]).astype(bool) for inst in result["instances"]])
+    assert all(isinstance(inst["mask_rle"]["counts"], list) for inst in result["instances"])
+    masks = np.stack([decode_rle(inst["mask_rle"]) for inst in result["instances"]])
     assert masks.shape[1:] == (height, width)
     summary = page.locator("#summary")
     assert float(summary.get_attribute("data-shown-fraction")) == pytest.approx(masks.any(0).mean(), abs=1e-9)

@@ -1,7 +1,8 @@
 // The web page of rest_api_flask: sends an image to POST api/v1/predict and draws the answer.
 //
-// Masks are drawn here, in the browser, from each instance's COCO RLE (mask_rle), so instances can
-// be shown or hidden and the mask opacity changed without asking the server again. Every URL is
+// Masks are drawn here, in the browser, from each instance's RLE (mask_rle, asked for as plain run
+// lengths with rle=uncompressed), so instances can be shown or hidden and the mask opacity changed
+// without asking the server again. Every URL is
 // relative (no leading "/"), so the page works behind ngrok, Colab's proxy or any path prefix.
 "use strict";
 
@@ -32,40 +33,13 @@
     input: null,          // {kind: "file", file} or {kind: "url", url}: what the last prediction used
     objectUrl: null,      // blob: URL of the chosen file, shown under the masks
     result: null,         // the last 200 answer of api/v1/predict
-    runs: [],             // per instance: decoded RLE counts (Int32Array)
+    runs: [],             // per instance: the mask's run lengths (Int32Array)
     visible: [],          // per instance: shown or not
     request: 0,           // sequence number: an older answer arriving late is ignored
     thresholdTouched: false,
     classCount: 0,
     highlight: null,      // index of the instance whose row is under the pointer or focused
   };
-
-  // ---------------------------------------------------------------- COCO RLE
-
-  /**
-   * Decodes COCO's compressed RLE string (pycocotools' rleFrString) into run lengths.
-   * Runs alternate background / foreground, starting with background, over the pixels in
-   * column-major order (x * height + y).
-   */
-  function decodeCounts(counts) {
-    if (Array.isArray(counts)) return Int32Array.from(counts); // uncompressed RLE
-    const out = [];
-    let p = 0;
-    while (p < counts.length) {
-      let x = 0, k = 0, more = true;
-      while (more) {
-        const c = counts.charCodeAt(p) - 48;
-        x |= (c & 0x1f) << (5 * k);
-        more = (c & 0x20) !== 0;
-        p += 1;
-        k += 1;
-        if (!more && (c & 0x10)) x |= -1 << (5 * k);
-      }
-      if (out.length > 2) x += out[out.length - 2];
-      out.push(x);
-    }
-    return Int32Array.from(out);
-  }
 
   // ---------------------------------------------------------------- drawing
 
@@ -100,7 +74,7 @@
     for (const i of order) {
       if (!state.visible[i]) continue;
       const [r, g, b] = hexToRgb(classColor(instances[i].class_id));
-      const runs = state.runs[i];
+      const runs = state.runs[i]; // background, mask, background, ... over pixels in column-major order
       let pos = 0;
       for (let j = 0; j < runs.length; j += 1) {
         const end = pos + runs[j];
@@ -256,7 +230,7 @@
   function showResult(result) {
     state.result = result;
     state.classCount = (result.model && result.model.classes && result.model.classes.length) || 0;
-    state.runs = result.instances.map((inst) => decodeCounts(inst.mask_rle.counts));
+    state.runs = result.instances.map((inst) => Int32Array.from(inst.mask_rle.counts));
     state.visible = result.instances.map(() => true);
     state.highlight = null;
     maskLayer = null;
@@ -332,7 +306,7 @@
       };
     }
     try {
-      const response = await fetch("api/v1/predict", { ...request, credentials: "same-origin" });
+      const response = await fetch("api/v1/predict?rle=uncompressed", { ...request, credentials: "same-origin" });
       if (seq !== state.request) return;
       if (!response.ok) {
         const message = await errorMessage(response);
