@@ -274,7 +274,13 @@ def _run_group(paths: list[Path], threshold: float) -> list[dict]:
         return items
     for k, instances in zip(ready, results):
         name = paths[k].name
-        items[k].update(legacy_result(images[k], instances, name, f"OUTPUT_BASE_{Path(name).stem}.txt"))
+        try:
+            items[k].update(legacy_result(images[k], instances, name, f"OUTPUT_BASE_{Path(name).stem}.txt"))
+        except OSError as exc:  # the answer is already on its way: say it in the item, keep going
+            logger.warning("cannot write the output files of %s: %s", name, exc)
+            items[k].update(detected_bounding_boxes=[], partial_images=[], output_image="",
+                            error=f"cannot write the output files of {name!r} ({exc.strerror or exc}); "
+                                  "check that the --output-folder is writable and has space")
     return items
 
 

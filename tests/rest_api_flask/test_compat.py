@@ -185,11 +185,14 @@ def test_a_large_folder_runs_in_groups_and_a_bad_file_does_not_stop_it(app_with,
     names = [f"{k:02d}.png" for k in range(5)]
     _copy_samples([sample_paths[k % len(sample_paths)] for k in range(5)], upload, names)
     (upload / "broken.png").write_bytes(b"not a png")
+    (output / "03.png").mkdir(parents=True)  # its output image cannot be written
     response = client.post("/api/detect-area-all", json={"threshold_value": 0.0})
     assert response.status_code == 200
     items = response.get_json()["data"]
     assert [item["input_image_name"] for item in items] == ["00.png", "01.png", "02.png", "03.png", "04.png", "broken.png"]
-    assert all(item["output_image"] for item in items[:5]) and all("error" not in item for item in items[:5])
+    done = [items[k] for k in (0, 1, 2, 4)]
+    assert all(item["output_image"] for item in done) and all("error" not in item for item in done)
+    assert items[3]["output_image"] == "" and "cannot write the output files of '03.png'" in items[3]["error"]
     broken = items[5]
     assert list(broken)[:4] == OLD_ITEM_KEYS and broken["detected_bounding_boxes"] == [] and broken["output_image"] == ""
     assert "broken.png" in broken["error"] and "remove or replace it" in broken["error"]
