@@ -17,7 +17,9 @@ import requests
 from PIL import Image
 
 from maskrcnn_finetune.visualize import draw_instances
+from maskrcnn_finetune.errors import ConfigError
 from rest_api_flask import create_app
+from rest_api_flask.flask_app import build_parser, check_args
 
 from server_helpers import png_of, start_server, stop_server
 
@@ -251,6 +253,22 @@ def test_detect_bad_input_names_the_fix(client):
     page = client.get("/detect", headers={"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"})
     assert page.status_code == 400 and page.mimetype == "text/html"
     assert "Error in retrieving image" in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--max-batch", "0"], "--max-batch must be positive"),
+    (["--legacy-output-scale", "0"], "--legacy-output-scale must be above 0 and at most 1"),
+    (["--legacy-output-scale", "1.5"], "--legacy-output-scale must be above 0 and at most 1"),
+])
+def test_legacy_flags_are_checked(model_dir, flags, words):
+    with pytest.raises(ConfigError, match=words):
+        check_args(build_parser().parse_args(["--model-dir", str(model_dir), *flags]))
+
+
+def test_an_unwritable_base64_folder_is_refused_at_start(app_with, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot create the --legacy-base64-folder"):
+        app_with(LEGACY_BASE64_FOLDER=str(tmp_path / "file" / "strings"))
 
 
 # ---------------------------------------------------------------- the old READMEs' clients, against the real server
