@@ -51,7 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     inference.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.meta_bp)
-    app.register_blueprint(compat.bp)
+    compat.init_app(app)  # the older kits' routes
     # the web page is its own blueprint (rest_api_flask/web.py); the API works without it
     if importlib.util.find_spec("rest_api_flask.web") is not None:
         web = importlib.import_module("rest_api_flask.web")

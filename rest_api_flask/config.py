@@ -22,6 +22,8 @@ DEFAULTS = {
     "API_KEY": None,              # accepted in the X-API-Key header instead of basic auth
     "WARMUP": True,               # run the model once before serving
     "PREDICTOR": None,            # an already loaded Predictor (tests, notebooks) instead of MODEL_DIR
+    "LEGACY_BASE64_FOLDER": None,  # the old API's base64 .txt copies of its images are written here (None: not)
+    "LEGACY_OUTPUT_SCALE": 1.0,   # size of the old API's drawn images (0.7: as it drew them)
 }
 
 
@@ -39,4 +41,7 @@ def config_from_args(args) -> dict:
         "RETENTION_MINUTES": args.retention_minutes,
         "AUTH": args.auth,
         "API_KEY": args.api_key,
+        "MAX_BATCH": args.max_batch,
+        "LEGACY_BASE64_FOLDER": args.legacy_base64_folder,
+        "LEGACY_OUTPUT_SCALE": args.legacy_output_scale,
     }

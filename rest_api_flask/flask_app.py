@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ready-file", default=None, metavar="PATH",
                         help="write a JSON file here once serving (url, public_url, tunnel_state, ...) and update "
                              "it when the tunnel opens or fails; removed on exit (for programs that start the server)")
+    legacy = parser.add_argument_group("the older kits' routes (/api/detect-area-*, /detect)")
+    legacy.add_argument("--max-batch", type=int, default=16,
+                        help="images in one /api/v1/predict/batch request (413 above); the legacy folder routes "
+                             "answer any number, taking the model for this many at a time")
+    legacy.add_argument("--legacy-base64-folder", default=None, metavar="DIR",
+                        help="also write the old API's base64 .txt copies of its images here (OUTPUT_BASE_<name>.txt, "
+                             "OUTPUT_PARTIAL_IMAGE_BASE_<name>_<i>.txt), e.g. output/string_images")
+    legacy.add_argument("--legacy-output-scale", type=float, default=1.0,
+                        help="size of the old API's drawn output images (0.7: the size it drew them at)")
     return parser
 
 
@@ -93,6 +102,11 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("max_upload_mb", "max_pixels", "threads"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_batch <= 0:
+        raise ConfigError(f"--max-batch must be positive, got {args.max_batch}")
+    if not 0.0 < args.legacy_output_scale <= 1.0:
+        raise ConfigError(f"--legacy-output-scale must be above 0 and at most 1 (0.7: the old API's size), "
+                          f"got {args.legacy_output_scale}")
     if args.retention_minutes < 0:
         raise ConfigError("--retention-minutes must be 0 (keep results) or positive")
     if Path(args.model_dir).is_file() and not (args.d2_config and args.classes):
