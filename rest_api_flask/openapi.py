@@ -73,8 +73,11 @@ _LEGACY = {"summary": "compatible route of the older detectron2 Flask API",
            "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
            "responses": {"200": _json(_ref("Legacy"), "the older API's answer"), "400": _json(_ref("Legacy"), "bad input"),
                          "401": _ERROR, "404": _json(_ref("Legacy"), "no such image"),
+                         "409": _json(_ref("Legacy"), "the upload and output folders are one folder"),
                          "413": _json(_ref("Legacy"), "too many images")}}
 
+_DRAWN = {"description": "the image with its masks drawn (header X-Instances: how many)",
+          "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
 _NUMBER_LIST = {"type": "array", "items": {"type": "number"}}
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -169,6 +172,20 @@ def openapi_spec() -> dict:
             "/openapi.json": {"get": {"summary": "this document",
                                       "responses": {"200": {"description": "OpenAPI 3.0",
                                                             "content": {"application/json": {}}}}}},
+            "/api": {"get": {"summary": "liveness page of the older detectron2 Flask API",
+                             "responses": {"200": {"description": "an HTML page saying the app runs",
+                                                   "content": {"text/html": {}}}}}},
+            "/detect": {
+                "get": {"summary": "the older detectron2 web app: an image address -> the image with its masks drawn",
+                        "parameters": [{"name": "url", "in": "query", "required": True, "schema": {"type": "string"}},
+                                       {"name": "threshold", "in": "query", "schema": _THRESHOLD}],
+                        "responses": {"200": _DRAWN, **_ERRORS}},
+                "post": {"summary": "the older detectron2 web app: an uploaded image -> the image with its masks drawn",
+                         "parameters": [{"name": "threshold", "in": "query", "schema": _THRESHOLD}],
+                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                             "type": "object", "required": ["file"],
+                             "properties": {"file": {"type": "string", "format": "binary"}}}}}},
+                         "responses": {"200": _DRAWN, **_ERRORS}}},
             "/api/detect-area-base64": {"post": _LEGACY},
             "/api/detect-area-all": {"post": _LEGACY},
             "/api/detect-area-by-name": {"post": _LEGACY},
