@@ -39,6 +39,14 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; run with --help to see every option\n")
 
 
+def _port_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the port must be a number, got {text!r} (from --port or the PORT "
+                                         "environment variable)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -63,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
                              "has it, channels-last, threshold before the mask head)")
     parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
+    parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1",
+                        help="address to listen on (0.0.0.0: every interface; default: env HOST, else 127.0.0.1)")
+    parser.add_argument("--port", type=_port_number, default=os.environ.get("PORT") or "5000",
+                        help="port to listen on (0: any free port; default: env PORT, else 5000)")
     parser.add_argument("--debug", action="store_true", help="Flask's development server with debug pages")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                         help="require HTTP basic auth (also set on the ngrok tunnel)")

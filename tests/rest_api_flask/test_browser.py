@@ -304,7 +304,8 @@ def test_drop_paste_and_url_under_a_path_prefix(app, browser, image_path, http_s
         expect(page.locator("#dl-json")).to_have_attribute("href", f"api/v1/results/{from_url['id']}/result.json")
         # The picture under the masks is the user's URL itself, loaded by the browser.
         expect(page.locator("#base-image")).to_have_attribute("src", image_url)
-        page.wait_for_function("document.getElementById('base-image').naturalWidth > 0")
+        # the function form: a bare expression is polled with eval, which the page's Content-Security-Policy refuses
+        page.wait_for_function("() => document.getElementById('base-image').naturalWidth > 0")
 
         ours = [url for url in requested if not url.startswith(("blob:", image_url))]
         assert ours and all(url.startswith(page_url) for url in ours), requested
