@@ -1,4 +1,4 @@
-"""Server fixtures: a tiny trained model, the app and its test client, and the real server process.
+"""Server fixtures: the tiny trained model, the app and its test client, and the real server process.
 
 The ``server`` fixture starts ``rest_api_flask/flask_app.py`` (waitress) as its own process on a
 free loopback port and waits for its ``Serving on http://...`` line, as a user or a notebook would.
@@ -7,6 +7,7 @@ free loopback port and waits for its ``Serving on http://...`` line, as a user o
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +15,21 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn_finetune.config import resolve_config
-from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.predictor import Predictor
 from rest_api_flask import create_app
 
 from server_helpers import png_of, start_server, stop_server
-from training_options import TINY_MODEL
 
 
 @pytest.fixture(scope="session")
-def model_dir(tiny_coco, tmp_path_factory):
-    """A model folder from a 2-iteration training (a few seconds on the CPU), at most 5 detections an image."""
+def model_dir(tiny_model, tmp_path_factory):
+    """The tiny trained model (``tiny_model()``, shared with the other tests), in a folder of its own whose
+    test-time settings keep the answers small and fast: at most 5 detections an image and fewer
+    proposals (the weights do not depend on them), so inference takes tens of ms on a CPU."""
     out = tmp_path_factory.mktemp("server_model") / "m"
-    cfg = resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(out), backbone="mobilenetv2_fpnlite",
-                         **{**TINY_MODEL, "detections_per_image": 5})
-    train(cfg)
-    # fewer test-time proposals (the weights do not depend on them): inference in tens of ms on a CPU
+    shutil.copytree(tiny_model(), out)
     info = json.loads((out / "model.json").read_text())
-    info["model"].update(rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30)
+    info["model"].update(detections_per_image=5, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30)
     (out / "model.json").write_text(json.dumps(info))
     return out
 
