@@ -157,6 +157,10 @@ class ResultStore:
     Args:
         output_folder: the server's output folder.
         retention_minutes: age after which a result is deleted (0 keeps them forever).
+        upload_folder: the server's upload folder; received images are kept in its ``api/`` beside
+            their result ids and removed with them (None: not kept).
+        cleanup_interval_s: the least time between two looks for expired results (made on a new
+            result), capped at half the retention; the app's ``CLEANUP_INTERVAL_S``.
     """
 
     def __init__(self, output_folder, retention_minutes: float = 60, upload_folder=None,

@@ -1,5 +1,5 @@
-"""Shared fixtures: a local HTTP server (download tests never touch the internet), the tiny data set
-and model, and the stand-in ``google.colab``."""
+"""Shared fixtures: a local HTTP server (download tests never touch the internet), the tiny data set,
+the tiny trained models, and the stand-in ``google.colab``."""
 
 from __future__ import annotations
 
@@ -33,11 +33,32 @@ def tiny_coco(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tiny_coco, tmp_path_factory):
-    """A model folder from a 3-iteration training of the tiny MobileNetV2-FPN-lite (at most 20 detections)."""
+def tiny_model(tiny_coco, tmp_path_factory):
+    """Trained tiny model folders, one training per set of options: ``tiny_model(backbone, **overrides)``.
+
+    For tests that need *a* trained model, not the training itself. ``overrides`` are training options
+    that replace the defaults (``training_options.TINY_MODEL``, 3 iterations, at most 20 detections);
+    every test asking for the same options gets the same folder, so copy it before changing it.
+    """
     from training_options import train_tiny
 
-    return train_tiny(tiny_coco["train"], tmp_path_factory.mktemp("tiny_model") / "m", max_iter=3, detections_per_image=20)
+    folders = {}
+
+    def make(backbone: str = "mobilenetv2_fpnlite", **overrides):
+        options = {"max_iter": 3, "detections_per_image": 20, **overrides}
+        key = (backbone, tuple(sorted((name, repr(value)) for name, value in options.items())))
+        if key not in folders:
+            out = tmp_path_factory.mktemp(f"tiny_{backbone}") / "m"
+            folders[key] = train_tiny(tiny_coco["train"], out, backbone, **options)
+        return folders[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model):
+    """A model folder from a 3-iteration training of the tiny MobileNetV2-FPN-lite (at most 20 detections)."""
+    return tiny_model()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,13 +14,10 @@ from maskrcnn_finetune.model_dir import load_model_dir
 from maskrcnn_finetune.parity import compare_runs
 from maskrcnn_finetune.predictor import BF16_MIN_INPUT, Predictor, native_bf16
 
-from training_options import train_tiny
-
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_coco, tmp_path_factory):
-    return train_tiny(tiny_coco["train"], tmp_path_factory.mktemp("fast") / "m", "resnet18_fpn", max_iter=3,
-                      detections_per_image=30)
+def model_dir(tiny_model):
+    return tiny_model("resnet18_fpn", detections_per_image=30)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def test_every_input_kind_gives_the_same_result(model_dir, tiny_coco, tmp_path):
     rgb = np.array(Image.open(path).convert("RGB"))
     from_path, from_array, from_pil = predictor(path), predictor(rgb), predictor(Image.open(path))
     batch = predictor([path, rgb])
-    assert len(batch) == 2 and len(from_path) > 0
+    assert len(batch) == 2 and len(from_path) > 0 and from_path.masks.any()  # instances, with pixels
     for other in (from_array, from_pil, batch[0], batch[1]):
         assert np.allclose(other.scores, from_path.scores, atol=1e-4)
         assert np.array_equal(other.masks, from_path.masks)
@@ -42,11 +42,16 @@ def test_threshold_and_odd_images(model_dir, tmp_path):
     cut = float(np.median(everything.scores))
     above = predictor(image, threshold=cut)
     assert len(above) == int((everything.scores >= cut).sum())
-    grey = predictor(image[:, :, 0])  # a 2-D grey array is accepted
-    assert grey.masks.shape[1:] == (60, 80)
-    rgba = tmp_path / "rgba.png"
-    Image.fromarray(np.dstack([image, np.full((60, 80), 128, np.uint8)])).save(rgba)
-    assert predictor(rgba).masks.shape[1:] == (60, 80)
+    assert len(above) > 0 and np.array_equal(above.scores, everything.scores[everything.scores >= cut])
+    grey = predictor(image[:, :, 0])  # a 2-D grey array is the grey RGB image
+    same_grey = predictor(np.dstack([image[:, :, 0]] * 3))
+    assert len(grey) > 0 and grey.masks.shape[1:] == (60, 80)
+    assert np.array_equal(grey.scores, same_grey.scores) and np.array_equal(grey.masks, same_grey.masks)
+    rgba = np.dstack([image, np.full((60, 80), 128, np.uint8)])  # the alpha channel is dropped
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    for dropped in (predictor(tmp_path / "rgba.png"), predictor(rgba)):
+        assert len(dropped) == len(everything) and dropped.masks.shape[1:] == (60, 80)
+        assert np.array_equal(dropped.scores, everything.scores) and np.array_equal(dropped.masks, everything.masks)
     with pytest.raises(ConfigError, match="uint8"):
         predictor(image.astype(np.float32))
 

@@ -22,12 +22,12 @@ from server_helpers import png_of, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
-def model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model (``tiny_model_dir``) served with test-time settings that keep answers small and
-    fast: at most 5 detections an image, fewer proposals (the weights do not depend on them), so
-    inference takes tens of ms on a CPU."""
+def model_dir(tiny_model, tmp_path_factory):
+    """The tiny trained model (``tiny_model()``, shared with the other tests), in a folder of its own whose
+    test-time settings keep the answers small and fast: at most 5 detections an image and fewer
+    proposals (the weights do not depend on them), so inference takes tens of ms on a CPU."""
     out = tmp_path_factory.mktemp("server_model") / "m"
-    shutil.copytree(tiny_model_dir, out)
+    shutil.copytree(tiny_model(), out)
     info = json.loads((out / "model.json").read_text())
     info["model"].update(detections_per_image=5, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30)
     (out / "model.json").write_text(json.dumps(info))

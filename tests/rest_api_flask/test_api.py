@@ -252,6 +252,27 @@ def test_old_results_are_removed_after_the_retention(predictor, folders, sample_
     assert not (folders[0] / "api" / f"{old}.png").exists()
 
 
+def test_expired_results_wait_for_the_cleanup_interval_and_go_at_the_next_start(predictor, folders, sample_png):
+    import os
+    import time
+
+    from rest_api_flask import create_app
+
+    config = {"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
+              "THRESHOLD": 0.0, "WARMUP": False, "RETENTION_MINUTES": 60, "CLEANUP_INTERVAL_S": 3600}
+    client = create_app(config).test_client()  # the start looked for expired results a moment ago
+    old = _predict(client, sample_png).get_json()["id"]
+    two_hours_ago = time.time() - 7200
+    os.utime(folders[1] / "results" / old, (two_hours_ago, two_hours_ago))
+    os.utime(folders[0] / "api" / f"{old}.png", (two_hours_ago, two_hours_ago))
+    new = _predict(client, sample_png).get_json()["id"]  # within the interval: no look, the old one stays
+    assert client.get(f"/api/v1/results/{old}/result.json").status_code == 200
+    restarted = create_app(config).test_client()  # a new start always looks
+    assert restarted.get(f"/api/v1/results/{old}/result.json").status_code == 404
+    assert not (folders[0] / "api" / f"{old}.png").exists()
+    assert restarted.get(f"/api/v1/results/{new}/result.json").status_code == 200
+
+
 def test_auth_and_api_key_protect_everything_but_health(predictor, folders, sample_png):
     from rest_api_flask import create_app
 

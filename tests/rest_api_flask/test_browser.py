@@ -3,7 +3,7 @@
 Debian's chromium (``apt-get install chromium``; ``make test`` installs it) is driven by Playwright's
 Python package through ``executable_path``, so no browser is downloaded. Nothing is mocked: the page
 talks to the real server process (``flask_app.py``, waitress, ``--threshold 0``: the ``server``
-fixture of conftest.py) serving a model trained for two iterations.
+fixture of conftest.py) serving the tiny model, trained for three iterations.
 
 Screenshots (phone and desktop size) go to ``$WEB_SCREENSHOT_DIR`` when set, else the test's tmp dir.
 """
