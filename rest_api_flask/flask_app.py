@@ -27,6 +27,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from maskrcnn_finetune.cli import run_cli  # noqa: E402
+from maskrcnn_finetune.coco_model import COCO_MODEL, coco_model_dir  # noqa: E402
 from maskrcnn_finetune.errors import ConfigError  # noqa: E402
 
 logger = logging.getLogger("rest_api_flask")
@@ -51,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model-dir", required=True,
-                        help="a model folder written by scripts/train.py, or a bare detectron2 model_final.pth "
-                             "(with --d2-config and --classes)")
+                        help="a model folder written by scripts/train.py, a bare detectron2 model_final.pth "
+                             "(with --d2-config and --classes), or 'coco': torchvision's COCO-trained Mask R-CNN "
+                             "(80 classes, no training; downloaded once)")
     parser.add_argument("--d2-config", default=None,
                         help="with a bare detectron2 .pth: its config yaml, or the model-zoo config name it was trained from")
     parser.add_argument("--classes", default=None, help="with a bare detectron2 .pth: class names in category order, comma-separated")
@@ -124,7 +126,7 @@ def check_args(args: argparse.Namespace) -> None:
                           "model_final.pth with --d2-config CONFIG.yaml --classes NAMES (or import it once with "
                           f"python scripts/import_detectron2.py --weights {args.model_dir} --config CONFIG.yaml "
                           "--classes NAMES --output-dir DIR)")
-    if not Path(args.model_dir).is_dir() and not Path(args.model_dir).is_file():
+    if not Path(args.model_dir).exists() and args.model_dir != COCO_MODEL:
         raise ConfigError(f"model folder '{args.model_dir}' does not exist; pass --model-dir with the "
                           "--output-dir of a training run (it holds model.json and model_final.pth)")
 
@@ -226,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     from rest_api_flask.config import config_from_args
     from rest_api_flask.ready import ReadyFile, connectable_url
 
-    model_dir = model_folder_of_weights(args) if Path(args.model_dir).is_file() else Path(args.model_dir)
+    if Path(args.model_dir).is_file():
+        model_dir = model_folder_of_weights(args)
+    elif args.model_dir == COCO_MODEL and not Path(args.model_dir).exists():
+        model_dir = coco_model_dir(Path(args.output_folder) / "models")
+        say(f"Serving torchvision's COCO Mask R-CNN (80 classes, no training of yours): {model_dir}")
+    else:
+        model_dir = Path(args.model_dir)
     app = create_app({**config_from_args(args), "MODEL_DIR": str(model_dir)})
     predictor = app.extensions["inference"].predictor
     say(f"Model on {predictor.device}: {predictor.describe_mode()}" + (" (--no-fast turns it off)" if predictor.fast else ""))
