@@ -68,6 +68,7 @@ bench: $(STAMP) $(D2_STAMP)
 	$(PY) benchmarks/cpu_inference.py --parity $(DEMO_DIR)/model:$(DEMO_DIR)/coco/val.json
 	$(PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
 		--out outputs/bench/server_load.json
+	$(PY) benchmarks/predict_speed.py --model-dir $(DEMO_DIR)/model --images $(DEMO_DIR)/coco/val.json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
