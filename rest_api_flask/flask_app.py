@@ -51,13 +51,18 @@ def _port_number(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--model-dir", required=True,
+    parser.add_argument("--model-dir", default=None,
                         help="a model folder written by scripts/train.py, a bare detectron2 model_final.pth "
                              "(with --d2-config and --classes), or 'coco': torchvision's COCO-trained Mask R-CNN "
                              "(80 classes, no training; downloaded once)")
-    parser.add_argument("--d2-config", default=None,
+    parser.add_argument("--weights", default=None, metavar="FILE_OR_URL",
+                        help="a detectron2 checkpoint (model_final.pth) to serve, a file or an http(s) URL (downloaded "
+                             "once into the output folder), with --config-file; the older REST API kit's flag")
+    parser.add_argument("--d2-config", "--config-file", dest="d2_config", default=None,
                         help="with a bare detectron2 .pth: its config yaml, or the model-zoo config name it was trained from")
-    parser.add_argument("--classes", default=None, help="with a bare detectron2 .pth: class names in category order, comma-separated")
+    parser.add_argument("--classes", default=None,
+                        help="with a bare detectron2 .pth: class names in category order, comma-separated "
+                             "(default: class_1, class_2, ... as many as its config file says)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="with a bare detectron2 .pth holding Python objects besides weights (only files you trust)")
     parser.add_argument("--upload-folder", default="uploads",
@@ -121,11 +126,25 @@ def check_args(args: argparse.Namespace) -> None:
                           f"got {args.legacy_output_scale}")
     if args.retention_minutes < 0:
         raise ConfigError("--retention-minutes must be 0 (keep results) or positive")
-    if Path(args.model_dir).is_file() and not (args.d2_config and args.classes):
-        raise ConfigError(f"--model-dir '{args.model_dir}' is a file; pass a model folder, or serve a bare detectron2 "
-                          "model_final.pth with --d2-config CONFIG.yaml --classes NAMES (or import it once with "
-                          f"python scripts/import_detectron2.py --weights {args.model_dir} --config CONFIG.yaml "
-                          "--classes NAMES --output-dir DIR)")
+    if args.model_dir is None and args.weights is None:
+        raise ConfigError("no model given: pass --model-dir with a model folder (a training's --output-dir), "
+                          "--weights FILE_OR_URL --config-file CONFIG.yaml for a detectron2 checkpoint, or "
+                          "--model-dir coco to try torchvision's COCO-trained model")
+    if args.model_dir is not None and args.weights is not None:
+        raise ConfigError("give --model-dir or --weights, not both")
+    weights = args.weights or (args.model_dir if Path(args.model_dir).is_file() else None)
+    if weights is not None:
+        if not _is_url(weights) and not Path(weights).is_file():
+            raise ConfigError(f"--weights '{weights}' does not exist; pass a detectron2 model_final.pth or its URL")
+        if not args.d2_config:
+            raise ConfigError(f"'{weights}' is a bare detectron2 checkpoint: pass its --config-file CONFIG.yaml (or the "
+                              "model-zoo config name it was trained from, then with --classes NAMES), or import it "
+                              f"once with python scripts/import_detectron2.py --weights {weights} --config CONFIG.yaml "
+                              "--classes NAMES --output-dir DIR")
+        if not args.classes and not Path(args.d2_config).is_file():
+            raise ConfigError(f"--config-file '{args.d2_config}' is not a file, so the number of classes is unknown: "
+                              "pass --classes NAMES in the order of the training set's categories")
+        return
     if not Path(args.model_dir).exists() and args.model_dir != COCO_MODEL:
         raise ConfigError(f"model folder '{args.model_dir}' does not exist; pass --model-dir with the "
                           "--output-dir of a training run (it holds model.json and model_final.pth)")
@@ -145,11 +164,30 @@ def check_port_free(host: str, port: int) -> None:
                           "(0 picks a free one) or stop the program that uses it") from exc
 
 
-def model_folder_of_weights(args: argparse.Namespace) -> Path:
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def fetched_weights(url: str, output_folder) -> Path:
+    """A checkpoint URL's file, downloaded once (checked, retried, atomic) into ``output_folder/models/downloads``."""
+    from urllib.parse import unquote, urlsplit
+
+    from maskrcnn_finetune.data.download import download_file
+
+    name = Path(unquote(urlsplit(url).path)).name or "model_final.pth"
+    dest = Path(output_folder) / "models" / "downloads" / name
+    if not dest.is_file():
+        say(f"downloading {url}")
+        download_file(url, dest)
+    return dest
+
+
+def model_folder_of_weights(args: argparse.Namespace, weights: Path) -> Path:
     """The model folder of a bare detectron2 checkpoint, made once inside --output-folder.
 
     The folder is named after the checkpoint's content, so the same file is imported once and
-    another file never reuses a stale folder.
+    another file never reuses a stale folder. Without --classes, the classes are named class_1,
+    class_2, ... (as many as the config file's MODEL.ROI_HEADS.NUM_CLASSES).
     """
     from maskrcnn_finetune.data.download import sha256_of
     from maskrcnn_finetune.model_dir import MODEL_JSON
@@ -158,10 +196,17 @@ def model_folder_of_weights(args: argparse.Namespace) -> Path:
     require_detectron2()
     from maskrcnn_finetune.modeling.detectron2.checkpoints import import_checkpoint
 
-    weights = Path(args.model_dir)
+    weights = Path(weights)
     folder = Path(args.output_folder) / "models" / f"{weights.stem}-{sha256_of(weights)[:12]}"
     if not (folder / MODEL_JSON).exists():
-        classes = [name.strip() for name in args.classes.split(",")]
+        if args.classes:
+            classes = [name.strip() for name in args.classes.split(",")]
+        else:
+            from maskrcnn_finetune.modeling.detectron2.model_config import load_config
+
+            count = int(load_config(args.d2_config).MODEL.ROI_HEADS.NUM_CLASSES)
+            classes = [f"class_{k}" for k in range(1, count + 1)]
+            say(f"no --classes: its {count} classes are named {', '.join(classes)}; --classes NAMES names them")
         import_checkpoint(weights, args.d2_config, classes, folder, score_threshold=args.threshold,
                           trusted=args.trust_checkpoint)
         say(f"imported {weights} into the model folder {folder}")
@@ -228,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     from rest_api_flask.config import config_from_args
     from rest_api_flask.ready import ReadyFile, connectable_url
 
-    if Path(args.model_dir).is_file():
-        model_dir = model_folder_of_weights(args)
+    if args.weights is not None or Path(args.model_dir).is_file():
+        weights = args.weights or args.model_dir
+        model_dir = model_folder_of_weights(args, fetched_weights(weights, args.output_folder) if _is_url(weights)
+                                            else Path(weights))
     elif args.model_dir == COCO_MODEL and not Path(args.model_dir).exists():
         model_dir = coco_model_dir(Path(args.output_folder) / "models")
         say(f"Serving torchvision's COCO Mask R-CNN (80 classes, no training of yours): {model_dir}")

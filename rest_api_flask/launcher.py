@@ -43,9 +43,11 @@ def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.
     if tunnel not in TUNNELS:
         raise KitError(f"tunnel must be one of {', '.join(TUNNELS)}, got '{tunnel}' "
                        "(in Colab without ngrok, use maskrcnn_finetune.colab.proxy_url)")
-    cmd = [sys.executable, "-u", "-m", "rest_api_flask", "--model-dir", str(model_dir),
-           "--upload-folder", str(upload_folder), "--output-folder", str(output_folder),
-           "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-u", "-m", "rest_api_flask"]
+    if model_dir is not None:  # None: the model comes from extra_args (e.g. --weights ... --config-file ...)
+        cmd += ["--model-dir", str(model_dir)]
+    cmd += ["--upload-folder", str(upload_folder), "--output-folder", str(output_folder), "--host", host,
+            "--port", str(port)]
     if tunnel == "ngrok":
         cmd.append("--use-ngrok")
     if infer_with_cpu:
@@ -174,7 +176,8 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
     """Starts the server in the background and returns once ``/health`` says the model is loaded.
 
     Args:
-        model_dir: a model folder written by training.
+        model_dir: a model folder written by training, ``"coco"`` (torchvision's COCO model), or None
+            when ``extra_args`` name the model (``--weights FILE_OR_URL --config-file CONFIG``).
         upload_folder, output_folder: where the server keeps uploads and results.
         tunnel: ``"none"`` (this machine only) or ``"ngrok"`` (a public https URL).
         ngrok_token: passed to the server as ``$NGROK_AUTHTOKEN``; None keeps the environment's.

@@ -383,3 +383,29 @@ def test_flask_app_serves_a_detectron2_folder(r50_dir, tiny_coco, tmp_path):
     assert [i["class_name"] for i in body["instances"]] == direct.labels
     assert np.allclose([i["score"] for i in body["instances"]], direct.scores, atol=1e-5)
     assert body["masked_fraction"] == pytest.approx(direct.masked_fraction(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_rest_api_kits_weights_url_and_config_file_flags(detectron2_run, tiny_coco, tmp_path, http_server):
+    """The older REST API kit's serve command: --weights (here a URL) and --config-file, no --classes."""
+    from rest_api_flask.launcher import start_server
+
+    run, _ = detectron2_run
+    url = http_server.serve("/models/ResNet_50_FPN_model_final.pth", (run / "model_final.pth").read_bytes())
+    out = tmp_path / "served"
+    with start_server(None, tmp_path / "up", out, infer_with_cpu=True, threshold=0.0, stop_previous=False,
+                      extra_args=["--weights", url, "--config-file", str(run / "config.yaml")],
+                      env={"OMP_NUM_THREADS": "1", "NGROK_AUTHTOKEN": ""}, timeout=300) as server:
+        assert server.health()["classes"] == ["class_1", "class_2", "class_3"]  # named for the config's 3 classes
+        path = _val_image(tiny_coco)
+        import requests
+
+        body = requests.post(server.url + "/api/v1/predict", files={"image": (path.name, path.read_bytes())},
+                             timeout=60).json()
+        assert "no --classes: its 3 classes are named class_1, class_2, class_3" in "\n".join(server.lines)
+    downloaded = out / "models" / "downloads" / "ResNet_50_FPN_model_final.pth"
+    assert downloaded.read_bytes() == (run / "model_final.pth").read_bytes() and http_server.count() == 1
+    folders = [f for f in (out / "models").iterdir() if f.name != "downloads"]
+    assert len(folders) == 1
+    direct = Predictor.from_dir(folders[0], score_threshold=0.0)(path)
+    assert body["num_instances"] == len(direct) > 0

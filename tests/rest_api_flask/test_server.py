@@ -147,6 +147,14 @@ def test_a_bare_weights_file_names_the_import_script(tmp_path):
     assert result.returncode == 2 and "scripts/import_detectron2.py" in result.stderr
 
 
+def test_no_model_at_all_says_which_flag_to_give(tmp_path):
+    # the older REST API kit's serve command, which named no model
+    result = _cli("--upload-folder", str(tmp_path / "u"), "--use-ngrok", "--infer-with-cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no model given" in result.stderr and "--model-dir coco" in result.stderr and "--weights" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_port_in_use_is_one_line(server, model_dir, tmp_path):
     port = server.url.rsplit(":", 1)[1]  # the module's server holds it
     result = _cli("--model-dir", str(model_dir), "--upload-folder", str(tmp_path / "u"),
