@@ -168,13 +168,15 @@ def plot_rounds(rounds: dict[str, dict], out_png) -> Path:
 
 
 def draw_instances(image: np.ndarray, instances, alpha: float = 0.5, show_boxes: bool = True,
-                   show_labels: bool = True) -> np.ndarray:
+                   show_labels: bool = True, remove_colors: bool = False) -> np.ndarray:
     """The image with each instance's mask tinted in its class colour, its box and its label.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         instances: :class:`~maskrcnn_finetune.structures.Instances` for that image.
         alpha: mask opacity.
+        remove_colors: draw on a grey copy of the image (the masks keep their colours), so that
+            they stand out on colourful photos (detectron2's ``ColorMode.IMAGE_BW``).
 
     Returns:
         A new ``(H, W, 3)`` uint8 RGB array.
@@ -182,7 +184,11 @@ def draw_instances(image: np.ndarray, instances, alpha: float = 0.5, show_boxes:
     from PIL import Image, ImageDraw
 
     colors = (class_colors(len(instances.class_names)) * 255).astype(np.float64)
-    out = np.array(image, dtype=np.uint8, copy=True)
+    if remove_colors:  # ITU-R 601 luma, as PIL's convert("L")
+        grey = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L"))
+        out = np.repeat(grey[..., None], 3, axis=2)
+    else:
+        out = np.array(image, dtype=np.uint8, copy=True)
     for k in np.argsort(-instances.scores)[::-1]:  # the best instance is drawn last, on top
         # blend inside the mask's extent only, in float32: the server draws this on every request,
         # and a whole-image float64 copy with boolean indexing took longer than encoding the PNG

@@ -119,7 +119,8 @@ def read_images(batch: bool) -> tuple[list[tuple[bytes, str | None]], dict | Non
 
 # ---------------------------------------------------------------- prediction
 def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: str | None, threshold: float,
-                 model_ms: float, start: float, polygons: bool, rle_format: str = "compressed") -> dict:
+                 model_ms: float, start: float, polygons: bool, rle_format: str = "compressed",
+                 remove_colors: bool = False) -> dict:
     """Writes a result's files and returns its JSON (the API's contract; also saved as ``result.json``)."""
     store = get_store()
     pending = store.begin()
@@ -127,7 +128,7 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
         # each mask is encoded once, for the response and for coco_results.json; the union once too
         rles = mask_rles(instances)
         union = instances.union_mask()
-        pending.write_files(image, instances, rles=rles, union=union)
+        pending.write_files(image, instances, rles=rles, union=union, remove_colors=remove_colors)
         height, width = instances.image_size
         model = get_service().model_info()
         payload = {
@@ -158,7 +159,7 @@ def store_result(image: np.ndarray, instances: Instances, raw: bytes, filename: 
 
 
 def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygons: bool, rle_format: str,
-                 start: float) -> list[dict]:
+                 remove_colors: bool, start: float) -> list[dict]:
     """Decodes, predicts and stores images one after the other, so only one decoded image is held at a time."""
     max_pixels = current_app.config["MAX_PIXELS"]
     payloads = []
@@ -166,18 +167,22 @@ def predict_many(items: list[tuple[bytes, str | None]], threshold: float, polygo
         what = (f"image {i}" + (f" ({name!r})" if name else "")) if len(items) > 1 else "the image"
         image = decode_image(data, max_pixels, what=what)
         (instances,), model_ms = get_service().predict([image], threshold)
-        payloads.append(store_result(image, instances, data, name, threshold, model_ms, start, polygons, rle_format))
+        payloads.append(store_result(image, instances, data, name, threshold, model_ms, start, polygons, rle_format,
+                                     remove_colors))
     return payloads
 
 
-def _options(body) -> tuple[float, bool, str]:
-    """``(threshold, polygons, rle)`` of a predict request, from the query, the form or the JSON body."""
+def _options(body) -> tuple[float, bool, str, bool]:
+    """``(threshold, polygons, rle, remove_colors)`` of a predict request, from the query, the form or the JSON
+    body (``remove_colors`` defaults to the server's ``--remove-colors``)."""
     threshold = parse_threshold(request_param("threshold", body), current_app.config["THRESHOLD"])
     rle_format = request_param("rle", body) or "compressed"
     if rle_format not in RLE_FORMATS:
         raise ApiError(f"rle must be {' or '.join(RLE_FORMATS)}, got {str(rle_format)[:40]!r}; leave it out for "
                        "COCO's compressed counts", 400)
-    return threshold, is_true(request_param("polygons", body)), rle_format
+    grey = request_param("remove_colors", body)
+    remove_colors = current_app.config["REMOVE_COLORS"] if grey is None else is_true(grey)
+    return threshold, is_true(request_param("polygons", body)), rle_format, remove_colors
 
 
 @bp.post("/predict")

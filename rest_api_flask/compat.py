@@ -213,7 +213,8 @@ def legacy_result(image: np.ndarray, instances: Instances, output_name: str, bas
     output = Path(config["OUTPUT_FOLDER"])
     text_folder = Path(config["LEGACY_BASE64_FOLDER"]) if config.get("LEGACY_BASE64_FOLDER") else None
     stem = Path(output_name).stem
-    drawn = _scaled(draw_instances(image, instances), float(config["LEGACY_OUTPUT_SCALE"]))
+    drawn = _scaled(draw_instances(image, instances, remove_colors=config["REMOVE_COLORS"]),
+                    float(config["LEGACY_OUTPUT_SCALE"]))
     drawn_bytes = encode_image(drawn, _PIL_FORMATS[Path(output_name).suffix.lower()])
     write_bytes_atomic(output / output_name, drawn_bytes)
     drawn_text = base64.b64encode(drawn_bytes)

@@ -52,5 +52,5 @@ def detect():
                         allow_loopback=config["URL_ALLOW_LOOPBACK"])
     image = decode_image(raw, config["MAX_PIXELS"])
     (instances,), _ = get_service().predict([image], threshold)
-    jpeg = encode_image(draw_instances(image, instances), "JPEG")
+    jpeg = encode_image(draw_instances(image, instances, remove_colors=config["REMOVE_COLORS"]), "JPEG")
     return Response(jpeg, mimetype="image/jpeg", headers={"X-Instances": str(len(instances))})

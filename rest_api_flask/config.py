@@ -9,6 +9,7 @@ DEFAULTS = {
     "DEVICE": "auto",             # "cpu" with --infer-with-cpu
     "FAST": None,                 # the Predictor's fast CPU path (None: on for the CPU); False with --no-fast
     "THRESHOLD": 0.5,             # default score threshold of a request
+    "REMOVE_COLORS": False,       # overlays on a grey copy of the image (a request's remove_colors overrides it)
     "MAX_UPLOAD_MB": 20,          # request body limit (413 above it)
     "MAX_PIXELS": 40_000_000,     # width x height limit, checked before decoding
     "RETENTION_MINUTES": 60,      # results older than this are removed (0: never)
@@ -36,6 +37,7 @@ def config_from_args(args) -> dict:
         "DEVICE": "cpu" if args.infer_with_cpu else "auto",
         "FAST": False if args.no_fast else None,
         "THRESHOLD": args.threshold,
+        "REMOVE_COLORS": args.remove_colors,
         "MAX_UPLOAD_MB": args.max_upload_mb,
         "MAX_PIXELS": args.max_pixels,
         "RETENTION_MINUTES": args.retention_minutes,

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
                              "has it, channels-last, threshold before the mask head)")
     parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
+    parser.add_argument("--remove-colors", action="store_true",
+                        help="draw overlays on a grey copy of the image, the masks in colour (the web page starts "
+                             "with its 'Grey image' box ticked; a request's remove_colors=0/1 overrides it)")
     parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1",
                         help="address to listen on (0.0.0.0: every interface; default: env HOST, else 127.0.0.1)")
     parser.add_argument("--port", type=_port_number, default=os.environ.get("PORT") or "5000",

@@ -29,9 +29,10 @@ _IMAGE_BODY = {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"},
             "threshold": _THRESHOLD,
-            "polygons": {"type": "string", "enum": ["0", "1"]}}}},
+            "polygons": {"type": "string", "enum": ["0", "1"]},
+            "remove_colors": {"type": "string", "enum": ["0", "1"]}}}},
         "application/json": {"schema": {"allOf": [_IMAGE_ITEM, {"type": "object", "properties": {
-            "threshold": _THRESHOLD, "polygons": {"type": "boolean"}}}]}},
+            "threshold": _THRESHOLD, "polygons": {"type": "boolean"}, "remove_colors": {"type": "boolean"}}}]}},
     },
 }
 _BATCH_BODY = {
@@ -53,6 +54,8 @@ _QUERY = [
     {"name": "polygons", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
     {"name": "rle", "in": "query", "description": "mask_rle as COCO's compressed string (default) or plain run lengths",
      "schema": {"type": "string", "enum": ["compressed", "uncompressed"]}},
+    {"name": "remove_colors", "in": "query", "description": "overlay.png on a grey copy of the image (default: the "
+     "server's --remove-colors)", "schema": {"type": "string", "enum": ["0", "1"]}},
 ]
 _ID = {"name": "id", "in": "path", "required": True, "description": "the result id a prediction returned",
        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}

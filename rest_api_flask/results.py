@@ -75,7 +75,7 @@ class PendingResult:
         self.tmp.mkdir(parents=True)
 
     def write_files(self, image: np.ndarray, instances: Instances, rles: list[dict] | None = None,
-                    union: np.ndarray | None = None) -> None:
+                    union: np.ndarray | None = None, remove_colors: bool = False) -> None:
         """Writes each instance's mask and crop, ``masks.zip`` (masks plus their union),
         ``coco_results.json``, and what the overlay is drawn from.
 
@@ -88,10 +88,12 @@ class PendingResult:
             rles: the masks as COCO RLE, when the caller has encoded them already (see
                 :func:`rest_api_flask.encoding.mask_rles`).
             union: ``instances.union_mask()``, when the caller has it already.
+            remove_colors: the overlay is drawn on a grey copy of the image.
         """
         np.savez(self.tmp / OVERLAY_SOURCE, image=np.ascontiguousarray(image, dtype=np.uint8),
                  masks=np.packbits(instances.masks, axis=-1), boxes=instances.boxes, scores=instances.scores,
-                 class_ids=instances.class_ids, class_names=np.array(instances.class_names, dtype=str))
+                 class_ids=instances.class_ids, class_names=np.array(instances.class_names, dtype=str),
+                 remove_colors=np.bool_(remove_colors))
         with zipfile.ZipFile(self.tmp / "masks.zip", "w", compression=zipfile.ZIP_STORED) as archive:
             for k in range(len(instances)):
                 folder = self.tmp / "instances" / str(k)
@@ -112,8 +114,9 @@ class PendingResult:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _instances_and_image(folder: Path) -> tuple[Instances, np.ndarray] | None:
-    """A result's instances and image, from what :meth:`PendingResult.write_files` kept for drawing."""
+def _instances_and_image(folder: Path) -> tuple[Instances, np.ndarray, bool] | None:
+    """A result's instances, image and grey-background choice, from what :meth:`PendingResult.write_files`
+    kept for drawing."""
     source = folder / OVERLAY_SOURCE
     if not source.is_file():
         return None
@@ -122,7 +125,8 @@ def _instances_and_image(folder: Path) -> tuple[Instances, np.ndarray] | None:
         masks = np.unpackbits(data["masks"], axis=-1, count=image.shape[1]).astype(bool)
         instances = Instances((image.shape[0], image.shape[1]), data["boxes"], data["scores"], data["class_ids"],
                               masks, [str(name) for name in data["class_names"]])
-    return instances, image
+        remove_colors = bool(data["remove_colors"]) if "remove_colors" in data.files else False
+    return instances, image, remove_colors
 
 
 def write_labelme(folder: Path) -> None:
@@ -134,7 +138,7 @@ def write_labelme(folder: Path) -> None:
     loaded = _instances_and_image(folder)
     if loaded is None:
         return
-    instances, image = loaded
+    instances, image, _ = loaded
     name = json.loads((folder / "result.json").read_text())["image"].get("filename") or f"{folder.name}.png"
     document = instances_to_labelme(instances, Path(name).name)
     document["imageData"] = base64.b64encode(png_bytes(image)).decode("ascii")
@@ -147,8 +151,8 @@ def draw_overlay(folder: Path) -> None:
     loaded = _instances_and_image(folder)
     if loaded is None:
         return
-    instances, image = loaded
-    write_bytes_atomic(folder / "overlay.png", png_bytes(draw_instances(image, instances)))
+    instances, image, remove_colors = loaded
+    write_bytes_atomic(folder / "overlay.png", png_bytes(draw_instances(image, instances, remove_colors=remove_colors)))
 
 
 class ResultStore:

@@ -33,7 +33,8 @@ def index():
     Returns:
         The rendered ``web/index.html`` with a restrictive Content-Security-Policy header.
     """
-    response = current_app.make_response(render_template("web/index.html", threshold=_default_threshold()))
+    response = current_app.make_response(render_template("web/index.html", threshold=_default_threshold(),
+                                                                   remove_colors=bool(current_app.config.get("REMOVE_COLORS"))))
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"

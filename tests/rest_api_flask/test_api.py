@@ -352,3 +352,36 @@ def test_uncompressed_rle_gives_the_same_masks_as_plain_run_lengths(client, samp
     assert uncompressed_rle(corner) == {"size": [4, 3], "counts": [0, 2, 9, 1]}
     assert client.post("/api/v1/predict?rle=bits", data={"image": (io.BytesIO(sample_png), "a.png")},
                        content_type="multipart/form-data").status_code == 400
+
+
+def test_remove_colors_draws_the_overlay_on_a_grey_image(predictor, folders, sample_png):
+    from PIL import Image as PILImage
+
+    from rest_api_flask import create_app
+    from rest_api_flask.encoding import decode_rle
+
+    def overlay(client, **query):
+        body = _predict(client, sample_png, **query).get_json()
+        masks = [decode_rle(i["mask_rle"]) for i in body["instances"]]
+        drawn = np.array(PILImage.open(io.BytesIO(client.get(body["links"]["overlay"]).data)).convert("RGB"))
+        return drawn, np.any(masks, axis=0) if masks else np.zeros(drawn.shape[:2], bool)
+
+    image = np.array(PILImage.open(io.BytesIO(sample_png)).convert("RGB"))
+    grey = np.array(PILImage.fromarray(image).convert("L"))
+    config = {"PREDICTOR": predictor, "UPLOAD_FOLDER": str(folders[0]), "OUTPUT_FOLDER": str(folders[1]),
+              "THRESHOLD": 0.0, "WARMUP": False}
+    plain = create_app(config).test_client()
+    colour, covered = overlay(plain)
+    asked, _ = overlay(plain, remove_colors="1")
+    # the pixels no mask, box or label touched: the photo's own in colour, its grey in the grey overlay
+    untouched = np.all(colour == image, axis=-1) & ~covered
+    assert covered.any() and untouched.sum() > 1000
+    assert np.array_equal(asked[untouched], np.repeat(grey[untouched][:, None], 3, axis=1))
+    assert not np.array_equal(asked[covered], np.repeat(grey[covered][:, None], 3, axis=1))  # masks keep colour
+
+    # the server's --remove-colors makes it the default, a request's remove_colors=0 turns it off
+    greyed = create_app({**config, "REMOVE_COLORS": True}).test_client()
+    assert np.array_equal(overlay(greyed)[0], asked)
+    assert np.array_equal(overlay(greyed, remove_colors="0")[0], colour)
+    assert b'id="grey-image" type="checkbox" checked' in greyed.get("/").data
+    assert b'id="grey-image" type="checkbox">' in plain.get("/").data

@@ -310,3 +310,31 @@ def test_drop_paste_and_url_under_a_path_prefix(app, browser, image_path, http_s
         ours = [url for url in requested if not url.startswith(("blob:", image_url))]
         assert ours and all(url.startswith(page_url) for url in ours), requested
         page.close()
+
+
+def test_the_grey_image_box_greys_the_picture_and_asks_for_a_grey_overlay(predictor, browser, image_path, tmp_path):
+    from rest_api_flask import create_app
+
+    app = create_app({"PREDICTOR": predictor, "UPLOAD_FOLDER": str(tmp_path / "u"), "OUTPUT_FOLDER": str(tmp_path / "o"),
+                      "THRESHOLD": 0.0, "WARMUP": False, "REMOVE_COLORS": True})
+    with _serve(app) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/")
+        expect(page.locator("#grey-image")).to_be_checked()  # the server's --remove-colors
+        result = _upload(page, image_path)
+        # the page asked for a grey overlay: the one its result links is the API's with remove_colors=1
+        def drawn(url):
+            return np.array(Image.open(io.BytesIO(requests.get(base + url, timeout=30).content)).convert("RGB"))
+
+        with image_path.open("rb") as fh:
+            data = fh.read()
+        asked = {flag: requests.post(base + "/api/v1/predict", files={"image": ("a.jpg", data)},
+                                     data={"threshold": "0", "remove_colors": flag}, timeout=60).json()
+                 for flag in ("1", "0")}
+        assert np.array_equal(drawn(result["links"]["overlay"]), drawn(asked["1"]["links"]["overlay"]))
+        assert not np.array_equal(drawn(result["links"]["overlay"]), drawn(asked["0"]["links"]["overlay"]))
+        expect(page.locator("#base-image")).to_have_class("grey")
+        assert page.evaluate("getComputedStyle(document.getElementById('base-image')).filter") == "grayscale(1)"
+        page.uncheck("#grey-image")
+        expect(page.locator("#base-image")).not_to_have_class("grey")
+        page.close()

@@ -20,7 +20,7 @@
     dropZone: $("drop-zone"), fileInput: $("file-input"), urlForm: $("url-form"), urlInput: $("url-input"),
     urlButton: $("url-button"), threshold: $("threshold"), thresholdValue: $("threshold-value"),
     status: $("status"), error: $("error"), result: $("result"), summary: $("summary"),
-    opacity: $("opacity"), opacityValue: $("opacity-value"), showBoxes: $("show-boxes"),
+    opacity: $("opacity"), opacityValue: $("opacity-value"), showBoxes: $("show-boxes"), greyImage: $("grey-image"),
     viewer: $("viewer"), baseImage: $("base-image"), canvas: $("overlay"), baseNote: $("base-note"),
     count: $("instance-count"), tbody: document.querySelector("#instances tbody"),
     noInstances: $("no-instances"), showAll: $("show-all"), hideAll: $("hide-all"),
@@ -298,11 +298,12 @@
       const form = new FormData();
       form.append("image", state.input.file, state.input.file.name || "image");
       form.append("threshold", threshold);
+      form.append("remove_colors", el.greyImage.checked ? "1" : "0");
       request = { method: "POST", body: form };
     } else {
       request = {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ url: state.input.url, threshold: Number(threshold) }),
+        body: JSON.stringify({ url: state.input.url, threshold: Number(threshold), remove_colors: el.greyImage.checked }),
       };
     }
     try {
@@ -411,6 +412,11 @@
     draw(false);
   });
   el.showBoxes.addEventListener("change", () => draw(false));
+  // the picture under the masks in grey, the masks in colour (the server's --remove-colors starts it ticked);
+  // the next prediction's overlay.png is drawn the same way
+  const showGrey = () => el.baseImage.classList.toggle("grey", el.greyImage.checked);
+  el.greyImage.addEventListener("change", showGrey);
+  showGrey();
   const setAll = (shown) => {
     if (!state.result) return;
     state.visible = state.visible.map(() => shown);
