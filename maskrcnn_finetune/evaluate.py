@@ -51,13 +51,24 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
+SIZE_RANGES = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
+"""COCO's object sizes by area in pixels (its ``areaRng`` small, medium, large)."""
+
+
+def _has_objects(gt: COCO, area: tuple[float, float]) -> bool:
+    return any(area[0] <= a["area"] < area[1] and not a.get("iscrowd", 0) for a in gt.dataset["annotations"])
+
+
 def coco_metrics(gt: COCO, results: list[dict]) -> dict:
-    """bbox and segm AP / AP50 / AP75 and per-class AP (COCO's 0-1 scale) for results on ``gt``."""
+    """bbox and segm AP / AP50 / AP75, AP by object size (APs, APm, APl: below 32x32 pixels, up to 96x96,
+    above; None where ``gt`` has no object of that size) and per-class AP (COCO's 0-1 scale) for results on ``gt``."""
     names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
     metrics = {}
     for iou_type in ("bbox", "segm"):
         if not results:
-            metrics[iou_type] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "per_class_AP": {n: 0.0 for n in names.values()}}
+            sizes = {key: (0.0 if _has_objects(gt, area) else None) for key, area in SIZE_RANGES.items()}
+            metrics[iou_type] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, **sizes,
+                                 "per_class_AP": {n: 0.0 for n in names.values()}}
             continue
         dt = _quiet(gt.loadRes, [dict(r) for r in results])
         ev = COCOeval(gt, dt, iou_type)
@@ -73,6 +84,8 @@ def coco_metrics(gt: COCO, results: list[dict]) -> dict:
             "AP": max(0.0, float(ev.stats[0])),
             "AP50": max(0.0, float(ev.stats[1])),
             "AP75": max(0.0, float(ev.stats[2])),
+            # COCOeval says -1 for a size range without objects: None here (no such objects to find)
+            **{key: (float(ev.stats[k]) if ev.stats[k] > -1 else None) for k, key in zip((3, 4, 5), SIZE_RANGES)},
             "per_class_AP": per_class,
         }
     return metrics

@@ -48,3 +48,25 @@ def test_misplaced_masks_lose_the_strict_metric_first(tiny_coco):
     metrics = coco_metrics(gt, results)
     assert metrics["segm"]["AP75"] < metrics["segm"]["AP50"] <= 1.0
     assert metrics["segm"]["AP"] < 0.9
+
+
+def test_ap_by_object_size_and_the_percent_table(tiny_coco):
+    from maskrcnn_finetune.commands.evaluate import metrics_table
+
+    gt, results = _ground_truth_as_predictions(tiny_coco["train"])
+    areas = [a["area"] for a in gt.dataset["annotations"]]
+    sizes = {"APs": any(a < 32**2 for a in areas), "APm": any(32**2 <= a < 96**2 for a in areas),
+             "APl": any(a >= 96**2 for a in areas)}
+    assert any(sizes.values()) and not all(sizes.values())  # the tiny images have some sizes, not all
+    metrics = coco_metrics(gt, results)
+    for key, present in sizes.items():  # perfect predictions: 1 where there are objects, None where none
+        assert metrics["segm"][key] == (1.0 if present else None)
+        assert coco_metrics(gt, [])["bbox"][key] == (0.0 if present else None)
+    shifted = coco_metrics(gt, _ground_truth_as_predictions(tiny_coco["train"], shift=4)[1])
+    table = metrics_table(shifted, percent=True).splitlines()
+    assert table[0] == "| iou type | AP | AP50 | AP75 | APs | APm | APl |"
+    segm = table[3].split(" | ")
+    assert segm[0] == "| segm" and float(segm[2]) == round(100 * shifted["segm"]["AP50"], 1)
+    assert metrics_table(shifted).splitlines()[3].split(" | ")[2] == f"{shifted['segm']['AP50']:.3f}"
+    missing = [key for key, present in sizes.items() if not present]
+    assert segm[3 + list(sizes).index(missing[0]) + 1].strip(" |") == "-"

@@ -1,7 +1,7 @@
 """Evaluate a model folder on a COCO json with pycocotools (bbox and segm AP, AP50, AP75, per class).
 
 Usage:
-    python scripts/evaluate.py --model-dir DIR --json V [--device cpu] [--out DIR/metrics.json]
+    python scripts/evaluate.py --model-dir DIR --json V [--device cpu] [--out DIR/metrics.json] [--percent]
 """
 
 from __future__ import annotations
@@ -22,7 +22,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, required=True, help="COCO json to evaluate on")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", type=Path, default=None, help="where to write the metrics (default: DIR/metrics.json)")
+    parser.add_argument("--percent", action="store_true",
+                        help="print AP on the 0-100 scale of COCO papers and the older kits' tables (files keep 0-1)")
     return parser
+
+
+COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def metrics_table(metrics: dict, percent: bool = False) -> str:
+    """The bbox and segm rows as a Markdown table (``-`` where the data has no object of that size)."""
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}" if percent else f"{value:.3f}"
+
+    lines = ["| iou type | " + " | ".join(COLUMNS) + " |", "| --- |" + " --- |" * len(COLUMNS)]
+    for iou_type in ("bbox", "segm"):
+        lines.append(f"| {iou_type} | " + " | ".join(cell(metrics[iou_type].get(c)) for c in COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     existing = json.loads(out.read_text()) if out.is_file() else {}
     existing[args.json.stem] = metrics
     out.write_text(json.dumps(existing, indent=2))
-    print("| iou type | AP | AP50 | AP75 |\n| --- | --- | --- | --- |")
-    for iou_type in ("bbox", "segm"):
-        m = metrics[iou_type]
-        print(f"| {iou_type} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} |")
+    print(metrics_table(metrics, percent=args.percent))
     print(f"metrics written to {out}")
     return 0
 
