@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the download, the raw data and the COCO json")
     parser.add_argument("--url", default=BALLOON_URL, help="where to download the zip (default: the GitHub release)")
     parser.add_argument("--sha256", type=_sha256_hex, help="expected sha256 of the zip (printed in the log of a download)")
+    parser.add_argument("--test-split", action="store_true",
+                        help="the older REST API kit's protocol: train/val from the original train images "
+                             "(--val-fraction to val), the original val images as test.json")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="with --test-split (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="with --test-split: the split's random seed (default 0)")
     parser.add_argument(
         "--no-size-check",
         action="store_true",
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         url=args.url,
         expected_size=None if args.no_size_check else BALLOON_SIZE,
         sha256=args.sha256,
+        test_split=args.test_split,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
     )
     print(result.table)
     for split, path in result.json_paths.items():

@@ -204,8 +204,15 @@ def prepare_balloon(
     url: str = BALLOON_URL,
     expected_size: int | None = BALLOON_SIZE,
     sha256: str | None = BALLOON_SHA256,
+    test_split: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
 ) -> ConversionResult:
     """Downloads the balloon dataset and converts it to ``out_dir/train.json`` and ``val.json``.
+
+    With ``test_split``, the older REST API kit's protocol instead: ``train.json`` and ``val.json``
+    split the original train images (``val_fraction`` of them, drawn with ``seed``, to val) and
+    ``test.json`` is the original val set, so models are chosen on val and reported on test.
 
     Layout written: ``out_dir/downloads/`` (the zip, reused on a second run),
     ``out_dir/raw/`` (the unpacked archive, with labelme files added beside the images),
@@ -216,6 +223,7 @@ def prepare_balloon(
         url: where to download the zip from (a mirror, or a local server in tests).
         expected_size: the zip's size in bytes, or None not to check it.
         sha256: the zip's hex sha256, or None not to check it.
+        test_split, val_fraction, seed: see above.
 
     Returns:
         The :class:`~maskrcnn_finetune.data.convert.ConversionResult` of the conversion.
@@ -230,4 +238,37 @@ def prepare_balloon(
     for split in BALLOON_SPLITS:
         via_to_labelme(root / split / VIA_FILE, root / split, label=BALLOON_LABEL)
         split_dirs[split] = root / split
+    if test_split:
+        split_dirs = {**_split_folder(root / "train", out_dir / "raw" / "splits", val_fraction, seed),
+                      "test": root / "val"}
     return convert_labelme_splits(split_dirs, out_dir, labels=[BALLOON_LABEL])
+
+
+def _split_folder(folder: Path, into: Path, val_fraction: float, seed: int) -> dict[str, Path]:
+    """``folder``'s labelme files with their images, copied into ``into/train`` and ``into/val`` at random
+    (``val_fraction`` of them to val, at least one, drawn with ``seed``: the same split every run)."""
+    import random
+    import shutil
+
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"the val fraction must lie between 0 and 1, got {val_fraction}; e.g. 0.2")
+    files = sorted(folder.glob("*.json"))
+    files = [f for f in files if f.name != VIA_FILE]
+    if len(files) < 2:
+        raise DatasetError(f"{folder} has {len(files)} annotated images; a train/val split needs at least 2")
+    shuffled = files[:]
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(files) * val_fraction))
+    chosen = {"val": shuffled[:n_val], "train": shuffled[n_val:]}
+    if into.exists():
+        shutil.rmtree(into)  # made here, from the raw data: a new split replaces an old one
+    out = {}
+    for split, jsons in chosen.items():
+        target = into / split
+        target.mkdir(parents=True)
+        for json_path in jsons:
+            image = json.loads(json_path.read_text())["imagePath"]
+            shutil.copy2(json_path, target / json_path.name)
+            shutil.copy2(json_path.parent / image, target / Path(image).name)
+        out[split] = target
+    return out

@@ -259,3 +259,35 @@ def test_script_converts_with_no_size_check(http_server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "train.json").is_file() and (out / "val.json").is_file()
     assert str(out / "train.json") in proc.stdout
+
+
+def test_prepare_balloon_with_the_rest_api_kits_test_split(http_server, tmp_path):
+    data = balloon_zip(tmp_path)
+    url = http_server.serve("/balloon_dataset.zip", data)
+    out = tmp_path / "balloon_coco"
+    result = prepare_balloon(out, url=url, expected_size=len(data), test_split=True, val_fraction=0.2, seed=0)
+    assert set(result.json_paths) == {"train", "val", "test"}
+    names = {split: sorted(Path(i["file_name"]).stem for i in json.loads((out / f"{split}.json").read_text())["images"])
+             for split in ("train", "val", "test")}
+    # test: the original val images; train + val: the original train images, one in five (at least one) to val
+    assert names["test"] == sorted(Path(n).stem for n in BALLOON_LAYOUT["val"])
+    assert sorted(names["train"] + names["val"]) == sorted(Path(n).stem for n in BALLOON_LAYOUT["train"])
+    assert len(names["val"]) == 1 and len(names["train"]) == 2
+    # the same seed, the same split; the annotations travel with their images
+    again = tmp_path / "again"
+    prepare_balloon(again, url=url, expected_size=len(data), test_split=True, seed=0)
+    assert json.loads((again / "val.json").read_text())["images"][0]["file_name"].endswith(
+        Path(json.loads((out / "val.json").read_text())["images"][0]["file_name"]).name)
+    val = json.loads((out / "val.json").read_text())
+    original = next(n for n in BALLOON_LAYOUT["train"] if Path(n).stem == names["val"][0])
+    assert len(val["annotations"]) == len(BALLOON_LAYOUT["train"][original][2])
+
+
+def test_the_script_offers_the_test_split(http_server, tmp_path):
+    data = balloon_zip(tmp_path)
+    url = http_server.serve("/balloon_dataset.zip", data)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "download_balloon.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "b"), "--url", url, "--no-size-check",
+                          "--test-split"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "test: " in run.stdout and (tmp_path / "b" / "test.json").is_file()
