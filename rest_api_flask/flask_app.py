@@ -135,10 +135,8 @@ def check_args(args: argparse.Namespace) -> None:
                           "--model-dir coco to try torchvision's COCO-trained model")
     if args.model_dir is not None and args.weights is not None:
         raise ConfigError("give --model-dir or --weights, not both")
-    weights = args.weights or (args.model_dir if Path(args.model_dir).is_file() else None)
+    weights = bare_weights(args)
     if weights is not None:
-        if not _is_url(weights) and not Path(weights).is_file():
-            raise ConfigError(f"--weights '{weights}' does not exist; pass a detectron2 model_final.pth or its URL")
         if not args.d2_config:
             raise ConfigError(f"'{weights}' is a bare detectron2 checkpoint: pass its --config-file CONFIG.yaml (or the "
                               "model-zoo config name it was trained from, then with --classes NAMES), or import it "
@@ -167,22 +165,27 @@ def check_port_free(host: str, port: int) -> None:
                           "(0 picks a free one) or stop the program that uses it") from exc
 
 
-def _is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
+def bare_weights(args: argparse.Namespace) -> str | None:
+    """The detectron2 checkpoint to serve (``--weights``, or a file given as ``--model-dir``), or None."""
+    if args.weights is not None:
+        return args.weights
+    return args.model_dir if Path(args.model_dir).is_file() else None
 
 
-def fetched_weights(url: str, output_folder) -> Path:
-    """A checkpoint URL's file, downloaded once (checked, retried, atomic) into ``output_folder/models/downloads``."""
-    from urllib.parse import unquote, urlsplit
+def served_model_dir(args: argparse.Namespace) -> Path:
+    """The model folder the server loads: ``--model-dir``, torchvision's COCO model for ``coco``, or the folder
+    a bare detectron2 checkpoint is imported into (a URL is downloaded once into the output folder first)."""
+    weights = bare_weights(args)
+    if weights is not None:
+        from maskrcnn_finetune.data.download import fetch_file
 
-    from maskrcnn_finetune.data.download import download_file
-
-    name = Path(unquote(urlsplit(url).path)).name or "model_final.pth"
-    dest = Path(output_folder) / "models" / "downloads" / name
-    if not dest.is_file():
-        say(f"downloading {url}")
-        download_file(url, dest)
-    return dest
+        return model_folder_of_weights(args, fetch_file(weights, Path(args.output_folder) / "models" / "downloads",
+                                                        ".pth"))
+    if args.model_dir == COCO_MODEL and not Path(args.model_dir).exists():
+        model_dir = coco_model_dir(Path(args.output_folder) / "models")
+        say(f"Serving torchvision's COCO Mask R-CNN (80 classes, no training of yours): {model_dir}")
+        return model_dir
+    return Path(args.model_dir)
 
 
 def model_folder_of_weights(args: argparse.Namespace, weights: Path) -> Path:
@@ -276,16 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     from rest_api_flask.config import config_from_args
     from rest_api_flask.ready import ReadyFile, connectable_url
 
-    if args.weights is not None or Path(args.model_dir).is_file():
-        weights = args.weights or args.model_dir
-        model_dir = model_folder_of_weights(args, fetched_weights(weights, args.output_folder) if _is_url(weights)
-                                            else Path(weights))
-    elif args.model_dir == COCO_MODEL and not Path(args.model_dir).exists():
-        model_dir = coco_model_dir(Path(args.output_folder) / "models")
-        say(f"Serving torchvision's COCO Mask R-CNN (80 classes, no training of yours): {model_dir}")
-    else:
-        model_dir = Path(args.model_dir)
-    app = create_app({**config_from_args(args), "MODEL_DIR": str(model_dir)})
+    app = create_app({**config_from_args(args), "MODEL_DIR": str(served_model_dir(args))})
     predictor = app.extensions["inference"].predictor
     say(f"Model on {predictor.device}: {predictor.describe_mode()}" + (" (--no-fast turns it off)" if predictor.fast else ""))
     try:

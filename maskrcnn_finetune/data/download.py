@@ -317,16 +317,32 @@ def _single_folder(folder: Path) -> Path:
     return folder
 
 
-def _download_name(url: str) -> str:
-    """A file name for a URL's download: its last path segment plus a short hash of the URL.
+def _download_name(url: str, suffix: str = ".zip") -> str:
+    """A file name for a URL's download: its last path segment plus a short hash of the URL, ending in ``suffix``.
 
     The hash keeps two URLs ending in the same name (``.../download``) from sharing, and
     wrongly reusing, one file.
     """
     base = unquote(Path(urlparse(url).path).name)
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "download"
-    stem, suffix = (base[: -len(".zip")], ".zip") if base.lower().endswith(".zip") else (base, ".zip")
+    stem = base[: -len(suffix)] if base.lower().endswith(suffix) else base
     return f"{stem}-{hashlib.sha1(url.encode()).hexdigest()[:8]}{suffix}"
+
+
+def fetch_file(source, work_dir, suffix: str) -> Path:
+    """A local file as it is, or an http(s) URL's file downloaded once into ``work_dir`` (checked, retried, atomic).
+
+    Raises:
+        DatasetError: a path that is not a file, another kind of URL, or a failed download.
+    """
+    text = str(source).strip()
+    if urlparse(text).scheme.lower() in ("http", "https"):
+        return download_file(text, Path(work_dir) / _download_name(text, suffix))
+    path = Path(text).expanduser()
+    if "://" in text or not path.is_file():
+        raise DatasetError(f"'{text}' is neither a file nor an http(s) URL; give the path or the address of the "
+                           f"{suffix} file")
+    return path
 
 
 def fetch_source(source, work_dir) -> Path:

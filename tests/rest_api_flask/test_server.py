@@ -147,6 +147,16 @@ def test_a_bare_weights_file_names_the_import_script(tmp_path):
     assert result.returncode == 2 and "scripts/import_detectron2.py" in result.stderr
 
 
+def test_weights_that_are_neither_a_file_nor_a_url_are_one_line(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 1\n")
+    result = _cli("--weights", str(tmp_path / "nope.pth"), "--config-file", str(config), "--port", "0",
+                  "--upload-folder", str(tmp_path / "u"), "--output-folder", str(tmp_path / "o"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "nope.pth' is neither a file nor an http(s) URL" in result.stderr
+    assert not (tmp_path / "o" / "models").exists()  # stopped before anything was imported
+
+
 def test_no_model_at_all_says_which_flag_to_give(tmp_path):
     # the older REST API kit's serve command, which named no model
     result = _cli("--upload-folder", str(tmp_path / "u"), "--use-ngrok", "--infer-with-cpu")
