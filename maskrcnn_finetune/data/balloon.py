@@ -239,36 +239,7 @@ def prepare_balloon(
         via_to_labelme(root / split / VIA_FILE, root / split, label=BALLOON_LABEL)
         split_dirs[split] = root / split
     if test_split:
-        split_dirs = {**_split_folder(root / "train", out_dir / "raw" / "splits", val_fraction, seed),
-                      "test": root / "val"}
+        return convert_labelme_splits({"train": root / "train", "test": root / "val"}, out_dir, labels=[BALLOON_LABEL],
+                                      val_from="train", val_fraction=val_fraction, seed=seed)
     return convert_labelme_splits(split_dirs, out_dir, labels=[BALLOON_LABEL])
 
-
-def _split_folder(folder: Path, into: Path, val_fraction: float, seed: int) -> dict[str, Path]:
-    """``folder``'s labelme files with their images, copied into ``into/train`` and ``into/val`` at random
-    (``val_fraction`` of them to val, at least one, drawn with ``seed``: the same split every run)."""
-    import random
-    import shutil
-
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"the val fraction must lie between 0 and 1, got {val_fraction}; e.g. 0.2")
-    files = sorted(folder.glob("*.json"))
-    files = [f for f in files if f.name != VIA_FILE]
-    if len(files) < 2:
-        raise DatasetError(f"{folder} has {len(files)} annotated images; a train/val split needs at least 2")
-    shuffled = files[:]
-    random.Random(seed).shuffle(shuffled)
-    n_val = max(1, round(len(files) * val_fraction))
-    chosen = {"val": shuffled[:n_val], "train": shuffled[n_val:]}
-    if into.exists():
-        shutil.rmtree(into)  # made here, from the raw data: a new split replaces an old one
-    out = {}
-    for split, jsons in chosen.items():
-        target = into / split
-        target.mkdir(parents=True)
-        for json_path in jsons:
-            image = json.loads(json_path.read_text())["imagePath"]
-            shutil.copy2(json_path, target / json_path.name)
-            shutil.copy2(json_path.parent / image, target / Path(image).name)
-        out[split] = target
-    return out

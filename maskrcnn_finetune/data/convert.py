@@ -192,11 +192,16 @@ def convert_labelme_splits(
     out_dir,
     labels: list[str] | None = None,
     skip_invalid: bool = False,
+    val_from: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
 ) -> ConversionResult:
     """Converts labelme folders that are already split (``{"train": dir, "val": dir}``).
 
     Each split goes to ``out_dir/<split>.json`` with its images under ``out_dir/images/<split>/``;
     category ids are the same in every split (``labels`` order, else all labels sorted).
+    With ``val_from``, that folder is split at random into ``train`` and ``val`` (:func:`split_files`
+    with ``val_fraction`` and ``seed``), e.g. ``{"train": a, "test": b}, val_from="train"``.
     """
     out_dir = Path(out_dir)
     split_dirs = {k: Path(v) for k, v in split_dirs.items()}
@@ -208,6 +213,9 @@ def convert_labelme_splits(
         class_names = list(labels)
     warnings = [w for _, _, ws in loaded.values() for w in ws]
     splits = {k: files for k, (files, _, _) in loaded.items()}
+    if val_from is not None:
+        drawn = split_files(splits.pop(val_from), val_fraction, seed)
+        splits = {"train": drawn["train"], "val": drawn["val"], **splits}
     source = ", ".join(str(d) for d in split_dirs.values())
     json_paths, cocos = _write_splits(splits, class_names, out_dir, source, per_split_images=True)
     return _result(out_dir, json_paths, cocos, class_names, warnings)
