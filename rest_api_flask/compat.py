@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("compat", __name__, url_prefix="/api")
 
-_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
-                ".webp": "WEBP", ".gif": "GIF"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME_BYTES = 180  # room for the crops' prefix and the atomic writes' temporary suffix within 255
 PARTIAL = "OUTPUT_PARTIAL_IMAGE_"
@@ -215,7 +213,7 @@ def legacy_result(image: np.ndarray, instances: Instances, output_name: str, bas
     stem = Path(output_name).stem
     drawn = _scaled(draw_instances(image, instances, remove_colors=config["REMOVE_COLORS"]),
                     float(config["LEGACY_OUTPUT_SCALE"]))
-    drawn_bytes = encode_image(drawn, _PIL_FORMATS[Path(output_name).suffix.lower()])
+    drawn_bytes = encode_image(drawn, Image.registered_extensions()[Path(output_name).suffix.lower()])
     write_bytes_atomic(output / output_name, drawn_bytes)
     drawn_text = base64.b64encode(drawn_bytes)
     if text_folder:
