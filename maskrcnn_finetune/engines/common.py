@@ -80,8 +80,8 @@ class RunLog:
     """The record of one run: progress bar, ``metrics.jsonl``, TensorBoard and the curves picture.
 
     Only the main process writes (``enabled=False`` elsewhere: every method does nothing but keep
-    the bar's count). Rows are appended, so a resumed run continues the same file (drop the rows
-    a checkpoint rolled back with :meth:`drop_rows_after` first).
+    the bar's count). Rows are appended, so a resumed run continues the same file; the rows logged
+    after ``initial`` (a run resumed from a checkpoint there logs them again) are dropped first.
 
     Args:
         out: the model folder.
@@ -92,6 +92,8 @@ class RunLog:
     def __init__(self, out: Path, total: int, initial: int, log_period: int, enabled: bool = True) -> None:
         self.out, self.total, self.log_period, self.enabled = Path(out), total, log_period, enabled
         self.path = self.out / METRICS_LOG
+        if enabled and initial:
+            _drop_rows_after(self.path, initial)
         self.file = self.path.open("a") if enabled else None
         self.writer = open_tensorboard(self.out) if enabled else None
         self.bar = tqdm(total=total, initial=initial, desc="Training", unit="it", disable=not enabled,
@@ -128,18 +130,6 @@ class RunLog:
     def plot(self) -> None:
         plot_training_curves(self.path, self.out / CURVES)
 
-    def drop_rows_after(self, iteration: int) -> None:
-        """Removes the rows logged after ``iteration``: a run resumed from there logs them again."""
-        if not self.enabled:
-            return
-        self.file.close()
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
-        kept = [line for line in lines if _logged_iteration(line) <= iteration]
-        if len(kept) != len(lines):
-            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-            logger.info("%s: dropped %d rows logged after iteration %d", METRICS_LOG, len(lines) - len(kept), iteration)
-        self.file = self.path.open("a")
-
     def close(self) -> None:
         """Closes the bar, the file and TensorBoard (a stopped run keeps what it logged)."""
         self.bar.close()
@@ -153,6 +143,15 @@ class RunLog:
     def _write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+
+
+def _drop_rows_after(path: Path, iteration: int) -> None:
+    """Removes the rows of ``metrics.jsonl`` logged after ``iteration``."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if _logged_iteration(line) <= iteration]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+        logger.info("%s: dropped %d rows logged after iteration %d", METRICS_LOG, len(lines) - len(kept), iteration)
 
 
 def _logged_iteration(line: str) -> float:

@@ -379,8 +379,6 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             state.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
     run_log = RunLog(out, run.max_iter, start_iter, cfg.log_period, enabled=main)
-    if start_iter:
-        run_log.drop_rows_after(start_iter)
     ckpt_path = out / CHECKPOINT
     iteration = start_iter
     try:
