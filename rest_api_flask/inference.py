@@ -1,8 +1,11 @@
-"""The model, loaded once per process, warmed up, and run by one request at a time.
+"""The model, loaded once per process, warmed up, and run on one dedicated thread.
 
 A Mask R-CNN is not safe to call from several threads at once and each call can take most
-of a GPU's memory, so requests queue on one lock: memory stays flat however many clients
-there are, and a long queue is answered with 429 instead of growing without bound.
+of a GPU's memory, so requests queue for one inference thread: memory stays flat however many
+clients there are, and a long queue is answered with 429 instead of growing without bound.
+The model always runs on that same thread, whichever server thread took the request, so an
+image gets the same answer alone or under load: torch's per-thread state (autocast, inference
+mode, the intra-op thread settings) is the inference thread's, set once, never the caller's.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from flask import Flask, current_app
 
 from maskrcnn_finetune.predictor import Predictor
@@ -22,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class InferenceService:
-    """One :class:`Predictor` behind one lock.
+    """One :class:`Predictor` run by one dedicated thread.
 
     Args:
         predictor: the loaded model.
@@ -32,9 +37,17 @@ class InferenceService:
     def __init__(self, predictor: Predictor, max_waiting: int = 32) -> None:
         self.predictor = predictor
         self.max_waiting = max_waiting
-        self._lock = threading.Lock()
+        # the intra-op thread count the process was configured with, applied on the inference thread
+        threads = torch.get_num_threads()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
+                                            initializer=torch.set_num_threads, initargs=(threads,))
         self._count_lock = threading.Lock()
         self._waiting = 0
+
+    def _run(self, images: list[np.ndarray], threshold: float) -> tuple[list[Instances], float]:
+        start = time.perf_counter()
+        results = [self.predictor(image, threshold=threshold) for image in images]
+        return results, (time.perf_counter() - start) * 1000
 
     def warm_up(self) -> float:
         """Runs the model once on a blank image so the first request is not the slow one.
@@ -42,16 +55,13 @@ class InferenceService:
         Returns:
             The warm-up time in milliseconds.
         """
-        start = time.perf_counter()
         # the model resizes every image to its own input size, so a small blank image is enough
-        with self._lock:
-            self.predictor(np.zeros((64, 64, 3), dtype=np.uint8), threshold=1.0)
-        ms = (time.perf_counter() - start) * 1000
+        _, ms = self._executor.submit(self._run, [np.zeros((64, 64, 3), dtype=np.uint8)], 1.0).result()
         logger.info("model warmed up in %.0f ms", ms)
         return ms
 
     def predict(self, images: list[np.ndarray], threshold: float) -> tuple[list[Instances], float]:
-        """Runs the model on RGB arrays, one request at a time.
+        """Runs the model on RGB arrays on the inference thread, one request after the other.
 
         Returns:
             ``(instances per image, milliseconds spent in the model)``.
@@ -65,13 +75,14 @@ class InferenceService:
                                "retry in a few seconds", 429)
             self._waiting += 1
         try:
-            with self._lock:
-                start = time.perf_counter()
-                results = [self.predictor(image, threshold=threshold) for image in images]
-                return results, (time.perf_counter() - start) * 1000
+            return self._executor.submit(self._run, images, threshold).result()
         finally:
             with self._count_lock:
                 self._waiting -= 1
+
+    def close(self) -> None:
+        """Lets the running request finish and stops the inference thread."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def model_info(self) -> dict:
         """What ``GET /api/v1/model`` and every prediction report about the model."""
