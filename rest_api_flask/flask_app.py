@@ -251,13 +251,10 @@ def _make_server(app, args: argparse.Namespace):
         app.debug = True
         server = make_server(args.host, args.port, app, threaded=True)  # never the reloader: it loads the model twice
         return server.server_port, server.serve_forever, server.server_close
-    from waitress import create_server
+    from rest_api_flask.wsgi_server import create_server
 
-    # waitress refuses bodies above its own limit with a plain-text 413; set it above the app's
-    # limit so that usual oversize uploads reach Flask and get the JSON message naming the flag
-    server = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                           max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"] + 2**20)
-    return server.effective_port, server.run, server.close
+    # waitress's cap is the app's: every refusal is the app's JSON 413, whatever the client (wsgi_server)
+    return create_server(app, args.host, args.port, args.threads, app.config["MAX_CONTENT_LENGTH"])
 
 
 def main(argv: list[str] | None = None) -> int:

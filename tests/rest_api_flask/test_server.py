@@ -85,6 +85,48 @@ def test_bad_input_over_http(server, sample_png):
     assert all(str(p).startswith(("srv_uploads/", "srv_outputs/")) for p in written)
 
 
+def _raw_post(url: str, body: bytes, headers: dict) -> tuple[int, str, dict]:
+    """POST with Python's http.client, sending the whole body at once as urllib does (no Expect unless given)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request("POST", parts.path, body=body, headers={"Content-Type": "image/png", **headers})
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type"), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_every_oversize_refusal_is_the_json_413_whatever_the_client(server, sample_png):
+    """waitress's own cap follows --max-upload-mb (20 MB here) and answers as the app does; the rest of a
+    refused body is read, so a client that sends it all without waiting (urllib) reads the 413, no reset."""
+    import urllib.error
+    import urllib.request
+
+    url = server.url + "/api/v1/predict"
+    body = b"\0" * (64 * 2**20)
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413 and refused.value.headers["Content-Type"] == "application/json"
+    assert "--max-upload-mb" in json.loads(refused.value.read())["error"]
+    for headers in ({}, {"Expect": "100-continue"}):
+        status, kind, answer = _raw_post(url, body, headers)
+        assert (status, kind) == (413, "application/json") and "20 MB" in answer["error"], (headers, answer)
+    # just over the limit (multipart, by requests) is refused the same way; the server serves on
+    over = requests.post(url, files={"image": ("big.png", b"\0" * (20 * 2**20))}, timeout=60)
+    assert over.status_code == 413 and "--max-upload-mb" in over.json()["error"]
+    ok = requests.post(url, files={"image": ("a.png", sample_png)}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["num_instances"] == len(ok.json()["instances"])
+    curl = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-F", "image=@-;filename=x.png", url],
+                          input=body, capture_output=True, timeout=60)  # curl sends Expect: 100-continue
+    answer, _, code = curl.stdout.decode().rpartition("\n")
+    assert code == "413" and "--max-upload-mb" in json.loads(answer)["error"], curl
+
+
 def test_concurrent_requests_each_get_their_own_result(server, predictor, sample_paths):
     images = [_image(sample_paths, k) for k in range(80)]
     pngs = [png_of(img) for img in images]

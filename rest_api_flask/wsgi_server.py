@@ -1,0 +1,79 @@
+"""waitress with the kit's refusals: every error it answers itself is the kit's JSON, never a reset.
+
+waitress refuses some requests before the app sees them (a body over its cap, malformed
+headers) with a plain-text page, and it answers a too-large body as soon as its headers arrive,
+then closes the connection while a client that did not send ``Expect: 100-continue`` (Python's
+urllib, curl for small bodies, most scripts) is still sending: the client gets a connection reset
+instead of the answer. Here waitress's cap is the app's own limit (``--max-upload-mb``), its error
+pages are ``{"error": ...}`` JSON like the app's, and the rest of a refused body is read and thrown
+away (up to :data:`DRAIN_LIMIT`, never stored) before the answer, as web servers' "lingering close"
+does, so every client reads the 413.
+"""
+
+from __future__ import annotations
+
+import json
+
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.task import ErrorTask
+from waitress.utilities import RequestEntityTooLarge
+
+DRAIN_LIMIT = 2**30
+"""Bytes of a refused body read and discarded so that the client can read the 413; a body that
+announces more is answered at once and the connection closed (the client may see a reset)."""
+
+
+def refusal_message(error, limit_bytes: int) -> str:
+    """The JSON error text of a request waitress refuses itself."""
+    if isinstance(error, RequestEntityTooLarge):
+        return (f"the request is larger than the server's limit of {limit_bytes / 2**20:.0f} MB; "
+                "send a smaller image or start the server with a larger --max-upload-mb")
+    return f"{error.reason.lower()}: {error.body}"
+
+
+class _DrainingParser(HTTPRequestParser):
+    """A request parser that, on a body over the cap, reads the rest of it before the request is complete."""
+
+    _left = 0
+
+    def received(self, data):
+        if self._left:
+            used = min(self._left, len(data))
+            self._left -= used
+            self.completed = self._left == 0
+            return used
+        used = super().received(data)
+        # a client that sent Expect: 100-continue is told to continue by waitress all the same, so its
+        # body is read too
+        if (isinstance(self.error, RequestEntityTooLarge) and self.headers_finished and not self.chunked
+                and 0 < self.content_length <= DRAIN_LIMIT):
+            self._left, self.completed = self.content_length, False
+        return used
+
+
+class _JsonErrorTask(ErrorTask):
+    def execute(self):
+        limit = self.channel.server.adj.max_request_body_size - 1
+        body = json.dumps({"error": refusal_message(self.request.error, limit)}).encode()
+        self.status = f"{self.request.error.code} {self.request.error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class KitChannel(HTTPChannel):
+    parser_class = _DrainingParser
+    error_task_class = _JsonErrorTask
+
+
+def create_server(app, host: str, port: int, threads: int, max_body_bytes: int):
+    """A bound, listening waitress server for ``app`` whose cap on request bodies is ``max_body_bytes``
+    (the app's ``MAX_CONTENT_LENGTH``): ``(port, serve_forever, close)``."""
+    from waitress import create_server as waitress_server
+
+    # waitress refuses a body of max_request_body_size bytes or more; the app accepts max_body_bytes
+    server = waitress_server(app, host=host, port=port, threads=threads, max_request_body_size=max_body_bytes + 1)
+    server.channel_class = KitChannel
+    return server.effective_port, server.run, server.close
