@@ -46,6 +46,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     from rest_api_flask import api, auth, compat, errors, inference, results
 
     errors.init_app(app)
+    if app.config["CORS_ORIGINS"]:  # off by default: only pages served by the app itself call it
+        from flask_cors import CORS
+
+        CORS(app, origins=app.config["CORS_ORIGINS"], allow_headers=["Content-Type", "Authorization", auth.API_KEY_HEADER],
+             expose_headers=["X-Instances"], max_age=600)
     auth.init_app(app)
     results.init_app(app)
     inference.init_app(app)

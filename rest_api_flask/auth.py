@@ -40,6 +40,8 @@ def init_app(app: Flask) -> None:
     def _check_credentials():
         if request.path in OPEN_PATHS or is_authorised():
             return None
+        if request.method == "OPTIONS" and current_app.config.get("CORS_ORIGINS"):
+            return None  # a browser's CORS preflight never carries credentials; the request after it does
         response = jsonify(error="credentials required: log in with the user and password given to --auth, "
                                  f"or send the key given to --api-key in the {API_KEY_HEADER} header")
         response.status_code = 401

@@ -21,6 +21,7 @@ DEFAULTS = {
     "URL_ALLOW_LOOPBACK": False,  # test-only switch: let URL fetches reach 127.0.0.1
     "AUTH": None,                 # "user:password": HTTP basic auth on every route but /health
     "API_KEY": None,              # accepted in the X-API-Key header instead of basic auth
+    "CORS_ORIGINS": [],           # origins of browser apps allowed to call the API (flask-cors; empty: none)
     "WARMUP": True,               # run the model once before serving
     "PREDICTOR": None,            # an already loaded Predictor (tests, notebooks) instead of MODEL_DIR
     "LEGACY_BASE64_FOLDER": None,  # the old API's base64 .txt copies of its images are written here (None: not)
@@ -43,6 +44,7 @@ def config_from_args(args) -> dict:
         "RETENTION_MINUTES": args.retention_minutes,
         "AUTH": args.auth,
         "API_KEY": args.api_key,
+        "CORS_ORIGINS": list(args.cors_origin or []),
         "MAX_BATCH": args.max_batch,
         "LEGACY_BASE64_FOLDER": args.legacy_base64_folder,
         "LEGACY_OUTPUT_SCALE": args.legacy_output_scale,

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                         help="require HTTP basic auth (also set on the ngrok tunnel)")
     parser.add_argument("--api-key", default=None, help="accept this key in the X-API-Key header")
+    parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                        help="let a browser app on this origin (e.g. https://app.example.com; '*' for any) call the "
+                             "API; repeat for several (default: none, same-origin only)")
     parser.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (413 above)")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
     parser.add_argument("--retention-minutes", type=float, default=60,

@@ -385,3 +385,40 @@ def test_remove_colors_draws_the_overlay_on_a_grey_image(predictor, folders, sam
     assert np.array_equal(overlay(greyed, remove_colors="0")[0], colour)
     assert b'id="grey-image" type="checkbox" checked' in greyed.get("/").data
     assert b'id="grey-image" type="checkbox">' in plain.get("/").data
+
+
+def test_cors_is_off_by_default_and_allows_only_the_given_origins(predictor, folders, app, sample_png):
+    from rest_api_flask import create_app
+    from rest_api_flask.config import config_from_args
+    from rest_api_flask.flask_app import build_parser
+
+    plain = app.test_client().post("/api/v1/predict", headers={"Origin": "https://app.example.com"},
+                                   data={"image": (io.BytesIO(sample_png), "a.png")}, content_type="multipart/form-data")
+    assert plain.status_code == 200 and "Access-Control-Allow-Origin" not in plain.headers
+    args = build_parser().parse_args(["--model-dir", "m", "--cors-origin", "https://app.example.com",
+                                      "--api-key", "k3y"])
+    settings = config_from_args(args)
+    assert settings["CORS_ORIGINS"] == ["https://app.example.com"]
+    settings.update(MODEL_DIR=None, PREDICTOR=predictor, UPLOAD_FOLDER=str(folders[0]),
+                    OUTPUT_FOLDER=str(folders[1]), WARMUP=False, THRESHOLD=0.0)
+    client = create_app(settings).test_client()
+    # the browser's preflight carries no key and is answered; the request itself needs the key
+    preflight = client.options("/api/v1/predict", headers={
+        "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "X-API-Key"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "x-api-key" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    without_key = client.post("/api/v1/predict", headers={"Origin": "https://app.example.com"},
+                              data={"image": (io.BytesIO(sample_png), "a.png")}, content_type="multipart/form-data")
+    assert without_key.status_code == 401 and without_key.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    answer = client.post("/api/v1/predict", headers={"Origin": "https://app.example.com", "X-API-Key": "k3y"},
+                         data={"image": (io.BytesIO(sample_png), "a.png")}, content_type="multipart/form-data")
+    assert answer.status_code == 200 and answer.get_json()["num_instances"] == len(answer.get_json()["instances"])
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    other = client.post("/api/v1/predict", headers={"Origin": "https://evil.example", "X-API-Key": "k3y"},
+                        data={"image": (io.BytesIO(sample_png), "a.png")}, content_type="multipart/form-data")
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert client.options("/api/v1/predict", headers={"Origin": "https://evil.example",
+                                                       "Access-Control-Request-Method": "POST"}
+                          ).headers.get("Access-Control-Allow-Origin") is None
