@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from pathlib import Path
 
 from flask import Flask
 
 from maskrcnn_finetune.errors import ConfigError
 from rest_api_flask.config import DEFAULTS
+
+
+def _worker_header(response):
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+    return response
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -52,6 +58,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         CORS(app, origins=app.config["CORS_ORIGINS"], allow_headers=["Content-Type", "Authorization", auth.API_KEY_HEADER],
              expose_headers=["X-Instances"], max_age=600)
     auth.init_app(app)
+    if app.config["WORKER_HEADER"]:  # which of --workers' processes answered
+        app.after_request(_worker_header)
     results.init_app(app)
     inference.init_app(app)
     app.register_blueprint(api.bp)

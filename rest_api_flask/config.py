@@ -26,6 +26,7 @@ DEFAULTS = {
     "PREDICTOR": None,            # an already loaded Predictor (tests, notebooks) instead of MODEL_DIR
     "LEGACY_BASE64_FOLDER": None,  # the old API's base64 .txt copies of its images are written here (None: not)
     "LEGACY_OUTPUT_SCALE": 1.0,   # size of the old API's drawn images (0.7: as it drew them)
+    "WORKER_HEADER": False,       # an X-Worker-Pid header on every answer (set in --workers' processes)
 }
 
 

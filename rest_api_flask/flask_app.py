@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retention-minutes", type=float, default=60,
                         help="results older than this are deleted (0: keep)")
     parser.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 1),
+                        help="server processes, each with its own model, on one port (default: env WORKERS, else 1); "
+                             "each gets cores/N torch threads; results are shared through --output-folder")
+    # set by --workers for the processes it starts (rest_api_flask/workers.py), not by users
+    parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-model-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ready-file", default=None, metavar="PATH",
                         help="write a JSON file here once serving (url, public_url, tunnel_state, ...) and update "
                              "it when the tunnel opens or fails; removed on exit (for programs that start the server)")
@@ -122,7 +128,7 @@ def check_args(args: argparse.Namespace) -> None:
         user, sep, password = args.auth.partition(":")
         if not (user and sep and password):
             raise ConfigError("--auth must be USER:PASSWORD with both parts non-empty, e.g. --auth demo:s3cret")
-    for name in ("max_upload_mb", "max_pixels", "threads"):
+    for name in ("max_upload_mb", "max_pixels", "threads", "workers"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.max_batch <= 0:
@@ -257,12 +263,16 @@ def _make_server(app, args: argparse.Namespace):
     from rest_api_flask.wsgi_server import create_server
 
     # waitress's cap is the app's: every refusal is the app's JSON 413, whatever the client (wsgi_server)
-    return create_server(app, args.host, args.port, args.threads, app.config["MAX_CONTENT_LENGTH"])
+    sock = socket.socket(fileno=args.worker_fd) if args.worker_fd is not None else None
+    return create_server(app, args.host, args.port, args.threads, app.config["MAX_CONTENT_LENGTH"], sock=sock)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     check_args(args)
+    if args.worker_fd is not None:
+        return _serve_worker(args)
     tunnel_kind = "ngrok" if args.use_ngrok else args.tunnel
     token = None
     if tunnel_kind == "ngrok":
@@ -274,32 +284,72 @@ def main(argv: list[str] | None = None) -> int:
         # no token: the tunnel thread says how to get one (ERR_NGROK_4018's advice), the server serves locally
         token = resolve_authtoken(args.ngrok_authtoken)
 
-    check_port_free(args.host, args.port)
-    from rest_api_flask import create_app
-    from rest_api_flask.config import config_from_args
-    from rest_api_flask.ready import ReadyFile, connectable_url
+    from rest_api_flask.ready import ReadyFile, connectable_url, read_ready
 
-    app = create_app({**config_from_args(args), "MODEL_DIR": str(served_model_dir(args))})
-    predictor = app.extensions["inference"].predictor
-    say(f"Model on {predictor.device}: {predictor.describe_mode()}" + (" (--no-fast turns it off)" if predictor.fast else ""))
-    try:
-        port, serve, shutdown = _make_server(app, args)
-    except OSError as exc:  # the address is taken or not this machine's
-        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pass another --port "
-                          "(0 picks a free one) or stop the program that uses it") from exc
+    if args.workers > 1:
+        from rest_api_flask.workers import WorkerPool, listening_socket
+
+        sock = listening_socket(args.host, args.port)  # before the (slow) model loads, as check_port_free
+        pool = WorkerPool(argv, args.workers, sock, served_model_dir(args))
+        pids = pool.wait_ready()
+        port, serve, shutdown = sock.getsockname()[1], pool.serve, pool.stop
+        first = read_ready(pool.ready_paths[0])
+        device, mode = first["device"], first["model"]
+        say(f"{args.workers} workers ({', '.join(map(str, pids))}), each with the model on {device}: {mode}")
+        extra = {"workers": pids}
+    else:
+        check_port_free(args.host, args.port)
+        app = _create_app(args, served_model_dir(args))
+        predictor = app.extensions["inference"].predictor
+        device, mode = str(predictor.device), predictor.describe_mode()
+        say(f"Model on {device}: {mode}" + (" (--no-fast turns it off)" if predictor.fast else ""))
+        port, serve, shutdown = _listen(app, args)
+        extra = {}
     # the socket is bound and listening: connections from here on are queued and answered
     say(f"Serving on http://{args.host}:{port}")
     ready = ReadyFile(args.ready_file) if args.ready_file else None
     if ready:
-        ready.write(url=connectable_url(args.host, port), port=int(port), pid=os.getpid(), device=str(predictor.device),
-                    model=predictor.describe_mode(), tunnel=tunnel_kind,
-                    tunnel_state="none" if tunnel_kind == "none" else "opening", public_url=None, tunnel_error=None)
+        ready.write(url=connectable_url(args.host, port), port=int(port), pid=os.getpid(), device=device,
+                    model=mode, tunnel=tunnel_kind, tunnel_state="none" if tunnel_kind == "none" else "opening",
+                    public_url=None, tunnel_error=None, **extra)
     if tunnel_kind == "ngrok" and not (args.auth or args.api_key):  # Colab's proxy is the notebook user's only
         say("WARNING: the public URL is open to anyone who has it; protect it with --auth USER:PASSWORD or --api-key KEY")
     opened: list = []
     if tunnel_kind != "none":
         threading.Thread(target=_start_tunnel, args=(tunnel_kind, port, token, args.auth, opened, ready), daemon=True).start()
+    return _serve_until_stopped(serve, shutdown, ready, opened)
 
+
+def _create_app(args: argparse.Namespace, model_dir, **settings):
+    from rest_api_flask import create_app
+    from rest_api_flask.config import config_from_args
+
+    return create_app({**config_from_args(args), "MODEL_DIR": str(model_dir), **settings})
+
+
+def _listen(app, args: argparse.Namespace):
+    try:
+        return _make_server(app, args)
+    except OSError as exc:  # the address is taken or not this machine's
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pass another --port "
+                          "(0 picks a free one) or stop the program that uses it") from exc
+
+
+def _serve_worker(args: argparse.Namespace) -> int:
+    """One of --workers' processes: the model folder its parent resolved, the socket it inherited, no tunnel."""
+    from rest_api_flask.ready import ReadyFile
+
+    app = _create_app(args, args.worker_model_dir, WORKER_HEADER=True)
+    port, serve, shutdown = _listen(app, args)
+    predictor = app.extensions["inference"].predictor
+    say(f"worker {os.getpid()} serving on port {port}")
+    ready = ReadyFile(args.ready_file) if args.ready_file else None
+    if ready:
+        ready.write(port=int(port), pid=os.getpid(), device=str(predictor.device), model=predictor.describe_mode())
+    return _serve_until_stopped(serve, shutdown, ready, [])
+
+
+def _serve_until_stopped(serve, shutdown, ready, opened: list) -> int:
     def _terminate(signum, frame):  # SIGTERM: leave through the finally below, so tunnels close
         raise KeyboardInterrupt
 

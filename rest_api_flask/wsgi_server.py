@@ -68,12 +68,21 @@ class KitChannel(HTTPChannel):
     error_task_class = _JsonErrorTask
 
 
-def create_server(app, host: str, port: int, threads: int, max_body_bytes: int):
+def create_server(app, host: str, port: int, threads: int, max_body_bytes: int, sock=None):
     """A bound, listening waitress server for ``app`` whose cap on request bodies is ``max_body_bytes``
-    (the app's ``MAX_CONTENT_LENGTH``): ``(port, serve_forever, close)``."""
-    from waitress import create_server as waitress_server
+    (the app's ``MAX_CONTENT_LENGTH``): ``(port, serve_forever, close)``.
 
+    ``sock``: an already listening socket to serve on (a ``--workers`` worker's) instead of ``host:port``.
+    """
+    from waitress import create_server as waitress_server
+    from waitress.server import BaseWSGIServer
+
+    socket_map: dict = {}
+    where = dict(sockets=[sock]) if sock is not None else dict(host=host, port=port)
     # waitress refuses a body of max_request_body_size bytes or more; the app accepts max_body_bytes
-    server = waitress_server(app, host=host, port=port, threads=threads, max_request_body_size=max_body_bytes + 1)
-    server.channel_class = KitChannel
-    return server.effective_port, server.run, server.close
+    server = waitress_server(app, map=socket_map, threads=threads, max_request_body_size=max_body_bytes + 1, **where)
+    for dispatcher in socket_map.values():  # one listener per address (a name can give IPv4 and IPv6)
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = KitChannel
+    bound = getattr(server, "effective_port", None) or server.effective_listen[0][1]
+    return bound, server.run, server.close
