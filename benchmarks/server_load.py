@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=800, help="short side of the synthetic image, px")
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg", help="encoding of the synthetic image")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per level")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="server processes (flask_app.py --workers); each count is a run of its own")
     parser.add_argument("--requests-per-level", type=int, default=64, help="requests sent at each level")
     parser.add_argument("--memory-requests", type=int, default=1000,
                         help=f"requests of the memory run ({MEMORY_CLIENTS} clients; 0 skips it)")
@@ -203,16 +205,19 @@ def read_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
-def memory_run(url: str, pid: int, data: bytes, name: str, n_requests: int, threshold: float | None,
+def memory_run(url: str, pids: list[int], data: bytes, name: str, n_requests: int, threshold: float | None,
                every: int = 50, progress: bool = True) -> dict:
-    """``n_requests`` requests from :data:`MEMORY_CLIENTS` clients, the server's RSS after every ``every``."""
+    """``n_requests`` requests from :data:`MEMORY_CLIENTS` clients, the server's RSS (summed over its
+    processes ``pids``: the server, or its workers and the process that started them) after every ``every``."""
     samples: list[tuple[int, int]] = []
+    last: dict[int, int] = {}
 
     def sample(done: int) -> None:
         if done % every == 0 or done == n_requests:
-            samples.append((done, read_rss_kb(pid)))
+            last.update({pid: read_rss_kb(pid) for pid in pids})
+            samples.append((done, sum(last.values())))
 
-    before = read_rss_kb(pid)
+    before = sum(read_rss_kb(pid) for pid in pids)
     records, seconds = run_clients(url, data, name, n_requests, MEMORY_CLIENTS, threshold, on_done=sample,
                                    desc="memory run", progress=progress)
     rss = [kb for _, kb in samples]
@@ -228,14 +233,16 @@ def memory_run(url: str, pid: int, data: bytes, name: str, n_requests: int, thre
         "rss_first_mb": first / 1024,
         "rss_max_mb": max(rss, default=first) / 1024,
         "rss_last_mb": (rss[-1] if rss else first) / 1024,
+        "rss_last_per_process_mb": {str(pid): kb / 1024 for pid, kb in last.items()},
         "growth_pct": 100 * ((rss[-1] if rss else first) - first) / first,
         "max_growth_pct": 100 * (max(rss, default=first) - first) / first,
     }
 
 
-def load_test(args, data: bytes, name: str, work: Path) -> dict:
-    """Starts the server process and runs the levels and the memory run against it."""
+def load_test(args, data: bytes, name: str, work: Path, workers: int = 1) -> dict:
+    """Starts the server process (with ``workers`` processes) and runs the levels and the memory run against it."""
     extra = ["--threads", str(args.server_threads)] if args.server_threads else []
+    extra += ["--workers", str(workers)] if workers > 1 else []
     progress = not args.no_progress
     server = start_server(args.model_dir, work / "uploads", work / "outputs", infer_with_cpu=True,
                           threshold=args.threshold, extra_args=extra, log_path=work / "server.log")
@@ -251,11 +258,12 @@ def load_test(args, data: bytes, name: str, work: Path) -> dict:
             levels.append({**summarize_level(records, seconds, clients), "records": records})
         memory = None
         if args.memory_requests:
-            memory = memory_run(server.url, server.process.pid, data, name, args.memory_requests, args.threshold,
+            pids = [server.process.pid, *server.info.get("workers", [])]
+            memory = memory_run(server.url, pids, data, name, args.memory_requests, args.threshold,
                                 every=args.rss_every, progress=progress)
     finally:
         server.stop()
-    return {"model": info, "levels": levels, "memory": memory}
+    return {"workers": workers, "model": info, "levels": levels, "memory": memory}
 
 
 # ---------------------------------------------------------------- the server's own work, stage by stage
@@ -401,21 +409,28 @@ def markdown(report: dict, command: str) -> str:
              f"{img['bytes'] // 1024} KiB; backbone {report['load']['model'].get('backbone')}; this machine's fp32 "
              f"sgemm {report['machine']['sgemm_gflops_before']:.0f} GFLOP/s before the run, "
              f"{report['machine']['sgemm_gflops_after']:.0f} after)", "",
-             "| clients | requests | errors | images/s | p50 latency (ms) | p95 latency (ms) | model (ms) "
+             "| workers | clients | requests | errors | images/s | p50 latency (ms) | p95 latency (ms) | model (ms) "
              "| overhead (ms) | overhead / model |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for lv in report["load"]["levels"]:
-        lines.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['throughput_per_s']:.2f} | "
-                     f"{lv['latency_p50_ms']:.0f} | {lv['latency_p95_ms']:.0f} | {lv['model_ms_median']:.0f} | "
-                     f"{lv['overhead_ms_median']:.0f} | {lv['overhead_pct_of_model']:.0f} % |")
-    lines += ["", "Overhead = client latency minus the model time the server reports (medians); with more than one "
-              "client it includes the wait for the model, which runs one request at a time.", ""]
-    mem = report["load"].get("memory")
-    if mem:
-        lines += [f"Memory over {mem['requests']} requests ({mem['clients']} clients, {mem['errors']} errors): "
-                  f"server RSS {mem['rss_first_mb']:.0f} MiB after the first {mem['every']} requests, "
-                  f"max {mem['rss_max_mb']:.0f} MiB, last {mem['rss_last_mb']:.0f} MiB "
-                  f"(growth {mem['growth_pct']:+.1f} %, max {mem['max_growth_pct']:+.1f} %).", ""]
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    loads = report.get("loads") or [report["load"]]
+    for load in loads:
+        for lv in load["levels"]:
+            lines.append(f"| {load.get('workers', 1)} | {lv['clients']} | {lv['requests']} | {lv['errors']} | "
+                         f"{lv['throughput_per_s']:.2f} | {lv['latency_p50_ms']:.0f} | {lv['latency_p95_ms']:.0f} | "
+                         f"{lv['model_ms_median']:.0f} | {lv['overhead_ms_median']:.0f} | "
+                         f"{lv['overhead_pct_of_model']:.0f} % |")
+    lines += ["", "Overhead = client latency minus the model time the server reports (medians); with more clients "
+              "than workers it includes the wait for the model, which each worker runs one request at a time.", ""]
+    for load in loads:
+        mem = load.get("memory")
+        if mem:
+            per = mem.get("rss_last_per_process_mb", {})
+            lines += [f"Memory with {load.get('workers', 1)} worker(s) over {mem['requests']} requests "
+                      f"({mem['clients']} clients, {mem['errors']} errors): RSS of all server processes "
+                      f"{mem['rss_first_mb']:.0f} MiB after the first {mem['every']} requests, max "
+                      f"{mem['rss_max_mb']:.0f} MiB, last {mem['rss_last_mb']:.0f} MiB (growth {mem['growth_pct']:+.1f} %, "
+                      f"max {mem['max_growth_pct']:+.1f} %); per process at the end: "
+                      + ", ".join(f"{mb:.0f} MiB" for mb in per.values()) + ".", ""]
     bd = report["breakdown"]
     lines += [f"Where one request's time goes (in-process, same model and image, {bd['num_instances']} instances; "
               f"medians): request {bd['request_ms']:.0f} ms, model {bd['request_model_ms']:.0f} ms, "
@@ -452,13 +467,13 @@ def main(argv: list[str] | None = None) -> int:
             from cpu_inference import resized_model_dir
 
             args.model_dir = resized_model_dir(args.model_dir, args.model_input, work / "model")
-        load = load_test(args, data, name, work)
+        loads = [load_test(args, data, name, work / f"workers{n}", n) for n in args.workers]
         breakdown = overhead_breakdown(args, data, name, work)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     command = "python benchmarks/server_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = {"command": command, "image": image_info, "load": load, "breakdown": breakdown,
+    report = {"command": command, "image": image_info, "load": loads[0], "loads": loads, "breakdown": breakdown,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                           "sgemm_gflops_before": sgemm_before, "sgemm_gflops_after": sgemm_gflops()}}
