@@ -399,7 +399,8 @@ def _errors_of(out: Path, sources: list[ImageSource]) -> dict[str, dict]:
 def predict_images(source, output, *, model_dir=None, predictor=None, threshold: float | None = None,
                    device: str = "auto", formats=FORMATS, workers: int = 0, batch_size: int = 1,
                    overwrite: bool = False, review_below: float | None = None, order: str = "name",
-                   min_iou: float | None = None, max_pixels: int = MAX_PIXELS, progress: bool = True) -> dict:
+                   min_iou: float | None = None, max_pixels: int = MAX_PIXELS, progress: bool = True,
+                   runtime: str = "torch") -> dict:
     """Predicts every image of ``source`` and writes the outputs into ``output`` (see the module's text).
 
     Args:
@@ -418,6 +419,9 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
             :data:`~maskrcnn_finetune.prelabel.DEFAULT_MIN_IOU`).
         max_pixels: larger images are reported in errors.csv instead of decoded.
         progress: show a tqdm bar (images/s).
+        runtime: with ``model_dir``, ``torch``, ``openvino`` or ``auto``
+            (:func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`: OpenVINO only where it
+            passes the parity check on the model's own val images).
 
     Returns:
         A summary: images in the input, predicted now, skipped (already done), errors, instances
@@ -452,7 +456,13 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
     if predictor is None:
         if distributed and device != "cpu" and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        predictor = Predictor.from_dir(model_dir, device=device)
+        if runtime == "torch":
+            predictor = Predictor.from_dir(model_dir, device=device)
+        else:
+            from maskrcnn_finetune.export.runtime_choice import choose_runtime
+
+            predictor, choice = choose_runtime(model_dir, runtime, device=device)
+            logger.info("runtime %s: %s", choice["runtime"], choice["why"])
     threshold = predictor.score_threshold if threshold is None else threshold
     writer = _Writer(out, formats, _category_ids(predictor.class_names, categories), min_iou, review_below)
     settings = {"model": _model_identity(predictor), "threshold": threshold, "formats": sorted(formats),

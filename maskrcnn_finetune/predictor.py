@@ -40,7 +40,7 @@ from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.modeling.fast_cpu import BF16_PARTS, make_fast, paste_masks_bool, supports_fast
 from maskrcnn_finetune.structures import Instances
 
-__all__ = ["BF16_MIN_INPUT", "BF16_PARTS", "Predictor", "native_bf16", "paste_masks_bool", "resolve_device"]
+__all__ = ["BF16_MIN_INPUT", "BF16_PARTS", "Predictor", "RUNTIMES", "native_bf16", "paste_masks_bool", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ def native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+RUNTIMES = ("torch", "openvino")
+"""What runs the fast path's backbone: torch, or OpenVINO (an optional extra)."""
+
 BF16_MIN_INPUT = 512
 """bf16 is the default only for models whose input short side is at least this many pixels.
 
@@ -113,13 +116,22 @@ class Predictor:
         bf16: bf16 autocast of :data:`BF16_PARTS` within the fast path; ``None`` means where the
             CPU computes bf16 in hardware (:func:`native_bf16`) and the model's input short side
             is at least :data:`BF16_MIN_INPUT` pixels.
+        runtime: ``"torch"``, or ``"openvino"``: on the fast path, the backbone and FPN compiled by
+            OpenVINO (:class:`~maskrcnn_finetune.modeling.openvino_backbone.OpenVINOBackbone`, in bf16
+            where the torch path would use bf16, else f32); needs ``pip install openvino``. Whether
+            it answers like the plain model is checked by
+            :func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`, which servers and batch
+            prediction use.
 
     The Predictor takes the model over: it is moved, put in eval mode and, on the fast path,
     converted to channels-last in place.
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device="cpu", score_threshold: float = 0.5,
-                 info: dict | None = None, fast: bool | None = None, bf16: bool | None = None) -> None:
+                 info: dict | None = None, fast: bool | None = None, bf16: bool | None = None,
+                 runtime: str = "torch") -> None:
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
         self.device = resolve_device(device)
         self.model = getattr(model, "module", model).to(self.device).eval()
         self.spec = spec
@@ -139,27 +151,43 @@ class Predictor:
         self.bf16 = self.fast and on_cpu and bool(bf16)
         if self.fast:
             self.model = make_fast(self.model, bf16=self.bf16)
+        self.runtime = "torch"
+        if runtime == "openvino":
+            self._use_openvino()
         logger.info("inference on %s: %s", self.device, self.describe_mode())
+
+    def _use_openvino(self) -> None:
+        from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone, openvino_missing
+
+        why_not = openvino_missing() or (None if self.fast else "the openvino runtime runs on the CPU's fast path "
+                                         "only (a CPU device, fast not turned off, a torchvision model)")
+        if why_not:
+            raise ConfigError(f"cannot use the openvino runtime: {why_not}; use runtime torch")
+        self.model.backbone = OpenVINOBackbone(self.model.backbone, precision="bf16" if self.bf16 else "f32")
+        self.runtime = "openvino"
 
     @classmethod
     def from_dir(cls, model_dir, device="cpu", score_threshold: float | None = None,
-                 fast: bool | None = None, bf16: bool | None = None) -> "Predictor":
+                 fast: bool | None = None, bf16: bool | None = None, runtime: str = "torch") -> "Predictor":
         """Loads a model folder written by training (see :mod:`maskrcnn_finetune.model_dir`)."""
         from maskrcnn_finetune.model_dir import load_model_dir
 
         device = resolve_device(device)
         model, spec, info = load_model_dir(model_dir, device)
         threshold = info.get("score_threshold", 0.5) if score_threshold is None else score_threshold
-        return cls(model, spec, device, threshold, info, fast=fast, bf16=bf16)
+        return cls(model, spec, device, threshold, info, fast=fast, bf16=bf16, runtime=runtime)
 
     @property
     def mode(self) -> dict:
         """How the model runs: ``{"fast", "precision", "channels_last"}`` (reported by the server)."""
-        return {"fast": self.fast, "precision": "bf16" if self.bf16 else "fp32", "channels_last": self.fast}
+        return {"fast": self.fast, "precision": "bf16" if self.bf16 else "fp32", "channels_last": self.fast,
+                "runtime": self.runtime}
 
     def describe_mode(self) -> str:
         if not self.fast:
             return "plain fp32 model"
+        if self.runtime == "openvino":
+            return f"fast path: backbone by OpenVINO in {'bf16' if self.bf16 else 'f32'}, the rest by torch"
         return ("fast path: bf16 autocast, channels-last" if self.bf16
                 else f"fast path: fp32 ({self._fp32_reason}), channels-last")
 

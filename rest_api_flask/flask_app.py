@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-fast", action="store_true",
                         help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
                              "has it, channels-last, threshold before the mask head)")
+    parser.add_argument("--runtime", choices=["torch", "openvino", "auto"], default="torch",
+                        help="what runs the model on the CPU: torch, OpenVINO's compiled backbone (pip install "
+                             "openvino; kept only where it passes the parity check on the model's own val images, "
+                             "else torch) or auto (the faster of the two that passes; checked at start-up)")
     parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
     parser.add_argument("--remove-colors", action="store_true",
                         help="draw overlays on a grey copy of the image, the masks in colour (the web page starts "

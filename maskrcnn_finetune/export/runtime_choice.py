@@ -1,0 +1,108 @@
+"""Which runtime serves a model folder: torch, or OpenVINO where it answers like the plain model.
+
+    predictor, choice = choose_runtime("outputs/demo/model", runtime="auto")
+    print(choice["runtime"], choice["why"])
+
+``runtime``:
+
+- ``"torch"``: the kit's fast CPU path as it is (no check needed: it is the reference's own code);
+- ``"openvino"``: the backbone compiled by OpenVINO (:mod:`maskrcnn_finetune.modeling.openvino_backbone`),
+  kept only when its predictions match the plain fp32 model's on the model's own val images
+  (the parity gate of :mod:`maskrcnn_finetune.parity`, as for exports); otherwise torch, saying why;
+- ``"auto"``: OpenVINO when it is installed, passes the gate and is faster on those images
+  (timed alternately with torch), else torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.export.checking import check_images, compare_with_eager
+from maskrcnn_finetune.model_dir import read_model_info
+from maskrcnn_finetune.modeling.openvino_backbone import openvino_missing
+from maskrcnn_finetune.predictor import Predictor, resolve_device
+
+logger = logging.getLogger(__name__)
+
+RUNTIME_CHOICES = ("torch", "openvino", "auto")
+TIMED_IMAGES = 3
+TIMED_ROUNDS = 3
+
+
+def _median_ms(predictor: Predictor, images) -> float:
+    start = time.perf_counter()
+    for image in images:
+        predictor(image)
+    return (time.perf_counter() - start) * 1000 / len(images)
+
+
+def time_alternately(predictors: dict[str, Predictor], images, rounds: int = TIMED_ROUNDS) -> dict[str, float]:
+    """Median ms per image of each predictor, timed in turn round after round (after one warm-up each),
+    so that a machine getting faster or slower during the run affects them alike."""
+    for predictor in predictors.values():
+        predictor(images[0])
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            times[name].append(_median_ms(predictor, images))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def choose_runtime(model_dir, runtime: str = "auto", device="cpu", images=None, threshold: float | None = None,
+                   fast: bool | None = None) -> tuple[Predictor, dict]:
+    """The Predictor of ``model_dir`` on the runtime asked for, where the parity gate allows it.
+
+    Args:
+        model_dir: a model folder.
+        runtime: one of :data:`RUNTIME_CHOICES`.
+        device: where the model runs; OpenVINO is for the CPU only.
+        images: the gate's images (default: the model's own val images, else synthetic ones; see
+            :func:`maskrcnn_finetune.export.checking.check_images`).
+        threshold: the gate's score threshold (default: the model folder's).
+        fast: the Predictor's fast path (None: on for the CPU).
+
+    Returns:
+        ``(predictor, choice)``; ``choice`` has ``runtime`` (the one used), ``asked``, ``why``, and
+        where the gate ran ``parity`` (its report) and, for ``auto``, ``ms_per_image`` of each.
+
+    Raises:
+        ConfigError: an unknown runtime, or ``openvino`` asked for where it cannot run (not
+            installed, not the CPU): the message says how to install it or to use torch.
+    """
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got '{runtime}'")
+    torch_predictor = Predictor.from_dir(model_dir, device=device, fast=fast)
+    if runtime == "torch":
+        return torch_predictor, {"runtime": "torch", "asked": runtime, "why": "asked for"}
+    why_not = openvino_missing()
+    if why_not is None and (resolve_device(device).type != "cpu" or not torch_predictor.fast):
+        why_not = "OpenVINO runs the CPU's fast path only (a CPU device, fast not turned off, a torchvision model)"
+    if why_not:
+        if runtime == "openvino":
+            raise ConfigError(f"cannot use --runtime openvino: {why_not}; or use --runtime torch")
+        return torch_predictor, {"runtime": "torch", "asked": runtime, "why": why_not}
+
+    info = read_model_info(model_dir)
+    threshold = torch_predictor.score_threshold if threshold is None else threshold
+    candidate = Predictor.from_dir(model_dir, device=device, fast=fast, runtime="openvino")
+    eager = Predictor.from_dir(model_dir, device=device, fast=False)
+    arrays, names = check_images(images, eager.spec, info)
+    report = compare_with_eager(eager, candidate, arrays, threshold, names)
+    del eager
+    choice = {"asked": runtime, "parity": report.describe(), "parity_ok": report.ok}
+    if not report.ok:
+        logger.warning("OpenVINO does not answer like the plain model on %d images (%s): serving with torch",
+                       len(arrays), report.describe())
+        return torch_predictor, {**choice, "runtime": "torch",
+                                 "why": "OpenVINO failed the parity check: " + report.describe()}
+    if runtime == "openvino":
+        return candidate, {**choice, "runtime": "openvino", "why": "asked for, and it passed the parity check"}
+    ms = time_alternately({"torch": torch_predictor, "openvino": candidate}, arrays[:TIMED_IMAGES])
+    best = min(ms, key=ms.get)
+    why = (f"passed the parity check; {ms['openvino']:.0f} ms an image against torch's {ms['torch']:.0f} ms "
+           f"(median of {TIMED_ROUNDS} rounds on {min(len(arrays), TIMED_IMAGES)} images)")
+    return (candidate if best == "openvino" else torch_predictor), {**choice, "runtime": best, "why": why,
+                                                                     "ms_per_image": ms}

@@ -1,0 +1,76 @@
+"""The backbone and FPN of a Mask R-CNN run by OpenVINO on the CPU (the ``openvino`` runtime).
+
+The backbone is most of a Mask R-CNN's work and a plain convolutional graph: OpenVINO compiles
+it (any image size and batch) and runs it faster than torch's CPU kernels, with the same outputs
+to float rounding in f32. The rest of the model (anchors, NMS, RoIAlign, the heads, the mask
+pasting) stays torch's, so the model answers exactly as before but for those roundings, and the
+parity gate decides whether it is kept (:mod:`maskrcnn_finetune.export.runtime_choice`).
+
+    model.backbone = OpenVINOBackbone(model.backbone, precision="f32")
+
+OpenVINO is an optional extra (``pip install openvino``); without it :func:`openvino_missing`
+says so and the kit runs torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+PRECISIONS = ("f32", "bf16")
+
+
+def openvino_missing() -> str | None:
+    """Why the openvino runtime cannot run here, or None when it can."""
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed (pip install openvino)"
+    return None
+
+
+class OpenVINOPart(nn.Module):
+    """``part`` (a module of tensors in, a tensor or an ordered dict of them out) compiled by OpenVINO
+    for the CPU; called like it.
+
+    Args:
+        part: the module (e.g. an FPN backbone, or a box head).
+        example: an input of the right rank (its batch and spatial sizes are left free).
+        precision: ``"f32"``, or ``"bf16"`` (OpenVINO's bf16 inference on CPUs with bf16 units).
+        threads: CPU threads for OpenVINO (default: torch's).
+
+    It runs one batch at a time (one infer request): the server and the Predictor call it from
+    one thread.
+    """
+
+    def __init__(self, part: nn.Module, example: torch.Tensor, precision: str = "f32",
+                 threads: int | None = None) -> None:
+        super().__init__()
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        self.out_channels = getattr(part, "out_channels", None)
+        part = part.eval()
+        free = ov.PartialShape([-1] + [example.shape[1]] + [-1] * (example.dim() - 2))
+        with torch.no_grad():
+            converted = ov.convert_model(part, example_input=example, input=[free])
+            reference = part(example)
+        self.as_dict = isinstance(reference, dict)
+        self.names = list(reference) if self.as_dict else ["out"]  # a dict's outputs keep its order
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                  "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads())}
+        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+
+    def forward(self, x: torch.Tensor):
+        self._request.infer([x.detach().float().contiguous().numpy()])
+        outputs = [torch.from_numpy(self._request.get_output_tensor(k).data.copy()) for k in range(len(self.names))]
+        return OrderedDict(zip(self.names, outputs)) if self.as_dict else outputs[0]
+
+
+def OpenVINOBackbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None) -> OpenVINOPart:
+    """An FPN backbone (``out_channels``, an ordered dict of feature maps) compiled by OpenVINO."""
+    return OpenVINOPart(backbone, torch.zeros(1, 3, 224, 224), precision, threads)

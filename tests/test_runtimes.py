@@ -1,0 +1,125 @@
+"""The openvino runtime: the backbone compiled by OpenVINO, kept only where it passes the parity gate.
+
+OpenVINO is installed by `make test` (requirements-dev.txt); where it is not, these tests are
+skipped with that reason, and the kit runs torch (the last test checks what it says then).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.export.runtime_choice import choose_runtime
+from maskrcnn_finetune.predictor import Predictor
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino; make test installs it)")
+
+
+@pytest.fixture(scope="module")
+def images(tiny_coco) -> list[np.ndarray]:
+    """The tiny data set's images (the gate's check images here: the tiny model was trained without val)."""
+    from maskrcnn_finetune.data.images import load_rgb
+
+    paths = []
+    for split in ("val", "train"):
+        data = json.loads(Path(tiny_coco[split]).read_text())
+        paths += [Path(tiny_coco[split]).parent / image["file_name"] for image in data["images"]]
+    return [load_rgb(path) for path in paths[:4]]
+
+
+def test_the_compiled_backbone_computes_what_torch_computes(tiny_model_dir):
+    from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone
+
+    model = Predictor.from_dir(tiny_model_dir, fast=False).model
+    compiled = OpenVINOBackbone(model.backbone)
+    assert compiled.out_channels == model.backbone.out_channels
+    torch.manual_seed(0)
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 128, 160)]:  # any batch and size, one compiled graph
+        x = torch.rand(shape)
+        with torch.no_grad():
+            want = model.backbone(x)
+        got = compiled(x)
+        assert list(got) == list(want) == ["0", "1", "2", "3", "pool"]
+        for name in want:
+            assert got[name].shape == want[name].shape
+            scale = want[name].abs().max()
+            assert float((got[name] - want[name]).abs().max()) <= 1e-4 * float(scale), (shape, name)
+
+
+def test_openvino_passes_the_gate_and_answers_as_torch_does(tiny_model_dir, images):
+    predictor, choice = choose_runtime(tiny_model_dir, "openvino", threshold=0.0, images=images)
+    assert choice["runtime"] == predictor.runtime == "openvino" and choice["parity_ok"] is True
+    assert "match" in choice["parity"] and predictor.mode["runtime"] == "openvino"
+    assert "OpenVINO" in predictor.describe_mode()
+    reference = Predictor.from_dir(tiny_model_dir)
+    for image in images:
+        want, got = reference(image, threshold=0.0), predictor(image, threshold=0.0)
+        assert len(want) == len(got) > 0  # threshold 0: every detection of the untrained model
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-3)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=0.05)
+
+
+def test_auto_times_both_and_returns_the_one_it_names(tiny_model_dir, images):
+    predictor, choice = choose_runtime(tiny_model_dir, "auto", threshold=0.0, images=images)
+    assert set(choice["ms_per_image"]) == {"torch", "openvino"} and all(v > 0 for v in choice["ms_per_image"].values())
+    assert predictor.runtime == choice["runtime"] == min(choice["ms_per_image"], key=choice["ms_per_image"].get)
+
+
+def test_a_runtime_that_answers_differently_is_refused(tiny_model_dir, images, monkeypatch):
+    """A backbone compiled from other weights (a real OpenVINO graph, wrong numbers) fails the gate: torch is kept."""
+    import copy
+
+    from maskrcnn_finetune.modeling import openvino_backbone
+
+    real = openvino_backbone.OpenVINOBackbone
+
+    def off_by_a_little(backbone, precision="f32", threads=None):
+        other = copy.deepcopy(backbone)
+        with torch.no_grad():
+            for parameter in other.fpn.parameters():
+                parameter.mul_(1.5)
+        return real(other, precision, threads)
+
+    monkeypatch.setattr(openvino_backbone, "OpenVINOBackbone", off_by_a_little)
+    predictor, choice = choose_runtime(tiny_model_dir, "openvino", threshold=0.0, images=images)
+    assert predictor.runtime == choice["runtime"] == "torch" and choice["parity_ok"] is False
+    assert choice["why"].startswith("OpenVINO failed the parity check")
+
+
+def test_openvino_runs_only_on_the_cpu_fast_path(tiny_model_dir):
+    with pytest.raises(ConfigError, match="fast path only"):
+        choose_runtime(tiny_model_dir, "openvino", fast=False)
+    predictor, choice = choose_runtime(tiny_model_dir, "auto", fast=False)
+    assert predictor.runtime == "torch" and "fast path only" in choice["why"]
+    with pytest.raises(ConfigError, match="--runtime must be one of torch, openvino, auto"):
+        choose_runtime(tiny_model_dir, "tensorrt")
+
+
+def test_the_server_and_batch_prediction_take_runtime_openvino(tiny_model_dir, images, tmp_path):
+    import requests
+
+    from maskrcnn_finetune.predict import predict_images
+    from rest_api_flask.launcher import start_server
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{k}.png")
+    summary = predict_images(folder, tmp_path / "out", model_dir=tiny_model_dir, threshold=0.0, device="cpu",
+                             formats=["coco"], runtime="openvino", progress=False)
+    assert summary["predicted"] == summary["images"] == len(images) and summary["errors"] == 0
+    with start_server(tiny_model_dir, tmp_path / "up", tmp_path / "served", infer_with_cpu=True,
+                      extra_args=["--runtime", "openvino"], env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+                      stop_previous=False) as server:
+        model = requests.get(server.url + "/api/v1/model", timeout=10).json()
+        assert model["inference"]["runtime"] == "openvino"
+        answer = requests.post(server.url + "/api/v1/predict?threshold=0",
+                               files={"image": ("0.png", (folder / "0.png").read_bytes())}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["num_instances"] > 0
