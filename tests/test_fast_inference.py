@@ -28,7 +28,7 @@ def images(tiny_coco):
 
 def test_off_switch_is_the_plain_model(model_dir, images):
     predictor = Predictor.from_dir(model_dir, fast=False)
-    assert predictor.mode == {"fast": False, "precision": "fp32", "channels_last": False}
+    assert predictor.mode == {"fast": False, "precision": "fp32", "channels_last": False, "runtime": "torch"}
     model, _, _ = load_model_dir(model_dir)
     with torch.inference_mode():
         raw = model([torch.from_numpy(images[0]).permute(2, 0, 1).float() / 255])[0]

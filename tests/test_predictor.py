@@ -28,9 +28,11 @@ def test_every_input_kind_gives_the_same_result(model_dir, tiny_coco, tmp_path):
     from_path, from_array, from_pil = predictor(path), predictor(rgb), predictor(Image.open(path))
     batch = predictor([path, rgb])
     assert len(batch) == 2 and len(from_path) > 0 and from_path.masks.any()  # instances, with pixels
-    for other in (from_array, from_pil, batch[0], batch[1]):
+    for other in (from_array, from_pil):  # the same call: bit for bit
+        assert np.array_equal(other.scores, from_path.scores) and np.array_equal(other.masks, from_path.masks)
+    for other in batch:  # in a batch of two, RoIAlign's sums on every core run in another order: float rounding
         assert np.allclose(other.scores, from_path.scores, atol=1e-4)
-        assert np.array_equal(other.masks, from_path.masks)
+        assert (other.masks != from_path.masks).sum() <= max(2, 0.001 * from_path.masks.size)
     assert from_path.masks.shape[1:] == rgb.shape[:2]
 
 

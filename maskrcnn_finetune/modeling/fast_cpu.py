@@ -11,6 +11,8 @@ parts a subclass, as the export gives the transform its eager-rounding subclass:
   NMS and the top-k see the same boxes as torchvision's);
 - :class:`BoolPasteTransform`: masks pasted into their boxes as booleans (:func:`paste_masks_bool`,
   the same pixels as torchvision's float pasting followed by ``> 0.5``);
+- RoIAlign on every core (:class:`~maskrcnn_finetune.modeling.pooling.ParallelRoIAlign`: the
+  same sums as torchvision's single-threaded kernel, in another order);
 - with ``bf16=True``, the backbone, the RPN head and the box and mask heads run under
   ``torch.autocast("cpu", torch.bfloat16)``, their outputs handed on in fp32 (:data:`BF16_PARTS`;
   the RPN through :class:`FastRPN`).
@@ -28,6 +30,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNN
 from torchvision.models.detection.roi_heads import RoIHeads, expand_boxes, expand_masks, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
 
 BF16_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_head", "roi_heads.mask_predictor")
 """The parts of a torchvision Mask R-CNN that run in bf16 on the fast path: the convolutions and
@@ -193,5 +197,6 @@ def make_fast(model: MaskRCNN, bf16: bool = False) -> FastMaskRCNN:
         part.__class__ = fast_class
     for part in (model, model.rpn, model.roi_heads):
         part.bf16 = bool(bf16)
+    use_parallel_roi_align(model, inference=True)
     return model.to(memory_format=torch.channels_last).eval()
 

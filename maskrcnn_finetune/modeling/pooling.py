@@ -7,10 +7,12 @@ RoIAlign is what it is mathematically, a product with the sparse bilinear sampli
 ``S @ F`` forward on the channels-last features as they are, ``S^T @ dOut`` backward, both on
 all cores. The sums are torchvision's, added in another order (differences of float rounding).
 
-Only training on the CPU takes this path: in eval mode, without gradients, on a GPU, or with
-an adaptive sampling ratio, :class:`ParallelRoIAlign` is torchvision's ``MultiScaleRoIAlign``.
-Models are built with torchvision's pooler (what inference, export and the model folder use);
-the torchvision engine swaps this one in for training with :func:`use_parallel_roi_align`.
+Training on the CPU takes this path, and inference on the CPU's fast path (``inference=True``,
+set by :func:`maskrcnn_finetune.modeling.fast_cpu.make_fast`: with 1000 proposals an image, the
+single-threaded kernel was 30 % of the demo model's inference); elsewhere (eval mode of a plain
+model, a GPU, an adaptive sampling ratio) :class:`ParallelRoIAlign` is torchvision's
+``MultiScaleRoIAlign``. Models are built with torchvision's pooler (what export and the model
+folder use); the torchvision engine swaps this one in for training with :func:`use_parallel_roi_align`.
 """
 
 from __future__ import annotations
@@ -136,7 +138,10 @@ def roi_align_parallel(features: Tensor, rois: Tensor, output_size: tuple[int, i
 
 
 class ParallelRoIAlign(MultiScaleRoIAlign):
-    """torchvision's ``MultiScaleRoIAlign`` whose CPU training (forward and backward) runs on every core."""
+    """torchvision's ``MultiScaleRoIAlign`` whose CPU training (forward and backward) runs on every core,
+    and its CPU inference too when ``inference`` is set."""
+
+    inference = False
 
     @classmethod
     def like(cls, pooler: MultiScaleRoIAlign) -> "ParallelRoIAlign":
@@ -146,8 +151,8 @@ class ParallelRoIAlign(MultiScaleRoIAlign):
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = _filter_input(x, self.featmap_names)
-        if not (self.training and torch.is_grad_enabled() and features[0].device.type == "cpu"
-                and self.sampling_ratio > 0):
+        parallel = (self.training and torch.is_grad_enabled()) or (self.inference and not self.training)
+        if not (parallel and features[0].device.type == "cpu" and self.sampling_ratio > 0):
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
@@ -161,13 +166,17 @@ class ParallelRoIAlign(MultiScaleRoIAlign):
         return result
 
 
-def use_parallel_roi_align(model: torch.nn.Module) -> torch.nn.Module:
+def use_parallel_roi_align(model: torch.nn.Module, inference: bool = False) -> torch.nn.Module:
     """Swaps a torchvision Mask R-CNN's box and mask poolers for :class:`ParallelRoIAlign` (in place).
 
-    The poolers hold no weights, so the state dict is unchanged. Returns the model.
+    The poolers hold no weights, so the state dict is unchanged. ``inference``: also in eval mode
+    on the CPU (the fast path). Returns the model.
     """
     heads = model.roi_heads
     heads.box_roi_pool = ParallelRoIAlign.like(heads.box_roi_pool)
     if heads.mask_roi_pool is not None:
         heads.mask_roi_pool = ParallelRoIAlign.like(heads.mask_roi_pool)
+    for pooler in (heads.box_roi_pool, heads.mask_roi_pool):
+        if pooler is not None:
+            pooler.inference = inference
     return model
