@@ -1,0 +1,208 @@
+"""The kit against the runtimes a CPU user reaches for, timed alternately, with parity on the same weights.
+
+Usage:
+    python benchmarks/runtime_peers.py [--cases demo r50-800] [--demo-dir outputs/demo/model]
+        [--rounds 7] [--compile] [--out outputs/bench/runtime_peers.json]
+
+Cases (each path runs the same weights on the same images):
+
+- ``demo``: the trained demo model folder on its own val images, at its own input size;
+- ``r50-800``: ResNet-50-FPN with torchvision's standard heads at an 800 px short side (1067x800),
+  random weights tamed as in ``cpu_inference.py`` (100 detections, 100 masks), one image.
+
+Paths, all behind the same Predictor interface (RGB array in, instances out):
+
+- ``eager fp32``: the plain torchvision model (``fast=False``): the parity reference;
+- ``kit (torch)``: the kit's default CPU path;
+- ``kit (openvino)``: the kit's ``--runtime openvino`` (the backbone compiled by OpenVINO);
+- ``onnxruntime``: the kit's ONNX export (``scripts/export.py --format onnx``) in ONNX Runtime;
+- ``openvino on the onnx``: the same ONNX file compiled by OpenVINO (f32), masks pasted as the ONNX path does;
+- ``torch.compile`` (with ``--compile``): inductor on the eager model (the first call compiles, minutes).
+
+Every path is timed once per round, in turn, for ``--rounds`` rounds after one warm-up each (a
+machine that drifts during the run affects all paths alike); the table gives the median per image
+and the ratio to eager. Parity is each path's predictions against eager fp32 on the same images
+(maskrcnn_finetune/parity.py: same instances, mask IoU >= 0.95, scores within 0.05). The fp32
+sgemm rate is measured before and after, the bf16 rate once. Run it with nothing else busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_inference import standard_spec, tame_random_weights, test_image  # noqa: E402
+
+from maskrcnn_finetune.export.checking import check_images  # noqa: E402
+from maskrcnn_finetune.model_dir import read_model_info, write_model_dir  # noqa: E402
+from maskrcnn_finetune.modeling import build_model  # noqa: E402
+from maskrcnn_finetune.parity import compare_runs, SCORE_TOLERANCE  # noqa: E402
+from maskrcnn_finetune.predictor import Predictor, native_bf16  # noqa: E402
+from maskrcnn_finetune.timing import sgemm_gflops  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["demo", "r50-800"], choices=["demo", "r50-800"])
+    parser.add_argument("--demo-dir", type=Path, default=ROOT / "outputs" / "demo" / "model")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (every path once per round)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile (compiling takes minutes)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="model folders and exports (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "runtime_peers.json")
+    return parser
+
+
+class OpenVINOOnnx(torch.nn.Module):
+    """The kit's exported ONNX file compiled by OpenVINO (f32), behind the eager interface like OnnxMaskRCNN."""
+
+    def __init__(self, onnx_path: Path) -> None:
+        super().__init__()
+        import openvino as ov
+
+        from maskrcnn_finetune.export.runtimes import OnnxMaskRCNN
+
+        self.pastes_masks = OnnxMaskRCNN(onnx_path).pastes_masks
+        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.names = [output.get_any_name() for output in self.compiled.outputs]
+
+    def forward(self, images):
+        from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+        from maskrcnn_finetune.export.formats import ONNX_OUTPUTS
+
+        results = []
+        for image in images:
+            out = self.compiled([image.detach().float().numpy()])
+            result = {name: torch.from_numpy(np.asarray(out[k])) for k, name in zip(range(len(ONNX_OUTPUTS)), ONNX_OUTPUTS)}
+            if self.pastes_masks:
+                result["masks"] = paste_masks_in_image(result["masks"], result["boxes"], tuple(image.shape[-2:]))
+            results.append(result)
+        return results
+
+
+def r50_folder(work: Path) -> tuple[Path, list[np.ndarray]]:
+    """ResNet-50-FPN at 800 px with tamed random weights, written as a model folder; its one image."""
+    image = test_image(800)
+    torch.manual_seed(0)
+    spec = standard_spec("resnet50_fpn", 800)
+    model = build_model(spec, pretrained="none").eval()
+    batch = model.transform([torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)])[0].tensors
+    tame_random_weights(model.backbone, batch, [model.rpn.head.bbox_pred, model.roi_heads.box_predictor.bbox_pred])
+    folder = work / "r50_800"
+    write_model_dir(folder, model, spec, score_threshold=0.05)
+    return folder, [image]
+
+
+def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict[str, Predictor]:
+    from maskrcnn_finetune.export import ExportParityError, export_onnx, load_exported_predictor
+
+    paths = {"eager fp32": Predictor.from_dir(model_dir, fast=False), "kit (torch)": Predictor.from_dir(model_dir)}
+    paths["kit (openvino)"] = Predictor.from_dir(model_dir, runtime="openvino")
+    if with_compile:
+        compiled = Predictor.from_dir(model_dir, fast=False)
+        compiled.model = torch.compile(compiled.model)
+        paths["torch.compile"] = compiled
+    try:
+        record = export_onnx(model_dir, output=work / f"{model_dir.name}.onnx", images=images, overwrite=True)
+    except ExportParityError as exc:  # the export keeps no file that fails its own check
+        tqdm.write(f"the ONNX export of {model_dir} failed its parity check, no ONNX paths: {exc}")
+        return paths
+    onnx_path = Path(record["path"])
+    paths["onnxruntime"] = load_exported_predictor(onnx_path)
+    peer = load_exported_predictor(onnx_path)
+    peer.model = OpenVINOOnnx(onnx_path)
+    paths["openvino on the onnx"] = peer
+    return paths
+
+
+def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_compile: bool) -> dict:
+    info = read_model_info(model_dir)
+    threshold = float(info.get("score_threshold", 0.5))
+    paths = build_paths(model_dir, images, work, with_compile)
+    low = max(0.0, threshold - SCORE_TOLERANCE)
+    first_ms, results = {}, {}
+    for path, predictor in paths.items():  # the warm-up (torch.compile compiles here), and the parity answers
+        start = time.perf_counter()
+        results[path] = [predictor(image, threshold=low) for image in images]
+        first_ms[path] = (time.perf_counter() - start) * 1000
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for _ in tqdm(range(rounds), desc=f"{name}: rounds"):
+        for path, predictor in paths.items():
+            start = time.perf_counter()
+            for image in images:
+                predictor(image)
+            times[path].append((time.perf_counter() - start) * 1000 / len(images))
+    eager_ms = statistics.median(times["eager fp32"])
+    rows = []
+    for path, predictor in paths.items():
+        report = compare_runs(results["eager fp32"], results[path], threshold)
+        ms = statistics.median(times[path])
+        rows.append({"path": path, "mode": predictor.describe_mode() if path.startswith("kit") else "",
+                     "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
+                     "parity_ok": report.ok if path != "eager fp32" else None,
+                     "parity": report.describe() if path != "eager fp32" else "the reference"})
+    return {"case": name, "model_dir": str(model_dir), "images": len(images), "threshold": threshold, "rows": rows}
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = [f"`{report['command']}`", "",
+             f"Machine: {machine['cpus']} CPUs, torch {machine['torch']}; fp32 sgemm {machine['sgemm_before']:.0f} "
+             f"GFLOP/s before, {machine['sgemm_after']:.0f} after; bf16 {machine['bf16_gflops']:.0f} GFLOP/s; bf16 units: "
+             f"{machine['bf16_units']}.", ""]
+    for case in report["cases"]:
+        lines += [f"**{case['case']}** ({case['images']} image(s), threshold {case['threshold']}; median of "
+                  f"{report['rounds']} alternating rounds)", "",
+                  "| path | ms / image | x eager | parity with eager fp32 |", "|---|---|---|---|"]
+        for row in case["rows"]:
+            parity = "-" if row["parity_ok"] is None else ("match" if row["parity_ok"] else "differs: " + row["parity"])
+            label = row["path"] + (f" ({row['mode']})" if row["mode"] else "")
+            lines.append(f"| {label} | {row['median_ms']:.0f} | {row['x_eager']:.2f} | {parity} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sgemm_before = sgemm_gflops()
+    bf16_rate = sgemm_gflops(dtype=torch.bfloat16)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="runtime_peers_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for name in args.cases:
+        if name == "demo":
+            arrays, _ = check_images(None, Predictor.from_dir(args.demo_dir, fast=False).spec,
+                                     read_model_info(args.demo_dir))
+            cases.append(run_case(name, args.demo_dir, arrays, work, args.rounds, args.compile))
+        else:
+            folder, arrays = r50_folder(work)
+            cases.append(run_case(name, folder, arrays, work, args.rounds, args.compile))
+    command = "python benchmarks/runtime_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = {"command": command.strip(), "rounds": args.rounds, "cases": cases,
+              "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+                          "sgemm_before": sgemm_before, "sgemm_after": sgemm_gflops(), "bf16_gflops": bf16_rate,
+                          "bf16_units": native_bf16()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
