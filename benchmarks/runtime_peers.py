@@ -15,6 +15,9 @@ Paths, all behind the same Predictor interface (RGB array in, instances out):
 - ``eager fp32``: the plain torchvision model (``fast=False``): the parity reference;
 - ``kit (torch)``: the kit's default CPU path;
 - ``kit (openvino)``: the kit's ``--runtime openvino`` (the backbone compiled by OpenVINO);
+- ``kit (openvino int8)``: ``--runtime openvino-int8`` (the backbone quantised by NNCF, calibrated on the
+  model's first 32 training images, or for ``r50-800`` on its one image), shown even where the
+  gate would refuse it;
 - ``onnxruntime``: the kit's ONNX export (``scripts/export.py --format onnx``) in ONNX Runtime;
 - ``openvino on the onnx``: the same ONNX file compiled by OpenVINO (f32), masks pasted as the ONNX path does;
 - ``torch.compile`` (with ``--compile``): inductor on the eager model (the first call compiles, minutes).
@@ -112,6 +115,13 @@ def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict
 
     paths = {"eager fp32": Predictor.from_dir(model_dir, fast=False), "kit (torch)": Predictor.from_dir(model_dir)}
     paths["kit (openvino)"] = Predictor.from_dir(model_dir, runtime="openvino")
+    from maskrcnn_finetune.export.runtime_choice import calibration_images
+
+    info = read_model_info(model_dir)
+    has_train = Path((info.get("training") or {}).get("train_json") or "/nonexistent").is_file()
+    # int8: calibrated on the model's training images (the demo) or, without them, on the timed image itself
+    paths["kit (openvino int8)"] = Predictor.from_dir(model_dir, runtime="openvino-int8",
+                                                      calibration=calibration_images(info, None if has_train else images))
     if with_compile:
         compiled = Predictor.from_dir(model_dir, fast=False)
         compiled.model = torch.compile(compiled.model)

@@ -400,7 +400,7 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
                    device: str = "auto", formats=FORMATS, workers: int = 0, batch_size: int = 1,
                    overwrite: bool = False, review_below: float | None = None, order: str = "name",
                    min_iou: float | None = None, max_pixels: int = MAX_PIXELS, progress: bool = True,
-                   runtime: str = "torch") -> dict:
+                   runtime: str = "torch", calibration=None) -> dict:
     """Predicts every image of ``source`` and writes the outputs into ``output`` (see the module's text).
 
     Args:
@@ -421,7 +421,8 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         progress: show a tqdm bar (images/s).
         runtime: with ``model_dir``, ``torch``, ``openvino`` or ``auto``
             (:func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`: OpenVINO only where it
-            passes the parity check on the model's own val images).
+            passes the parity check on the model's own val images), or ``openvino-int8`` (calibrated on
+            ``calibration``, a folder of images; default: the model's training images).
 
     Returns:
         A summary: images in the input, predicted now, skipped (already done), errors, instances
@@ -461,7 +462,7 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         else:
             from maskrcnn_finetune.export.runtime_choice import choose_runtime
 
-            predictor, choice = choose_runtime(model_dir, runtime, device=device)
+            predictor, choice = choose_runtime(model_dir, runtime, device=device, calibration=calibration)
             logger.info("runtime %s: %s", choice["runtime"], choice["why"])
     threshold = predictor.score_threshold if threshold is None else threshold
     writer = _Writer(out, formats, _category_ids(predictor.class_names, categories), min_iou, review_below)

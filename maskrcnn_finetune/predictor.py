@@ -86,8 +86,8 @@ def native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-RUNTIMES = ("torch", "openvino")
-"""What runs the fast path's backbone: torch, or OpenVINO (an optional extra)."""
+RUNTIMES = ("torch", "openvino", "openvino-int8")
+"""What runs the fast path's backbone: torch, OpenVINO, or OpenVINO quantised to int8 (an optional extra)."""
 
 BF16_MIN_INPUT = 512
 """bf16 is the default only for models whose input short side is at least this many pixels.
@@ -118,7 +118,8 @@ class Predictor:
             is at least :data:`BF16_MIN_INPUT` pixels.
         runtime: ``"torch"``, or ``"openvino"``: on the fast path, the backbone and FPN compiled by
             OpenVINO (:class:`~maskrcnn_finetune.modeling.openvino_backbone.OpenVINOBackbone`, in bf16
-            where the torch path would use bf16, else f32); needs ``pip install openvino``. Whether
+            where the torch path would use bf16, else f32); needs ``pip install openvino``; or
+            ``"openvino-int8"``: quantised by NNCF on ``calibration`` (images). Whether
             it answers like the plain model is checked by
             :func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`, which servers and batch
             prediction use.
@@ -129,7 +130,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device="cpu", score_threshold: float = 0.5,
                  info: dict | None = None, fast: bool | None = None, bf16: bool | None = None,
-                 runtime: str = "torch") -> None:
+                 runtime: str = "torch", calibration: list | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
         self.device = resolve_device(device)
@@ -152,30 +153,40 @@ class Predictor:
         if self.fast:
             self.model = make_fast(self.model, bf16=self.bf16)
         self.runtime = "torch"
-        if runtime == "openvino":
-            self._use_openvino()
+        if runtime.startswith("openvino"):
+            self._use_openvino(calibration if runtime == "openvino-int8" else None)
         logger.info("inference on %s: %s", self.device, self.describe_mode())
 
-    def _use_openvino(self) -> None:
+    def _use_openvino(self, calibration: list | None = None) -> None:
         from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone, openvino_missing
 
-        why_not = openvino_missing() or (None if self.fast else "the openvino runtime runs on the CPU's fast path "
+        int8 = calibration is not None
+        why_not = openvino_missing(int8) or (None if self.fast else "the openvino runtime runs on the CPU's fast path "
                                          "only (a CPU device, fast not turned off, a torchvision model)")
         if why_not:
             raise ConfigError(f"cannot use the openvino runtime: {why_not}; use runtime torch")
-        self.model.backbone = OpenVINOBackbone(self.model.backbone, precision="bf16" if self.bf16 else "f32")
-        self.runtime = "openvino"
+        if int8:
+            if not calibration:
+                raise ConfigError("the openvino-int8 runtime needs calibration images (a few of your own); pass them")
+            # the backbone's inputs: each image as the model's transform resizes and normalises it
+            tensors = [self.model.transform([torch.from_numpy(_to_rgb_array(image)).permute(2, 0, 1).float().div(255.0)])[0]
+                       .tensors.numpy() for image in calibration]
+            self.model.backbone = OpenVINOBackbone(self.model.backbone, "int8", calibration=tensors)
+        else:
+            self.model.backbone = OpenVINOBackbone(self.model.backbone, precision="bf16" if self.bf16 else "f32")
+        self.runtime = "openvino-int8" if int8 else "openvino"
 
     @classmethod
     def from_dir(cls, model_dir, device="cpu", score_threshold: float | None = None,
-                 fast: bool | None = None, bf16: bool | None = None, runtime: str = "torch") -> "Predictor":
+                 fast: bool | None = None, bf16: bool | None = None, runtime: str = "torch",
+                 calibration: list | None = None) -> "Predictor":
         """Loads a model folder written by training (see :mod:`maskrcnn_finetune.model_dir`)."""
         from maskrcnn_finetune.model_dir import load_model_dir
 
         device = resolve_device(device)
         model, spec, info = load_model_dir(model_dir, device)
         threshold = info.get("score_threshold", 0.5) if score_threshold is None else score_threshold
-        return cls(model, spec, device, threshold, info, fast=fast, bf16=bf16, runtime=runtime)
+        return cls(model, spec, device, threshold, info, fast=fast, bf16=bf16, runtime=runtime, calibration=calibration)
 
     @property
     def mode(self) -> dict:
@@ -186,8 +197,9 @@ class Predictor:
     def describe_mode(self) -> str:
         if not self.fast:
             return "plain fp32 model"
-        if self.runtime == "openvino":
-            return f"fast path: backbone by OpenVINO in {'bf16' if self.bf16 else 'f32'}, the rest by torch"
+        if self.runtime.startswith("openvino"):
+            precision = "int8" if self.runtime == "openvino-int8" else ("bf16" if self.bf16 else "f32")
+            return f"fast path: backbone by OpenVINO in {precision}, the rest by torch"
         return ("fast path: bf16 autocast, channels-last" if self.bf16
                 else f"fast path: fp32 ({self._fp32_reason}), channels-last")
 

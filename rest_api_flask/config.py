@@ -8,7 +8,8 @@ DEFAULTS = {
     "OUTPUT_FOLDER": "outputs",   # result files (under results/<id>/) and legacy output images
     "DEVICE": "auto",             # "cpu" with --infer-with-cpu
     "FAST": None,                 # the Predictor's fast CPU path (None: on for the CPU); False with --no-fast
-    "RUNTIME": "torch",           # torch, openvino or auto (OpenVINO only where it passes the parity check)
+    "RUNTIME": "torch",           # torch, openvino, openvino-int8 or auto (OpenVINO only where it passes the parity check)
+    "CALIBRATION_IMAGES": None,   # openvino-int8's calibration images (None: the model's training images)
     "THRESHOLD": 0.5,             # default score threshold of a request
     "REMOVE_COLORS": False,       # overlays on a grey copy of the image (a request's remove_colors overrides it)
     "MAX_UPLOAD_MB": 20,          # request body limit (413 above it)
@@ -40,6 +41,7 @@ def config_from_args(args) -> dict:
         "DEVICE": "cpu" if args.infer_with_cpu else "auto",
         "FAST": False if args.no_fast else None,
         "RUNTIME": args.runtime,
+        "CALIBRATION_IMAGES": args.calibration_images,
         "THRESHOLD": args.threshold,
         "REMOVE_COLORS": args.remove_colors,
         "MAX_UPLOAD_MB": args.max_upload_mb,

@@ -77,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-fast", action="store_true",
                         help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
                              "has it, channels-last, threshold before the mask head)")
-    parser.add_argument("--runtime", choices=["torch", "openvino", "auto"], default="torch",
+    parser.add_argument("--runtime", choices=["torch", "openvino", "openvino-int8", "auto"], default="torch",
                         help="what runs the model on the CPU: torch, OpenVINO's compiled backbone (pip install "
                              "openvino; kept only where it passes the parity check on the model's own val images, "
-                             "else torch) or auto (the faster of the two that passes; checked at start-up)")
+                             "else torch), openvino-int8 (the backbone quantised by NNCF on --calibration-images, kept only "
+                             "where it passes the same check) or auto (the faster of torch and openvino that passes)")
+    parser.add_argument("--calibration-images", default=None, metavar="DIR",
+                        help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
+                             "first 32 of the model's training set, when it is on this machine)")
     parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
     parser.add_argument("--remove-colors", action="store_true",
                         help="draw overlays on a grey copy of the image, the masks in colour (the web page starts "

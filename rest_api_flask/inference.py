@@ -99,7 +99,8 @@ class InferenceService:
         }
 
 
-def load_predictor(model_dir, device: str = "auto", fast: bool | None = None, runtime: str = "torch") -> Predictor:
+def load_predictor(model_dir, device: str = "auto", fast: bool | None = None, runtime: str = "torch",
+                   calibration=None) -> Predictor:
     """The :class:`Predictor` of a model folder (errors name the fix, see :mod:`maskrcnn_finetune.model_dir`);
     a ``runtime`` other than torch goes through the parity gate (``choose_runtime``)."""
     logger.info("loading the model from %s on %s", model_dir, device)
@@ -107,7 +108,7 @@ def load_predictor(model_dir, device: str = "auto", fast: bool | None = None, ru
         return Predictor.from_dir(model_dir, device=device, fast=fast)
     from maskrcnn_finetune.export.runtime_choice import choose_runtime
 
-    predictor, choice = choose_runtime(model_dir, runtime, device=device, fast=fast)
+    predictor, choice = choose_runtime(model_dir, runtime, device=device, fast=fast, calibration=calibration)
     logger.info("runtime %s (asked: %s): %s", choice["runtime"], runtime, choice["why"])
     return predictor
 
@@ -115,7 +116,8 @@ def load_predictor(model_dir, device: str = "auto", fast: bool | None = None, ru
 def init_app(app: Flask) -> None:
     """Loads (or takes ``app.config["PREDICTOR"]``), warms up and attaches the model to the app."""
     predictor = app.config.get("PREDICTOR") or load_predictor(app.config["MODEL_DIR"], app.config["DEVICE"],
-                                                                     app.config.get("FAST"), app.config["RUNTIME"])
+                                                                     app.config.get("FAST"), app.config["RUNTIME"],
+                                                                     app.config["CALIBRATION_IMAGES"])
     service = InferenceService(predictor, max_waiting=app.config["MAX_WAITING"])
     if app.config["WARMUP"]:
         service.warm_up()

@@ -123,3 +123,37 @@ def test_the_server_and_batch_prediction_take_runtime_openvino(tiny_model_dir, i
         answer = requests.post(server.url + "/api/v1/predict?threshold=0",
                                files={"image": ("0.png", (folder / "0.png").read_bytes())}, timeout=60)
         assert answer.status_code == 200 and answer.json()["num_instances"] > 0
+
+
+def test_int8_follows_torch_with_real_calibration_and_is_refused_with_a_broken_one(tiny_model_dir, images, monkeypatch):
+    from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone
+
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install nncf; make test installs it)")
+    model = Predictor.from_dir(tiny_model_dir, fast=False).model
+    inputs = [model.transform([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0].tensors for image in images]
+    quantised = OpenVINOBackbone(model.backbone, "int8", calibration=[x.numpy() for x in inputs])
+    for x in inputs:
+        with torch.no_grad():
+            want = model.backbone(x)
+        got = quantised(x)
+        for name in want:  # int8 values: close to the float features, not equal
+            assert got[name].shape == want[name].shape
+            cosine = torch.nn.functional.cosine_similarity(got[name].flatten(), want[name].flatten(), dim=0)
+            assert float(cosine) > 0.98, (name, float(cosine))
+    # calibrated on blank images, the ranges are wrong and the predictions move: the gate keeps torch
+    blank = [np.zeros_like(image) for image in images]
+    predictor, choice = choose_runtime(tiny_model_dir, "openvino-int8", threshold=0.0, images=images, calibration=blank)
+    assert predictor.runtime == choice["runtime"] == "torch" and choice["parity_ok"] is False
+    assert choice["why"].startswith("OpenVINO int8 failed the parity check"), choice["why"]
+
+
+def test_int8_without_calibration_images_names_the_flag(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    info = json.loads((folder / "model.json").read_text())
+    info["training"]["train_json"] = str(tmp_path / "gone" / "train.json")  # trained elsewhere
+    (folder / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="--calibration-images DIR"):
+        choose_runtime(folder, "openvino-int8")

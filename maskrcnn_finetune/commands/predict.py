@@ -41,10 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--formats", type=_formats, default=list(FORMATS),
                         help=f"comma-separated, any of {','.join(FORMATS)} (default: all)")
-    parser.add_argument("--runtime", choices=["torch", "openvino", "auto"], default="torch",
+    parser.add_argument("--runtime", choices=["torch", "openvino", "openvino-int8", "auto"], default="torch",
                         help="what runs the model on the CPU: torch, OpenVINO (pip install openvino; kept only where "
                              "it passes the parity check on the model's own val images) or auto (the faster of the two "
-                             "that passes)")
+                             "that passes); openvino-int8: the backbone quantised by NNCF on --calibration-images, kept only "
+                             "where it passes the same check")
+    parser.add_argument("--calibration-images", default=None, metavar="DIR",
+                        help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
+                             "first 32 of the model's training set, when it is on this machine)")
     parser.add_argument("--workers", type=int, default=0, help="processes decoding images while the model runs")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (more than 1 on a GPU)")
     parser.add_argument("--overwrite", action="store_true", help="predict again the images an earlier run finished")
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = predict_images(args.input, args.output, model_dir=args.model_dir, threshold=args.threshold,
                              device=args.device, formats=args.formats, workers=args.workers,
                              batch_size=args.batch_size, overwrite=args.overwrite, review_below=args.review_below,
-                             order=args.order, min_iou=args.min_iou, runtime=args.runtime)
+                             order=args.order, min_iou=args.min_iou, runtime=args.runtime,
+                             calibration=args.calibration_images)
     if "images_done" in summary:  # the process that merged the outputs
         print(format_class_counts(summary))
         print(f"{summary['images_done']} of {summary['images']} images done ({summary['predicted']} now, "

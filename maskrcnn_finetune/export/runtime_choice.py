@@ -9,8 +9,11 @@
 - ``"openvino"``: the backbone compiled by OpenVINO (:mod:`maskrcnn_finetune.modeling.openvino_backbone`),
   kept only when its predictions match the plain fp32 model's on the model's own val images
   (the parity gate of :mod:`maskrcnn_finetune.parity`, as for exports); otherwise torch, saying why;
-- ``"auto"``: OpenVINO when it is installed, passes the gate and is faster on those images
-  (timed alternately with torch), else torch.
+- ``"openvino-int8"``: the backbone quantised to int8 by NNCF's post-training quantisation,
+  calibrated on a few of the user's images (``calibration``: default, the first
+  :data:`CALIBRATION_IMAGES` of the model's training json), kept only when it passes the same gate;
+- ``"auto"``: OpenVINO (f32/bf16) when it is installed, passes the gate and is faster on those
+  images (timed alternately with torch), else torch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from pathlib import Path
 
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.export.checking import check_images, compare_with_eager
@@ -27,7 +31,8 @@ from maskrcnn_finetune.predictor import Predictor, resolve_device
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_CHOICES = ("torch", "openvino", "auto")
+RUNTIME_CHOICES = ("torch", "openvino", "openvino-int8", "auto")
+CALIBRATION_IMAGES = 32
 TIMED_IMAGES = 3
 TIMED_ROUNDS = 3
 
@@ -51,8 +56,30 @@ def time_alternately(predictors: dict[str, Predictor], images, rounds: int = TIM
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def calibration_images(info: dict, calibration=None) -> list:
+    """The int8 calibration images: ``calibration`` (paths, folders or arrays, as the gate's images), else
+    the first :data:`CALIBRATION_IMAGES` of the model's training json when it is here.
+
+    Raises:
+        ConfigError: none given and the training images are not here (the message names the flag).
+    """
+    from maskrcnn_finetune.data.coco import load_coco
+
+    if calibration is None:
+        train_json = (info.get("training") or {}).get("train_json")
+        if train_json and Path(train_json).is_file():
+            coco = load_coco(train_json, check_images=False)
+            calibration = [p for p in (coco.image_path(image) for image in coco.images[:CALIBRATION_IMAGES])
+                           if p.is_file()]
+        if not calibration:
+            raise ConfigError("int8 needs calibration images and the model's training images are not here; pass a "
+                              "folder of a few dozen of your images with --calibration-images DIR")
+    arrays, _ = check_images(calibration, None, info)
+    return arrays
+
+
 def choose_runtime(model_dir, runtime: str = "auto", device="cpu", images=None, threshold: float | None = None,
-                   fast: bool | None = None) -> tuple[Predictor, dict]:
+                   fast: bool | None = None, calibration=None) -> tuple[Predictor, dict]:
     """The Predictor of ``model_dir`` on the runtime asked for, where the parity gate allows it.
 
     Args:
@@ -61,6 +88,7 @@ def choose_runtime(model_dir, runtime: str = "auto", device="cpu", images=None, 
         device: where the model runs; OpenVINO is for the CPU only.
         images: the gate's images (default: the model's own val images, else synthetic ones; see
             :func:`maskrcnn_finetune.export.checking.check_images`).
+        calibration: for ``openvino-int8``, its calibration images (see :func:`calibration_images`).
         threshold: the gate's score threshold (default: the model folder's).
         fast: the Predictor's fast path (None: on for the CPU).
 
@@ -77,29 +105,32 @@ def choose_runtime(model_dir, runtime: str = "auto", device="cpu", images=None, 
     torch_predictor = Predictor.from_dir(model_dir, device=device, fast=fast)
     if runtime == "torch":
         return torch_predictor, {"runtime": "torch", "asked": runtime, "why": "asked for"}
-    why_not = openvino_missing()
+    int8 = runtime == "openvino-int8"
+    why_not = openvino_missing(int8)
     if why_not is None and (resolve_device(device).type != "cpu" or not torch_predictor.fast):
         why_not = "OpenVINO runs the CPU's fast path only (a CPU device, fast not turned off, a torchvision model)"
     if why_not:
-        if runtime == "openvino":
-            raise ConfigError(f"cannot use --runtime openvino: {why_not}; or use --runtime torch")
+        if runtime != "auto":
+            raise ConfigError(f"cannot use --runtime {runtime}: {why_not}; or use --runtime torch")
         return torch_predictor, {"runtime": "torch", "asked": runtime, "why": why_not}
 
     info = read_model_info(model_dir)
     threshold = torch_predictor.score_threshold if threshold is None else threshold
-    candidate = Predictor.from_dir(model_dir, device=device, fast=fast, runtime="openvino")
+    candidate = Predictor.from_dir(model_dir, device=device, fast=fast, runtime="openvino-int8" if int8 else "openvino",
+                                   calibration=calibration_images(info, calibration) if int8 else None)
     eager = Predictor.from_dir(model_dir, device=device, fast=False)
     arrays, names = check_images(images, eager.spec, info)
     report = compare_with_eager(eager, candidate, arrays, threshold, names)
     del eager
     choice = {"asked": runtime, "parity": report.describe(), "parity_ok": report.ok}
     if not report.ok:
-        logger.warning("OpenVINO does not answer like the plain model on %d images (%s): serving with torch",
-                       len(arrays), report.describe())
+        logger.warning("%s does not answer like the plain model on %d images (%s): serving with torch",
+                       candidate.runtime, len(arrays), report.describe())
         return torch_predictor, {**choice, "runtime": "torch",
-                                 "why": "OpenVINO failed the parity check: " + report.describe()}
-    if runtime == "openvino":
-        return candidate, {**choice, "runtime": "openvino", "why": "asked for, and it passed the parity check"}
+                                 "why": f"{'OpenVINO int8' if int8 else 'OpenVINO'} failed the parity check: "
+                                        + report.describe()}
+    if runtime != "auto":
+        return candidate, {**choice, "runtime": candidate.runtime, "why": "asked for, and it passed the parity check"}
     ms = time_alternately({"torch": torch_predictor, "openvino": candidate}, arrays[:TIMED_IMAGES])
     best = min(ms, key=ms.get)
     why = (f"passed the parity check; {ms['openvino']:.0f} ms an image against torch's {ms['torch']:.0f} ms "

@@ -20,13 +20,17 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "int8")
+"""OpenVINO's inference precision; ``int8`` is NNCF's post-training quantisation (calibrated on images
+given), the layers it leaves in float running in f32."""
 
 
-def openvino_missing() -> str | None:
-    """Why the openvino runtime cannot run here, or None when it can."""
+def openvino_missing(int8: bool = False) -> str | None:
+    """Why the openvino runtime (``int8``: with NNCF's quantisation) cannot run here, or None when it can."""
     if importlib.util.find_spec("openvino") is None:
-        return "OpenVINO is not installed (pip install openvino)"
+        return "OpenVINO is not installed (pip install openvino nncf, or the kit's openvino extra)"
+    if int8 and importlib.util.find_spec("nncf") is None:
+        return "NNCF is not installed (pip install nncf, or the kit's openvino extra)"
     return None
 
 
@@ -37,15 +41,18 @@ class OpenVINOPart(nn.Module):
     Args:
         part: the module (e.g. an FPN backbone, or a box head).
         example: an input of the right rank (its batch and spatial sizes are left free).
-        precision: ``"f32"``, or ``"bf16"`` (OpenVINO's bf16 inference on CPUs with bf16 units).
+        precision: ``"f32"``, ``"bf16"`` (OpenVINO's bf16 inference on CPUs with bf16 units), or
+            ``"int8"`` (quantised by NNCF on ``calibration``).
         threads: CPU threads for OpenVINO (default: torch's).
+        calibration: for int8, inputs of ``part`` (arrays of ``example``'s rank) from which NNCF
+            measures the value ranges: a few of the user's own images, as the model sees them.
 
     It runs one batch at a time (one infer request): the server and the Predictor call it from
     one thread.
     """
 
     def __init__(self, part: nn.Module, example: torch.Tensor, precision: str = "f32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, calibration: list | None = None) -> None:
         super().__init__()
         import openvino as ov
 
@@ -58,9 +65,16 @@ class OpenVINOPart(nn.Module):
         with torch.no_grad():
             converted = ov.convert_model(part, example_input=example, input=[free])
             reference = part(example)
+        if precision == "int8":
+            import nncf
+
+            if not calibration:
+                raise ValueError("int8 needs calibration inputs")
+            converted = nncf.quantize(converted, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+                                      preset=nncf.QuantizationPreset.MIXED)
         self.as_dict = isinstance(reference, dict)
         self.names = list(reference) if self.as_dict else ["out"]  # a dict's outputs keep its order
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+        config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads())}
         self.compiled = ov.Core().compile_model(converted, "CPU", config)
         self._request = self.compiled.create_infer_request()
@@ -71,6 +85,7 @@ class OpenVINOPart(nn.Module):
         return OrderedDict(zip(self.names, outputs)) if self.as_dict else outputs[0]
 
 
-def OpenVINOBackbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None) -> OpenVINOPart:
+def OpenVINOBackbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None,
+                     calibration: list | None = None) -> OpenVINOPart:
     """An FPN backbone (``out_channels``, an ordered dict of feature maps) compiled by OpenVINO."""
-    return OpenVINOPart(backbone, torch.zeros(1, 3, 224, 224), precision, threads)
+    return OpenVINOPart(backbone, torch.zeros(1, 3, 224, 224), precision, threads, calibration)
