@@ -96,7 +96,7 @@ def test_openvino_runs_only_on_the_cpu_fast_path(tiny_model_dir):
         choose_runtime(tiny_model_dir, "openvino", fast=False)
     predictor, choice = choose_runtime(tiny_model_dir, "auto", fast=False)
     assert predictor.runtime == "torch" and "fast path only" in choice["why"]
-    with pytest.raises(ConfigError, match="--runtime must be one of torch, openvino, auto"):
+    with pytest.raises(ConfigError, match="--runtime must be one of torch, openvino, openvino-int8, auto"):
         choose_runtime(tiny_model_dir, "tensorrt")
 
 
