@@ -115,6 +115,9 @@ def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict
 
     paths = {"eager fp32": Predictor.from_dir(model_dir, fast=False), "kit (torch)": Predictor.from_dir(model_dir)}
     paths["kit (openvino)"] = Predictor.from_dir(model_dir, runtime="openvino")
+    if paths["kit (torch)"].bf16:  # also the fp32 forms, what a CPU without bf16 units runs
+        paths["kit (torch, fp32)"] = Predictor.from_dir(model_dir, bf16=False)
+        paths["kit (openvino, f32)"] = Predictor.from_dir(model_dir, bf16=False, runtime="openvino")
     from maskrcnn_finetune.export.runtime_choice import calibration_images
 
     info = read_model_info(model_dir)
