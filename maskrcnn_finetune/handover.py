@@ -109,14 +109,35 @@ def coco_inputs(train_json: str, val_json: str, work: Path) -> tuple[str, str]:
     return str(train), str(val)
 
 
+def test_input(test_json: str, work: Path) -> str:
+    """``TEST_JSON`` of 02's form (a held-out test set for the comparison), checked: an absolute path, or ""
+    when the field is empty.
+
+    Raises:
+        ConfigError: the file is missing (the message says which notebook writes it).
+    """
+    if not str(test_json).strip():
+        return ""
+    test = input_path(test_json, work)
+    if not test.is_file():
+        raise ConfigError(_missing_hint("TEST_JSON", test, "01_prepare_dataset with TEST_SPLIT"))
+    return str(test)
+
+
 def model_input(model_dir: str, work: Path) -> Path:
-    """``MODEL_DIR`` of 03's form, checked before anything starts.
+    """``MODEL_DIR`` of 03's form, checked before anything starts; ``"coco"`` is torchvision's COCO-trained
+    Mask R-CNN (80 classes, no training of yours), made into a model folder under ``work/models`` once
+    (its weights downloaded once, with a progress bar and their checksum checked).
 
     Raises:
         ConfigError: the folder or its ``model.json`` is missing.
+        WeightsUnavailableError: ``coco`` offline, with the file to put where.
     """
+    from maskrcnn_finetune.coco_model import COCO_MODEL, coco_model_dir
     from maskrcnn_finetune.model_dir import MODEL_JSON
 
+    if str(model_dir).strip().lower() == COCO_MODEL:
+        return coco_model_dir(Path(work) / "models")
     path = input_path(model_dir, work)
     if not (path / MODEL_JSON).is_file():
         if path.is_dir():

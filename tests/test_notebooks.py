@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import requests
+import torch
 from PIL import Image
 
 from maskrcnn_finetune import forms
@@ -138,7 +139,8 @@ def with_form(name: str, out: Path, **fields) -> Path:
     book = read(name)
     for cell in book.cells:
         for field, value in fields.items():
-            cell.source = re.sub(rf"^{field} = [^#\n]*(  # @param.*)?$", lambda m: f"{field} = {value!r}{m.group(1) or ''}",
+            # the form field's own line only (it carries "# @param"), not later lines that reuse the name
+            cell.source = re.sub(rf"^{field} = [^#\n]*(  # @param.*)$", lambda m: f"{field} = {value!r}{m.group(1)}",
                                  cell.source, flags=re.M)
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(book, out / name)
@@ -241,13 +243,16 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
 
     run_notebook("01_prepare_dataset.ipynb", drive, cwd=runtimes[0])
     coco_dir = drive / "coco" / "synthetic"
-    splits = {s: json.loads((coco_dir / f"{s}.json").read_text()) for s in ("train", "val")}
+    splits = {s: json.loads((coco_dir / f"{s}.json").read_text()) for s in ("train", "val", "test")}
     assert [c["name"] for c in splits["train"]["categories"]] == sorted(SHAPES)
     assert len(splits["train"]["images"]) + len(splits["val"]["images"]) == forms.SMOKE_SYNTHETIC["n_images"]
+    # TEST_SPLIT (on by default): a held-out set of its own, as the older REST API kit's tables report
+    assert len(splits["test"]["images"]) == forms.SMOKE_SYNTHETIC["n_images"]
+    assert splits["test"]["categories"] == splits["train"]["categories"]
     assert_png(coco_dir / "samples.png")
 
     nb02 = with_form("02_finetune_and_compare.ipynb", runtimes[1] / "nb", TRAIN_JSON="coco/synthetic/train.json",
-                     VAL_JSON="coco/synthetic/val.json")
+                     VAL_JSON="coco/synthetic/val.json", TEST_JSON="coco/synthetic/test.json")
     run_notebook("02_finetune_and_compare.ipynb", drive, nb02, cwd=runtimes[1])
     run = drive / "runs" / "run1"
     config = json.loads((run / "config.json").read_text())
@@ -259,6 +264,8 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
     rows = json.loads((drive / "compare" / "comparison.json").read_text())
     assert [r["backbone"] for r in rows] == forms.SMOKE_BACKBONES
     assert all(r["ms_per_image"] > 0 and 0 <= r["val_mask_AP50"] <= 1 for r in rows)
+    assert all(0 <= r["test_mask_AP50"] <= 1 and 0 <= r["test_box_AP50"] <= 1 for r in rows)  # val and test columns
+    assert "mask AP50 (test)" in (drive / "compare" / "comparison.md").read_text()
     assert_png(drive / "compare" / "comparison.png")
     predictions = drive / "predictions" / "run1"  # the val images, predicted and pre-labelled
     summary = json.loads((predictions / "summary.json").read_text())
@@ -310,3 +317,33 @@ def test_02_refuses_a_missing_handover_early(tmp_path):
     assert proc.returncode != 0
     assert "run 01_prepare_dataset first" in proc.stdout
     assert not (tmp_path / "drive" / "runs").exists()  # nothing trained
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_03_serves_the_coco_model_before_any_training(tmp_path, monkeypatch):
+    """MODEL_DIR = "coco": torchvision's COCO Mask R-CNN, no training. Nothing is downloaded: a weights file of
+    torchvision's shapes sits where torch keeps the download (TORCH_HOME), so the loading path runs for real."""
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+
+    from maskrcnn_finetune.coco_model import FOLDER_NAME, coco_class_names
+
+    home = tmp_path / "torch_home" / "hub" / "checkpoints"
+    home.mkdir(parents=True)
+    torch.manual_seed(0)
+    state = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    torch.save(state, home / Path(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url).name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # the kernel and the server inherit it
+    drive, runtime = tmp_path / "drive", tmp_path / "runtime"
+    runtime.mkdir()
+    nb03 = with_form("03_serve.ipynb", tmp_path / "nb", MODEL_DIR="coco", STOP_SERVER=True)
+    client, text = run_all_keep_kernel(nb03, drive, runtime)
+    try:
+        assert f"serving {drive / 'models' / FOLDER_NAME} - engine: torchvision" in text
+        results = [json.loads(p.read_text()) for p in (drive / "served").rglob("result.json")]
+        assert len(results) == 1 and results[0]["num_instances"] == len(results[0]["instances"])
+        assert results[0]["model"]["classes"] == coco_class_names()  # the 80 COCO names (90 ids), person first
+        assert "exit code 0" in text
+        assert not (drive / "demo").exists()  # no demo model was trained
+    finally:
+        shutdown(client)
