@@ -22,6 +22,7 @@ from maskrcnn_finetune.errors import CheckpointError, ConfigError, ModelDirError
 from maskrcnn_finetune.model_dir import write_model_dir  # model_dir imports this module only in a function
 from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON, WEIGHTS, load_checked, read_weights
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
+from maskrcnn_finetune.modeling.detectron2.legacy import legacy_kind_of_file, rename_weights
 from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
 
@@ -167,7 +168,11 @@ def import_checkpoint(weights, config, class_names: list[str], out_dir, score_th
     if not cfg.MODEL.MASK_ON:
         raise ConfigError("the config has MODEL.MASK_ON False: it is a box-only model, and this kit serves masks")
     model, cfg = build_for_inference(cfg, "cpu")
-    fit_weights(model, model_state(load_weights_file(weights, trusted=trusted)), str(weights), class_names)
+    state = model_state(load_weights_file(weights, trusted=trusted))
+    kind = legacy_kind_of_file(config)
+    if kind:  # an older VoVNet / MobileNetV2 project's weight names, onto the kit's network
+        state = rename_weights(state, model, kind)
+    fit_weights(model, state, str(weights), class_names)
     spec = spec_from_config(cfg, class_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_YAML).write_text(cfg.dump())

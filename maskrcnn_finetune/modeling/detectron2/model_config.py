@@ -77,6 +77,10 @@ def load_config(path_or_zoo_name) -> CfgNode:
             raise ConfigError(f"config '{path_or_zoo_name}' is neither an existing yaml file nor a detectron2 "
                               f"model-zoo name (e.g. {ZOO_R50}); pass the config.yaml the weights were "
                               "trained with") from exc
+    from maskrcnn_finetune.modeling.detectron2.legacy import legacy_kind_of_file, translate_config
+
+    if legacy_kind_of_file(path):  # the older VoVNet / MobileNetV2 projects' keys, as the kit's
+        return translate_config(path)[0]
     try:
         cfg.merge_from_file(str(path))
     except KeyError as exc:
