@@ -343,3 +343,24 @@ def test_the_detectron2_web_app_form_replayed(legacy_server, sample_png, http_se
     url = http_server.serve("/pic.png", sample_png)
     r = requests.get(srv.url + "/detect", params={"url": url}, timeout=30)
     assert r.status_code == 400 and "loopback" in r.json()["error"] and http_server.count("/pic.png") == 0
+
+
+def test_the_torchvision_tutorials_client_replayed(legacy_server, predictor, sample_paths):
+    """The torchvision detection tutorial's client (seed 004): an image file as a base64 string, its
+    arrays rebuilt from the answer as the README's 'Coming from' section shows."""
+    srv, _ = legacy_server
+    path = sample_paths[0]
+    with open(path, "rb") as image:  # convert_image_to_bytearray(image.read())
+        image_data = base64.b64encode(image.read()).decode("utf-8")
+    answer = requests.post(srv.url + "/api/v1/predict", json={"image_base64": image_data}, params={"threshold": 0.0},
+                           timeout=60)
+    assert answer.status_code == 200
+    answer = answer.json()
+    boxes = np.array([i["box"] for i in answer["instances"]], dtype=np.float32).reshape(-1, 4)
+    labels = np.array([i["class_id"] + 1 for i in answer["instances"]], dtype=np.int64)
+    scores = np.array([i["score"] for i in answer["instances"]], dtype=np.float32)
+    want = predictor(np.array(Image.open(path).convert("RGB")), threshold=0.0)
+    assert len(boxes) == len(labels) == len(scores) == len(want) > 0
+    np.testing.assert_allclose(boxes, want.boxes, atol=0.01)
+    np.testing.assert_allclose(scores, want.scores, atol=1e-4)
+    assert labels.tolist() == (want.class_ids + 1).tolist() and labels.min() >= 1
