@@ -62,10 +62,11 @@ test: $(STAMP) $(BROWSER_STAMP) $(D2_STAMP)
 
 # the speed figures of benchmarks/RESULTS.md (about 30 minutes; run it with nothing else busy):
 # CPU latency per backbone against eager fp32, detectron2 and the floor, parity on the demo
-# model, and the server under load serving the demo model at an 800 px short side
+# model, the kit against ONNX Runtime and OpenVINO (timed alternately, parity on the same weights), and the server under load serving the demo model at an 800 px short side
 bench: $(STAMP) $(D2_STAMP)
 	test -f $(DEMO_DIR)/model/model_final.pth || $(MAKE) demo DEMO_SERVE=0
 	$(PY) benchmarks/cpu_inference.py --parity $(DEMO_DIR)/model:$(DEMO_DIR)/coco/val.json
+	$(PY) benchmarks/runtime_peers.py --demo-dir $(DEMO_DIR)/model --rounds 5
 	$(PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
 		--out outputs/bench/server_load.json
 	$(PY) benchmarks/predict_speed.py --model-dir $(DEMO_DIR)/model --images $(DEMO_DIR)/coco/val.json

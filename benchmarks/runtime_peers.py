@@ -32,7 +32,6 @@ sgemm rate is measured before and after, the bf16 rate once. Run it with nothing
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
@@ -142,6 +141,15 @@ def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict
     return paths
 
 
+def floors_ms(model_dir: Path, image: np.ndarray, fp32_gflops: float, bf16_gflops: float) -> dict:
+    """The model's multiply-adds on ``image`` over this machine's matrix rates: the fp32 and bf16 floors."""
+    from maskrcnn_finetune.modeling.complexity import count_gmacs
+
+    model = Predictor.from_dir(model_dir, fast=False).model
+    gmacs = count_gmacs(model, image.shape[0], image.shape[1])
+    return {"gmacs": gmacs, "fp32_ms": gmacs * 2 / fp32_gflops * 1000, "bf16_ms": gmacs * 2 / bf16_gflops * 1000}
+
+
 def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_compile: bool) -> dict:
     info = read_model_info(model_dir)
     threshold = float(info.get("score_threshold", 0.5))
@@ -168,7 +176,8 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
                      "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
                      "parity_ok": report.ok if path != "eager fp32" else None,
                      "parity": report.describe() if path != "eager fp32" else "the reference"})
-    return {"case": name, "model_dir": str(model_dir), "images": len(images), "threshold": threshold, "rows": rows}
+    return {"case": name, "model_dir": str(model_dir), "images": len(images), "threshold": threshold, "rows": rows,
+            "image_size": list(images[0].shape[:2])}
 
 
 def markdown(report: dict) -> str:
@@ -178,8 +187,11 @@ def markdown(report: dict) -> str:
              f"GFLOP/s before, {machine['sgemm_after']:.0f} after; bf16 {machine['bf16_gflops']:.0f} GFLOP/s; bf16 units: "
              f"{machine['bf16_units']}.", ""]
     for case in report["cases"]:
+        floor = case.get("floor")
+        floor_text = (f"; floor for its {floor['gmacs']:.1f} GMACs on the first image: {floor['fp32_ms']:.0f} ms at the "
+                      f"fp32 rate, {floor['bf16_ms']:.0f} ms at the bf16 rate" if floor else "")
         lines += [f"**{case['case']}** ({case['images']} image(s), threshold {case['threshold']}; median of "
-                  f"{report['rounds']} alternating rounds)", "",
+                  f"{report['rounds']} alternating rounds{floor_text})", "",
                   "| path | ms / image | x eager | parity with eager fp32 |", "|---|---|---|---|"]
         for row in case["rows"]:
             parity = "-" if row["parity_ok"] is None else ("match" if row["parity_ok"] else "differs: " + row["parity"])
@@ -200,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "demo":
             arrays, _ = check_images(None, Predictor.from_dir(args.demo_dir, fast=False).spec,
                                      read_model_info(args.demo_dir))
-            cases.append(run_case(name, args.demo_dir, arrays, work, args.rounds, args.compile))
+            folder = args.demo_dir
         else:
             folder, arrays = r50_folder(work)
-            cases.append(run_case(name, folder, arrays, work, args.rounds, args.compile))
+        cases.append(run_case(name, folder, arrays, work, args.rounds, args.compile))
+        cases[-1]["floor"] = floors_ms(folder, arrays[0], sgemm_before, bf16_rate)
     command = "python benchmarks/runtime_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"command": command.strip(), "rounds": args.rounds, "cases": cases,
               "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),

@@ -157,3 +157,25 @@ def test_int8_without_calibration_images_names_the_flag(tiny_model_dir, tmp_path
     (folder / "model.json").write_text(json.dumps(info))
     with pytest.raises(ConfigError, match="--calibration-images DIR"):
         choose_runtime(folder, "openvino-int8")
+
+
+def test_the_peer_benchmark_runs_end_to_end(tiny_model_dir, tmp_path):
+    """benchmarks/runtime_peers.py on the tiny model: every path timed, each with its parity against eager."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (make test installs it)")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_peers.py"
+    out = tmp_path / "peers.json"
+    run = subprocess.run([sys.executable, str(script), "--cases", "demo", "--demo-dir", str(tiny_model_dir),
+                          "--rounds", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {row["path"]: row for row in report["cases"][0]["rows"]}
+    assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
+    assert rows["kit (torch)"]["parity_ok"] is True and rows["eager fp32"]["parity_ok"] is None
+    assert all(len(row["all_ms"]) == 2 and row["median_ms"] > 0 for row in rows.values())
+    assert report["cases"][0]["floor"]["fp32_ms"] > report["cases"][0]["floor"]["bf16_ms"] > 0
+    assert report["machine"]["sgemm_before"] > 0 and report["machine"]["sgemm_after"] > 0
+    assert "| kit (torch)" in out.with_suffix(".md").read_text()
