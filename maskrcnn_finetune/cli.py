@@ -1,5 +1,6 @@
-"""What every script in ``scripts/`` shares: logging set-up, turning user errors into messages, and
-reading yes/no switches from text (environment variables, form fields)."""
+"""What every script in ``scripts/`` shares: logging set-up, turning user errors into messages,
+reading yes/no switches from text (environment variables, form fields), and the flags that choose
+the CPU runtime (the server and batch prediction)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,19 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+RUNTIME_CHOICES = ("torch", "openvino", "openvino-int8", "auto")
+"""``--runtime``: see :func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`."""
+
+
+def add_runtime_arguments(parser) -> None:
+    """``--runtime`` and ``--calibration-images``, as the server and ``scripts/predict.py`` take them."""
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
+                        help="what runs the model on the CPU: torch, OpenVINO's compiled backbone (pip install "
+                             "openvino; kept only where it passes the parity check on the model's own val images, "
+                             "else torch), openvino-int8 (the backbone quantised by NNCF on --calibration-images, kept "
+                             "only where it passes the same check) or auto (the faster of torch and openvino that passes)")
+    parser.add_argument("--calibration-images", default=None, metavar="DIR",
+                        help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
+                             "first 32 of the model's training set, when it is on this machine)")

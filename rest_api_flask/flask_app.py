@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     # run as a file: import the package, not this folder's modules as top-level names
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from maskrcnn_finetune.cli import run_cli  # noqa: E402
+from maskrcnn_finetune.cli import add_runtime_arguments, run_cli  # noqa: E402
 from maskrcnn_finetune.coco_model import COCO_MODEL, coco_model_dir  # noqa: E402
 from maskrcnn_finetune.errors import ConfigError  # noqa: E402
 
@@ -77,14 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-fast", action="store_true",
                         help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
                              "has it, channels-last, threshold before the mask head)")
-    parser.add_argument("--runtime", choices=["torch", "openvino", "openvino-int8", "auto"], default="torch",
-                        help="what runs the model on the CPU: torch, OpenVINO's compiled backbone (pip install "
-                             "openvino; kept only where it passes the parity check on the model's own val images, "
-                             "else torch), openvino-int8 (the backbone quantised by NNCF on --calibration-images, kept only "
-                             "where it passes the same check) or auto (the faster of torch and openvino that passes)")
-    parser.add_argument("--calibration-images", default=None, metavar="DIR",
-                        help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
-                             "first 32 of the model's training set, when it is on this machine)")
+    add_runtime_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="default score threshold of a request")
     parser.add_argument("--remove-colors", action="store_true",
                         help="draw overlays on a grey copy of the image, the masks in colour (the web page starts "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskrcnn_finetune.cli import run_cli
+from maskrcnn_finetune.cli import add_runtime_arguments, run_cli
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.predict import FORMATS, ORDERS, format_class_counts, predict_images
 
@@ -41,14 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--formats", type=_formats, default=list(FORMATS),
                         help=f"comma-separated, any of {','.join(FORMATS)} (default: all)")
-    parser.add_argument("--runtime", choices=["torch", "openvino", "openvino-int8", "auto"], default="torch",
-                        help="what runs the model on the CPU: torch, OpenVINO (pip install openvino; kept only where "
-                             "it passes the parity check on the model's own val images) or auto (the faster of the two "
-                             "that passes); openvino-int8: the backbone quantised by NNCF on --calibration-images, kept only "
-                             "where it passes the same check")
-    parser.add_argument("--calibration-images", default=None, metavar="DIR",
-                        help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
-                             "first 32 of the model's training set, when it is on this machine)")
+    add_runtime_arguments(parser)
     parser.add_argument("--workers", type=int, default=0, help="processes decoding images while the model runs")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (more than 1 on a GPU)")
     parser.add_argument("--overwrite", action="store_true", help="predict again the images an earlier run finished")

@@ -23,6 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
+from maskrcnn_finetune.cli import RUNTIME_CHOICES
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.export.checking import check_images, compare_with_eager
 from maskrcnn_finetune.model_dir import read_model_info
@@ -31,7 +32,6 @@ from maskrcnn_finetune.predictor import Predictor, resolve_device
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_CHOICES = ("torch", "openvino", "openvino-int8", "auto")
 CALIBRATION_IMAGES = 32
 TIMED_IMAGES = 3
 TIMED_ROUNDS = 3
