@@ -15,7 +15,11 @@ from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.modeling.detectron2.inference import from_detectron2, to_torchvision_output
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config
-from maskrcnn_finetune.modeling.detectron2.timm_backbones import add_mobilenetv2_config, add_vovnet_config
+from maskrcnn_finetune.modeling.detectron2.timm_backbones import (
+    add_mobilenetv2_config,
+    add_vovnet_config,
+    create_timm_features,
+)
 
 
 def _spec(backbone: str, **options) -> ModelSpec:
@@ -44,6 +48,16 @@ def test_registered_backbones_give_the_fpn_levels_they_announce(name, channels):
         features = backbone(torch.rand(1, 3, 64, 96))
     for key, shape in shapes.items():  # each level is the input divided by its stride, rounded up
         assert features[key].shape == (1, channels, -(-64 // shape.stride), -(-96 // shape.stride)), key
+
+
+def test_a_vovnet_timm_describes_but_does_not_register_is_built():
+    """timm's ``ese_vovnet19b`` (the older VoVNet project's V-19-eSE) exists only in timm's vovnet.model_cfgs."""
+    body = create_timm_features("ese_vovnet19b")
+    assert body.feature_info.channels() == [256, 512, 768, 1024] and body.feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(ConfigError, match="timm has no ImageNet weights for 'ese_vovnet19b'; set PRETRAINED False"):
+        create_timm_features("ese_vovnet19b", pretrained=True)
+    with pytest.raises(ConfigError, match="timm has no network 'ese_vovnet21'"):
+        create_timm_features("ese_vovnet21")
 
 
 def test_config_mapping_carries_the_spec():

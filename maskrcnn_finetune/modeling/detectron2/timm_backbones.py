@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.models import build_model_with_cfg, vovnet
 from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+
+from maskrcnn_finetune.errors import ConfigError
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 """Names of the stride 4-32 outputs, as detectron2's ResNet calls them, so FPN configs carry over."""
@@ -41,11 +44,36 @@ def add_vovnet_config(cfg: CN) -> None:
     cfg.MODEL.VOVNET.OUT_FEATURES = list(STAGE_NAMES)
 
 
+def create_timm_features(timm_name: str, pretrained: bool = False) -> torch.nn.Module:
+    """timm's network ``timm_name`` as stride 4-32 feature maps (``features_only``).
+
+    Besides timm's registered models, this takes the VoVNets that timm describes in
+    ``timm.models.vovnet.model_cfgs`` without registering them (``ese_vovnet19b``: the older
+    detectron2 VoVNet project's V-19-eSE), built by timm from that description; they have no
+    ImageNet weights.
+
+    Raises:
+        ConfigError: an unknown name, or ImageNet weights asked for a network timm has none of.
+    """
+    out_indices = (1, 2, 3, 4)
+    if timm.is_model(timm_name):
+        return timm.create_model(timm_name, pretrained=pretrained, features_only=True, out_indices=out_indices)
+    if timm_name not in vovnet.model_cfgs:
+        raise ConfigError(f"timm has no network '{timm_name}'; choose a timm model name (timm.list_models())")
+    if pretrained:
+        raise ConfigError(f"timm has no ImageNet weights for '{timm_name}'; set PRETRAINED False (train from "
+                          "scratch or load a checkpoint)")
+    # as timm's own vovnet builders do, with the description given and no pretrained entry to look up
+    return build_model_with_cfg(vovnet.VovNet, timm_name, False, pretrained_cfg={"architecture": timm_name},
+                                model_cfg=vovnet.model_cfgs[timm_name], feature_cfg={"flatten_sequential": True},
+                                features_only=True, out_indices=out_indices)
+
+
 class TimmBackbone(Backbone):
     """A timm network's stride 4, 8, 16 and 32 feature maps, named ``res2``..``res5``.
 
     Args:
-        timm_name: a timm model that supports ``features_only``.
+        timm_name: a timm model that supports ``features_only`` (see :func:`create_timm_features`).
         out_features: which of ``res2``..``res5`` to return.
         pretrained: load timm's ImageNet weights (downloaded once, then cached).
         freeze_bn: turn BatchNorm into frozen BatchNorm (keeps ImageNet statistics with small batches).
@@ -53,7 +81,7 @@ class TimmBackbone(Backbone):
 
     def __init__(self, timm_name: str, out_features: list[str], pretrained: bool = False, freeze_bn: bool = False):
         super().__init__()
-        self.body = timm.create_model(timm_name, pretrained=pretrained, features_only=True, out_indices=(1, 2, 3, 4))
+        self.body = create_timm_features(timm_name, pretrained)
         if freeze_bn:
             timm.layers.freeze_batch_norm_2d(self.body)
         info = self.body.feature_info
