@@ -163,7 +163,7 @@ _VOVNET_UNITS = {"conv": "conv", "norm": "bn", "dw_conv3x3": "conv_dw", "pw_conv
 _OSA_PARTS = {"concat": "conv_concat", "conv_reduction": "conv_reduction"}
 
 
-def _vovnet_name(old: str, target: dict) -> str | None:
+def _vovnet_name(old: str, kit: dict) -> str | None:
     """The kit's (timm's) name of an older VoVNet weight, without the ``backbone.bottom_up.`` prefix."""
     stem = re.fullmatch(r"stem\.stem_(\d+)/(\w+)\.(\w+)", old)
     if stem and stem.group(2) in _VOVNET_UNITS:
@@ -188,17 +188,17 @@ _MOBILENET_FIRST = {"0": "conv_dw", "1": "bn1", "3": "conv_pw", "4": "bn2"}
 _MOBILENET_BLOCK = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6": "conv_pwl", "7": "bn3"}
 
 
-def _mobilenet_name(old: str, target: dict) -> str | None:
+def _mobilenet_name(old: str, kit: dict) -> str | None:
     """The kit's (timm's) name of an older MobileNetV2 weight, without the ``backbone.bottom_up.`` prefix."""
     stem = re.fullmatch(r"features\.0\.([01])\.(\w+)", old)
     if stem:
         return f"body.{'conv_stem' if stem.group(1) == '0' else 'bn1'}.{stem.group(2)}"
     layer = re.fullmatch(r"features\.(\d+)\.conv\.(\d+)\.(\w+)", old)
-    blocks = target["blocks"]  # timm's block names in network order, e.g. body.blocks.1.0
+    blocks = kit["blocks"]  # timm's block names in network order, e.g. body.blocks.1.0
     if not layer or not 0 < int(layer.group(1)) <= len(blocks):
         return None
     block = blocks[int(layer.group(1)) - 1]
-    parts = _MOBILENET_BLOCK if f"{block}.conv_pwl.weight" in target["names"] else _MOBILENET_FIRST
+    parts = _MOBILENET_BLOCK if f"{block}.conv_pwl.weight" in kit["names"] else _MOBILENET_FIRST
     return f"{block}.{parts[layer.group(2)]}.{layer.group(3)}" if layer.group(2) in parts else None
 
 
@@ -230,12 +230,11 @@ def rename_weights(state: dict, model: torch.nn.Module, kind: str, prefix: str =
     if set(old) == set(needed):  # already the kit's names (e.g. a folder's weights)
         return state
     names = [k[len(prefix):] for k in needed]
-    context = {"names": set(names),
-               "blocks": list(dict.fromkeys(m.group(1) for m in map(re.compile(r"(body\.blocks\.\d+\.\d+)\.").match,
-                                                                     names) if m))}
+    blocks = [m.group(1) for m in (re.match(r"(body\.blocks\.\d+\.\d+)\.", n) for n in names) if m]
+    kit = {"names": set(names), "blocks": list(dict.fromkeys(blocks))}  # what the renamers look up
     renamed, placed, nowhere, wrong = {}, set(), [], []
     for name, value in old.items():
-        new = _RENAMERS[kind](name[len(prefix):], context)
+        new = _RENAMERS[kind](name[len(prefix):], kit)
         new = prefix + new if new else None
         if new not in needed or new in placed:
             nowhere.append(f"'{name}' {tuple(value.shape)}")
