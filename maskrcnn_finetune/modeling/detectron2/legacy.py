@@ -155,7 +155,8 @@ def translate_config(path) -> tuple[CfgNode | None, str | None]:
         cfg.merge_from_other_cfg(CfgNode(data))
     except KeyError as exc:
         raise ConfigError(f"config '{path}' has a key detectron2 does not know ({exc}) besides the older "
-                          f"{kind} keys the kit translates; it belongs to a project this kit cannot build") from exc
+                          "projects' keys the kit translates; it belongs to a project this kit cannot build (such as "
+                          "centermask2's CenterMask)") from exc
     return cfg, kind
 
 
