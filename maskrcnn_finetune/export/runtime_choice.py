@@ -37,7 +37,7 @@ TIMED_IMAGES = 3
 TIMED_ROUNDS = 3
 
 
-def _median_ms(predictor: Predictor, images) -> float:
+def _mean_ms_per_image(predictor: Predictor, images) -> float:
     start = time.perf_counter()
     for image in images:
         predictor(image)
@@ -52,7 +52,7 @@ def time_alternately(predictors: dict[str, Predictor], images, rounds: int = TIM
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(rounds):
         for name, predictor in predictors.items():
-            times[name].append(_median_ms(predictor, images))
+            times[name].append(_mean_ms_per_image(predictor, images))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
