@@ -102,10 +102,12 @@ def lr_factor(iteration: int, cfg: TrainConfig, max_iter: int) -> float:
 
 
 def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD, fused: one kernel updates every parameter (on the CPU it saved 8 % of the demo's step,
+    benchmarks/RESULTS.md), where the per-parameter loop launched a dozen small operations for each."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
 
 
 def _distributed() -> tuple[int, int, int]:
