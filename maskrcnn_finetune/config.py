@@ -75,8 +75,13 @@ class TrainConfig:
                                      "write the size with the best val mask AP50 into model.json (torchvision engine)")
     hflip: float = _option(0.5, "probability of a horizontal flip while training")
     # model details (ModelSpec's fields)
-    anchor_sizes: list[int] = _option([], "one anchor size per FPN level (empty: scaled from --image-size)",
-                                      spec="anchor_sizes")
+    anchor_sizes: list[int] = _option([], "one anchor size per level the RPN proposes from, finest first (empty: "
+                                      "scaled from --image-size)", spec="anchor_sizes")
+    rpn_levels: int = _option(SPEC_DEFAULT, "FPN levels the RPN proposes from, counted from the coarsest: 5 is P2-P6, "
+                              "4 leaves out P2 (faster; its anchors are smaller than most objects in small images)",
+                              choices=(4, 5), spec="rpn_levels")
+    fpn_norm: str = _option(SPEC_DEFAULT, "bn: BatchNorm after each of the FPN's convolutions (batches of 4 and "
+                            "more); none: the usual FPN", choices=("none", "bn"), spec="fpn_norm")
     box_batch_size_per_image: int = _option(SPEC_DEFAULT, spec="box_batch_size_per_image")
     detections_per_image: int = _option(SPEC_DEFAULT, spec="detections_per_image")
     rpn_pre_nms_top_n_train: int = _option(SPEC_DEFAULT, spec="rpn_pre_nms_top_n_train")
@@ -111,7 +116,7 @@ class TrainConfig:
     def model_spec(self, class_names: list[str]) -> ModelSpec:
         """The :class:`ModelSpec` of this run's model, from its model options."""
         values = {f.metadata["spec"]: copy.copy(getattr(self, f.name)) for f in fields(self) if "spec" in f.metadata}
-        values["anchor_sizes"] = values["anchor_sizes"] or default_anchor_sizes(self.image_size)
+        values["anchor_sizes"] = values["anchor_sizes"] or default_anchor_sizes(self.image_size, self.rpn_levels)
         return ModelSpec(class_names=list(class_names), **values)
 
 
@@ -215,10 +220,13 @@ def check_config(cfg: TrainConfig) -> None:
     for f in fields(cfg):
         allowed = f.metadata.get("choices")
         if allowed and getattr(cfg, f.name) not in allowed:
-            problems.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+            problems.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}, "
                             f"got '{getattr(cfg, f.name)}'")
     if cfg.image_size < 32 or any(s < 32 for s in cfg.train_sizes):
         problems.append("image sizes must be at least 32 px")
+    if cfg.anchor_sizes and len(cfg.anchor_sizes) != cfg.rpn_levels:
+        problems.append(f"--anchor-sizes needs one size per RPN level ({cfg.rpn_levels}, --rpn-levels), got "
+                        f"{len(cfg.anchor_sizes)}: {cfg.anchor_sizes}")
     if not 0 <= cfg.hflip <= 1:
         problems.append(f"--hflip is a probability between 0 and 1, got {cfg.hflip}")
     if not 0 <= cfg.score_threshold <= 1:

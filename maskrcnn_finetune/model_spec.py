@@ -20,7 +20,14 @@ class ModelSpec:
         class_names: the object classes (the background is implicit, class 0).
         min_size / max_size: images are resized so the short side is ``min_size`` (a list
             while training means multi-scale) and the long side at most ``max_size``.
-        anchor_sizes: one anchor size per FPN level (5 levels), in pixels of the resized image.
+        anchor_sizes: one anchor size per level the RPN proposes from (``rpn_levels`` of them,
+            finest first), in pixels of the resized image.
+        rpn_levels: how many FPN levels the RPN proposes from, counted from the coarsest: 5 is all
+            of P2-P6; 4 leaves out P2 (stride 4), whose anchors in small images are smaller than
+            most objects, and with it the RPN's most expensive level. The box and mask heads pool
+            from P2-P5 either way.
+        fpn_norm: ``"bn"`` puts BatchNorm after each of the FPN's convolutions (torchvision's
+            ``norm_layer``, detectron2's ``MODEL.FPN.NORM``), ``"none"`` is the usual FPN.
         rpn_pre_nms_top_n_test / rpn_post_nms_top_n_test: proposals kept at test time.
         rpn_*_nms_top_n_*: proposals kept before / after NMS, while training and at test time.
         box_batch_size_per_image: sampled RoIs per image while training.
@@ -36,6 +43,8 @@ class ModelSpec:
     min_size: int = 800
     max_size: int = 1333
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    rpn_levels: int = 5
+    fpn_norm: str = "none"
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -64,7 +73,7 @@ class ModelSpec:
         return cls(**data)
 
 
-def default_anchor_sizes(min_size: int) -> list[int]:
-    """Anchors that scale with the image size: torchvision's 32..512 at 800 px."""
+def default_anchor_sizes(min_size: int, rpn_levels: int = 5) -> list[int]:
+    """Anchors that scale with the image size: torchvision's 32..512 at 800 px, the coarsest ``rpn_levels`` of them."""
     scale = min_size / 800.0
-    return [max(8, int(round(s * scale))) for s in (32, 64, 128, 256, 512)]
+    return [max(8, int(round(s * scale))) for s in (32, 64, 128, 256, 512)][5 - rpn_levels:]

@@ -24,7 +24,14 @@ def test_model_options_default_to_the_spec_and_build_it():
     demo = resolve_config("demo", train_json="t.json", output_dir="o")
     built = demo.model_spec(["a", "b"])
     assert (built.min_size, built.box_head_dim, built.mask_head_layers) == (192, 256, [64, 64])
-    assert built.anchor_sizes == [8, 15, 31, 61, 123]  # scaled from the image size when not given
+    assert built.anchor_sizes == [8, 15, 31, 61, 123][5 - built.rpn_levels:]  # scaled from the image size
+    # one anchor size per level the RPN proposes from
+    assert resolve_config(None, train_json="t", output_dir="o", max_iter=1, image_size=192,
+                          rpn_levels=4).model_spec(["a"]).anchor_sizes == [15, 31, 61, 123]
+    with pytest.raises(ConfigError, match=r"--anchor-sizes needs one size per RPN level \(4, --rpn-levels\), got 5"):
+        resolve_config(None, train_json="t", output_dir="o", max_iter=1, rpn_levels=4, anchor_sizes=[8, 16, 32, 64, 128])
+    with pytest.raises(ConfigError, match="--rpn-levels must be one of 4, 5, got '3'"):
+        resolve_config(None, train_json="t", output_dir="o", max_iter=1, rpn_levels=3)
 
 
 def test_choices_live_with_their_field_in_the_checks_and_the_flags():

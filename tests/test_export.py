@@ -291,3 +291,20 @@ def test_default_check_images_are_the_models_val_images_when_they_are_here(eager
     # a val json that is not here (another machine's path): the synthetic images, as without one
     gone = {**eager.info, "training": {"val_json": str(tmp_path / "elsewhere" / "val.json")}}
     assert check_images(None, eager.spec, gone)[1] == ["synth_00000.jpg", "synth_00001.jpg", "synth_00002.jpg"]
+
+
+def test_the_demo_architecture_runs_fast_and_exports_at_parity(tiny_model, tmp_path):
+    """The demo preset's options: the RPN without P2, BatchNorm in the FPN."""
+    model_dir = tiny_model(rpn_levels=4, fpn_norm="bn")
+    spec = json.loads((model_dir / "model.json").read_text())["model"]
+    assert spec["rpn_levels"] == 4 and len(spec["anchor_sizes"]) == 4 and spec["fpn_norm"] == "bn"
+    eager = Predictor.from_dir(model_dir, fast=False)
+    arrays, _ = check_images(None, eager.spec)
+    fast = Predictor.from_dir(model_dir, device="cpu")
+    ref = eager(arrays, threshold=THRESHOLD)
+    assert sum(len(r) for r in ref) > 0
+    report = compare_runs(ref, fast(arrays, threshold=THRESHOLD), THRESHOLD, score_tolerance=1e-3)
+    assert report.ok and report.matched == sum(len(r) for r in ref), report.describe()
+    for kind, export in (("torchscript", export_torchscript), ("onnx", export_onnx)):
+        record = export(model_dir, tmp_path / kind, images=arrays, threshold=THRESHOLD)  # raises unless at parity
+        assert record["parity"]["ok"] and record["parity"]["matched"] > 0, kind

@@ -33,7 +33,7 @@ CLASS_LAYERS = {
 }
 """The parameters with one block of rows per class (background first), and the rows per class."""
 
-SHAPE_FIELDS = ("backbone", "anchor_sizes", "box_head_dim", "mask_head_layers")
+SHAPE_FIELDS = ("backbone", "fpn_norm", "anchor_sizes", "box_head_dim", "mask_head_layers")
 """ModelSpec fields that decide the shapes of the shared weights (anchor sizes: how many per level)."""
 
 

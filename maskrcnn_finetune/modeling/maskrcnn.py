@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from maskrcnn_finetune.errors import ConfigError, WeightsUnavailableError
 from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
@@ -43,7 +47,7 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
     options = dict(
         min_size=min_size,
         max_size=spec.max_size,
-        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in spec.anchor_sizes), ((0.5, 1.0, 2.0),) * len(spec.anchor_sizes)),
+        rpn_anchor_generator=_anchor_generator(spec),
         rpn_pre_nms_top_n_train=spec.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=spec.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=spec.rpn_pre_nms_top_n_test,
@@ -54,13 +58,16 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
     use_weights = pretrained == "default"
     try:
         if spec.backbone == "resnet50_fpn" and use_weights:
-            if spec.box_head_dim != 1024 or spec.mask_head_layers != [256] * 4:
-                raise ConfigError("the COCO weights of resnet50_fpn come with the standard heads; "
-                                  "keep box_head_dim 1024 and mask_head_layers 256,256,256,256, or use --pretrained none")
+            if spec.box_head_dim != 1024 or spec.mask_head_layers != [256] * 4 or spec.fpn_norm != "none":
+                raise ConfigError("the COCO weights of resnet50_fpn come with the standard FPN and heads; "
+                                  "keep fpn_norm none, box_head_dim 1024 and mask_head_layers 256,256,256,256, "
+                                  "or use --pretrained none")
             model = maskrcnn_resnet50_fpn(weights=MaskRCNN_ResNet50_FPN_Weights.COCO_V1, **options)
             _replace_heads(model, num_classes)
         else:
             backbone = build_backbone(spec.backbone, use_weights)
+            if spec.fpn_norm == "bn":
+                backbone.fpn = _with_batch_norm(backbone.fpn)
             model = MaskRCNN(backbone, num_classes=None, **options, **_heads(spec, backbone.out_channels, num_classes))
     except (OSError, RuntimeError) as exc:  # urllib/requests/hub errors are OSErrors
         if not use_weights:
@@ -70,7 +77,60 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
             "Connect to the internet once (they are cached afterwards), or pass --pretrained none "
             "to train from scratch"
         ) from exc
+    if spec.rpn_levels != FPN_LEVELS:  # the RPN head's weights are shared by all levels: only its inputs change
+        skip = FPN_LEVELS - spec.rpn_levels
+        model.rpn.head.__class__ = CoarseLevelsRPNHead
+        model.rpn.head.skip = skip
+        model.rpn.anchor_generator = CoarseLevelsAnchorGenerator(model.rpn.anchor_generator, skip)
     return model
+
+
+FPN_LEVELS = 5
+"""P2-P5 and the pooled P6 of every backbone's FPN."""
+
+
+class CoarseLevelsAnchorGenerator(nn.Module):
+    """torchvision's anchor generator on the coarsest feature maps only (the first ``skip`` left out).
+
+    It holds no weights (the state dict is unchanged), so it wraps the generator instead of
+    subclassing it: TorchScript compiles no ``super()`` call.
+    """
+
+    def __init__(self, generator: AnchorGenerator, skip: int):
+        super().__init__()
+        self.generator = generator
+        self.skip = skip
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        return self.generator(image_list, feature_maps[self.skip:])
+
+
+class CoarseLevelsRPNHead(RPNHead):
+    """torchvision's RPN head on the coarsest feature maps only (the first ``skip`` left out); the same weights."""
+
+    skip = 0
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, bbox_reg = [], []
+        for feature in x[self.skip:]:  # RPNHead.forward's loop (TorchScript compiles no super() call)
+            t = self.conv(feature)
+            logits.append(self.cls_logits(t))
+            bbox_reg.append(self.bbox_pred(t))
+        return logits, bbox_reg
+
+
+def _with_batch_norm(fpn: FeaturePyramidNetwork) -> FeaturePyramidNetwork:
+    """An FPN of the same sizes with BatchNorm after each convolution (and no conv biases), new weights."""
+    in_channels = [block[0].in_channels for block in fpn.inner_blocks]
+    return FeaturePyramidNetwork(in_channels, fpn.layer_blocks[0][0].out_channels, extra_blocks=fpn.extra_blocks,
+                                 norm_layer=nn.BatchNorm2d)
+
+
+def _anchor_generator(spec: ModelSpec) -> AnchorGenerator:
+    """One anchor size and three aspect ratios per level the RPN proposes from (``spec.rpn_levels``)."""
+    if len(spec.anchor_sizes) != spec.rpn_levels:
+        raise ConfigError(f"the model needs one anchor size per RPN level ({spec.rpn_levels}), got {spec.anchor_sizes}")
+    return AnchorGenerator(tuple((s,) for s in spec.anchor_sizes), ((0.5, 1.0, 2.0),) * len(spec.anchor_sizes))
 
 
 def frozen_norm_eps(backbone: str) -> float | None:

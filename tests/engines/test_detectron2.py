@@ -149,6 +149,24 @@ def test_timm_backbone_trains_stops_and_resumes(tiny_coco, tmp_path):
     assert result.masks.shape[1:] == np.array(Image.open(_val_image(tiny_coco))).shape[:2]
 
 
+def test_rpn_levels_and_fpn_norm_become_detectron2s_config_and_come_back():
+    from maskrcnn_finetune.modeling.detectron2.checkpoints import spec_from_config
+    from maskrcnn_finetune.modeling.detectron2.model_config import build_config
+    from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
+
+    for levels, anchors, features in ((5, [8, 16, 32, 64, 128], ["p2", "p3", "p4", "p5", "p6"]),
+                                      (4, [16, 32, 64, 128], ["p3", "p4", "p5", "p6"])):
+        spec = ModelSpec("vovnet19_fpn", ["a"], anchor_sizes=anchors, rpn_levels=levels, mask_head_layers=[32])
+        cfg = build_config(spec)
+        assert cfg.MODEL.RPN.IN_FEATURES == features and cfg.MODEL.ANCHOR_GENERATOR.SIZES == [[s] for s in anchors]
+        back = spec_from_config(cfg, ["a"])
+        assert (back.rpn_levels, back.anchor_sizes, back.fpn_norm) == (levels, anchors, "none")
+    cfg = build_config(ModelSpec("vovnet19_fpn", ["a"], mask_head_layers=[32], fpn_norm="bn"))
+    assert cfg.MODEL.FPN.NORM == "BN" and spec_from_config(cfg, ["a"]).fpn_norm == "bn"
+    with pytest.raises(ConfigError, match=r"--anchor-sizes needs 4 values \(one per RPN level, --rpn-levels\)"):
+        build_config(ModelSpec("vovnet19_fpn", ["a"], anchor_sizes=[8, 16, 32, 64, 128], rpn_levels=4))
+
+
 def test_unsupported_options_are_refused_before_training(tiny_coco, tmp_path):
     base = dict(train_json=str(tiny_coco["train"]), output_dir=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="not available with --engine detectron2.*vovnet19_fpn"):

@@ -54,6 +54,55 @@ def test_anchor_generator_matches_feature_levels():
         assert model.rpn.head.cls_logits.out_channels == 3  # one size x three ratios per level
 
 
+def test_rpn_levels_leave_out_the_finest_feature_map_and_keep_the_weights():
+    spec = dict(min_size=64, max_size=96, box_head_dim=32, mask_head_layers=[16])
+    full = build_model(ModelSpec("resnet18_fpn", ["a"], anchor_sizes=[8, 16, 32, 64, 128], **spec)).eval()
+    coarse = build_model(ModelSpec("resnet18_fpn", ["a"], anchor_sizes=[16, 32, 64, 128], rpn_levels=4, **spec)).eval()
+    assert full.state_dict().keys() == coarse.state_dict().keys()  # the same weights, fewer inputs to the RPN
+    coarse.load_state_dict(full.state_dict())
+    image = torch.rand(3, 64, 96)
+    with torch.no_grad():
+        images, _ = coarse.transform([image])
+        features = coarse.backbone(images.tensors)
+        maps = list(features.values())
+        assert len(maps) == 5  # the heads still pool from P2-P5
+        objectness, deltas = coarse.rpn.head(maps)
+        assert [o.shape[-2:] for o in objectness] == [m.shape[-2:] for m in maps[1:]]
+        anchors = coarse.rpn.anchor_generator(images, maps)
+        assert anchors[0].shape[0] == 3 * sum(m.shape[-2] * m.shape[-1] for m in maps[1:])
+        # the coarse levels' scores are the full model's for the same maps
+        full_objectness, _ = full.rpn.head(maps)
+        for a, b in zip(objectness, full_objectness[1:]):
+            assert torch.equal(a, b)
+        assert len(coarse([image])[0]["boxes"]) <= 100
+    coarse.train()
+    target = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 64, 96, dtype=torch.uint8)}
+    target["masks"][0, 10:30, 10:40] = 1
+    losses = coarse([image], [target])
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_objectness"] > 0
+    with pytest.raises(ConfigError, match=r"one anchor size per RPN level \(4\), got \[8, 16, 32, 64, 128\]"):
+        build_model(ModelSpec("resnet18_fpn", ["a"], anchor_sizes=[8, 16, 32, 64, 128], rpn_levels=4, **spec))
+
+
+def test_fpn_norm_puts_batch_norm_after_every_fpn_convolution_of_every_backbone():
+    for name in BACKBONES:
+        spec = ModelSpec(name, ["a"], min_size=64, max_size=96, anchor_sizes=[8, 16, 32, 64, 128], box_head_dim=32,
+                         mask_head_layers=[16], fpn_norm="bn")
+        fpn = build_model(spec).backbone.fpn
+        blocks = [*fpn.inner_blocks, *fpn.layer_blocks]
+        assert len(blocks) == 8, name
+        for block in blocks:
+            conv, norm = block[0], block[1]
+            assert isinstance(norm, torch.nn.BatchNorm2d) and conv.bias is None and norm.num_features == conv.out_channels
+        plain = build_model(ModelSpec(name, ["a"], min_size=64, max_size=96, anchor_sizes=[8, 16, 32, 64, 128],
+                                      box_head_dim=32, mask_head_layers=[16])).backbone.fpn
+        assert [b[0].in_channels for b in fpn.inner_blocks] == [b[0].in_channels for b in plain.inner_blocks], name
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()), name
+    with pytest.raises(ConfigError, match="keep fpn_norm none"):
+        build_model(ModelSpec("resnet50_fpn", ["a"], fpn_norm="bn"), pretrained="default")
+
+
 def test_unknown_backbone_lists_the_known_ones():
     with pytest.raises(ConfigError, match="unknown backbone 'resnet34_fpn'; choose one of: mobilenetv2_fpn"):
         build_model(ModelSpec("resnet34_fpn", ["a"]))

@@ -81,6 +81,8 @@ def spec_from_config(cfg: CfgNode, class_names: list[str]) -> ModelSpec:
         min_size=cfg.INPUT.MIN_SIZE_TEST,
         max_size=cfg.INPUT.MAX_SIZE_TEST,
         anchor_sizes=[int(s[0]) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES],
+        rpn_levels=len(cfg.MODEL.RPN.IN_FEATURES),
+        fpn_norm=(cfg.MODEL.FPN.NORM or "none").lower(),
         rpn_pre_nms_top_n_train=cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
         rpn_post_nms_top_n_train=cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
         rpn_pre_nms_top_n_test=cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,

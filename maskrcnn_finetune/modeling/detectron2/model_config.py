@@ -24,6 +24,8 @@ ZOO_R101 = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
 # timm networks expect RGB scaled like ImageNet; detectron2 wants the statistics in 0-255
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
+RPN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+"""The FPN levels detectron2's RPN can propose from; a spec's ``rpn_levels`` takes the coarsest."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,9 @@ def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
     if len(set(layers)) != 1:
         raise ConfigError(f"detectron2's mask head has convolutions of one width; --mask-head-layers {layers} "
                           "mixes widths: repeat one value, e.g. 128 128")
-    if len(spec.anchor_sizes) != 5:
-        raise ConfigError(f"--anchor-sizes needs 5 values (one per FPN level), got {spec.anchor_sizes}")
+    if len(spec.anchor_sizes) != spec.rpn_levels:
+        raise ConfigError(f"--anchor-sizes needs {spec.rpn_levels} values (one per RPN level, --rpn-levels), got "
+                          f"{spec.anchor_sizes}")
     choice = D2_BACKBONES[spec.backbone]
     pretrained = train is not None and train.pretrained == "default"
     cfg = empty_config()
@@ -140,6 +143,8 @@ def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(spec.class_names)
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in spec.anchor_sizes]
+    cfg.MODEL.RPN.IN_FEATURES = RPN_FEATURES[len(RPN_FEATURES) - spec.rpn_levels:]
+    cfg.MODEL.FPN.NORM = {"none": "", "bn": "BN"}[spec.fpn_norm]
     cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = spec.rpn_pre_nms_top_n_train
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = spec.rpn_post_nms_top_n_train
     cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = spec.rpn_pre_nms_top_n_test
