@@ -6,10 +6,14 @@ Usage:
 Trains the demo preset's model on the demo data set (made and converted here) for ``--warmup``
 + ``--iters`` iterations in each configuration, from the same seed with the same batches:
 
-- ``fp32``: torchvision's model as it is (contiguous memory, torchvision's RoIAlign);
+- ``fp32``: torchvision's model as it is (contiguous memory, torchvision's RoIAlign, the RPN on
+  every FPN level, an FPN without norms, AdamW's per-parameter loop);
 - ``+ parallel RoIAlign``: :mod:`maskrcnn_finetune.modeling.pooling` (RoIAlign as a sparse product);
 - ``+ channels-last``;
 - ``+ bf16 autocast``: what the engine runs on a CPU with bf16 units (``--amp auto``);
+- ``+ fused AdamW``: one kernel for the optimiser step (the engine's optimiser);
+- ``+ RPN without P2``: ``--rpn-levels 4``, the demo preset's step;
+- ``+ BatchNorm in the FPN``: ``--fpn-norm bn`` (not in the preset: RESULTS.md says why);
 - ``bf16 autocast alone``: for comparison, with torchvision's RoIAlign and contiguous memory.
 
 Configurations are timed in rounds, one after the other (``--rounds``), so that a machine that
@@ -20,6 +24,7 @@ rates are measured before and after. Run it with nothing else busy: it is a timi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -42,12 +47,18 @@ from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
 from maskrcnn_finetune.predictor import native_bf16
 from maskrcnn_finetune.timing import cpu_name, sgemm_gflops
 
+_OLD = dict(fused=False, rpn_levels=5, fpn_norm="none")
 VARIANTS = {
-    "fp32 (torchvision as it is)": dict(parallel=False, channels_last=False, bf16=False),
-    "+ parallel RoIAlign": dict(parallel=True, channels_last=False, bf16=False),
-    "+ channels-last": dict(parallel=True, channels_last=True, bf16=False),
-    "+ bf16 autocast (the kit's default here)": dict(parallel=True, channels_last=True, bf16=True),
-    "bf16 autocast alone": dict(parallel=False, channels_last=False, bf16=True),
+    "fp32 (torchvision as it is)": dict(parallel=False, channels_last=False, bf16=False, **_OLD),
+    "+ parallel RoIAlign": dict(parallel=True, channels_last=False, bf16=False, **_OLD),
+    "+ channels-last": dict(parallel=True, channels_last=True, bf16=False, **_OLD),
+    "+ bf16 autocast": dict(parallel=True, channels_last=True, bf16=True, **_OLD),
+    "+ fused AdamW": dict(parallel=True, channels_last=True, bf16=True, **{**_OLD, "fused": True}),
+    "+ RPN without P2 (the demo preset here)": dict(parallel=True, channels_last=True, bf16=True, fused=True,
+                                                     rpn_levels=4, fpn_norm="none"),
+    "+ BatchNorm in the FPN (not in the preset)": dict(parallel=True, channels_last=True, bf16=True, fused=True,
+                                                           rpn_levels=4, fpn_norm="bn"),
+    "bf16 autocast alone": dict(parallel=False, channels_last=False, bf16=True, **_OLD),
 }
 
 
@@ -63,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def seconds_per_iteration(cfg, data, variant: dict, iters: int, warmup: int) -> list[float]:
     dataset = CocoInstanceDataset(data)
     torch.manual_seed(cfg.seed)
+    cfg = dataclasses.replace(cfg, rpn_levels=variant["rpn_levels"], fpn_norm=variant["fpn_norm"], anchor_sizes=[])
     model = build_model(cfg.model_spec(data.class_names), "none", train_min_sizes=cfg.train_sizes)
     if variant["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -70,7 +82,7 @@ def seconds_per_iteration(cfg, data, variant: dict, iters: int, warmup: int) -> 
         use_parallel_roi_align(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=variant["fused"])
     loader = DataLoader(dataset, batch_sampler=BatchIndexSampler(len(dataset), cfg.batch_size, cfg.seed, 0, warmup + iters),
                         collate_fn=_collate)
     times = []
