@@ -121,8 +121,8 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # A CPU without pretrained weights: small images, a light backbone, a schedule of 7 minutes on
-    # two cores of 180 GFLOP/s (about 15 at 110). Measured in benchmarks/RESULTS.md.
+    # A CPU without pretrained weights: small images, a light backbone, a schedule of about 6 minutes
+    # on two cores of 170 GFLOP/s fp32 sgemm. Measured in benchmarks/RESULTS.md.
     "demo": dict(
         # plain 3x3 convolutions (ResNet-18, 128-channel FPN) learn faster from scratch per CPU
         # second than MobileNetV2's depthwise ones: 0.84 against 0.55 mask AP50 on the demo data
@@ -141,6 +141,8 @@ PRESETS: dict[str, dict] = {
         # the test size is chosen on val after training: with 49 val instances the best of 192 and
         # 224 px moved by 0.04 mask AP50 between runs that differed only in float rounding
         choose_test_size=True,
+        # at 192 px P2's anchors (8 px) are smaller than any object, and its RPN head was 8 % of a step
+        rpn_levels=4,
         box_batch_size_per_image=128,
         rpn_pre_nms_top_n_train=600,
         rpn_post_nms_top_n_train=300,
