@@ -163,6 +163,9 @@ def test_rpn_levels_and_fpn_norm_become_detectron2s_config_and_come_back():
         assert (back.rpn_levels, back.anchor_sizes, back.fpn_norm) == (levels, anchors, "none")
     cfg = build_config(ModelSpec("vovnet19_fpn", ["a"], mask_head_layers=[32], fpn_norm="bn"))
     assert cfg.MODEL.FPN.NORM == "BN" and spec_from_config(cfg, ["a"]).fpn_norm == "bn"
+    with pytest.raises(ConfigError, match="COCO weights of resnet50_fpn come with an FPN without norms"):
+        build_config(ModelSpec("resnet50_fpn", ["a"], fpn_norm="bn"),
+                     resolve_config(None, train_json="t", output_dir="o", max_iter=1, engine="detectron2"))
     with pytest.raises(ConfigError, match=r"--anchor-sizes needs 4 values \(one per RPN level, --rpn-levels\)"):
         build_config(ModelSpec("vovnet19_fpn", ["a"], anchor_sizes=[8, 16, 32, 64, 128], rpn_levels=4))
 

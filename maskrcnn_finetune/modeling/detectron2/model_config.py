@@ -117,6 +117,9 @@ def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
                           f"{spec.anchor_sizes}")
     choice = D2_BACKBONES[spec.backbone]
     pretrained = train is not None and train.pretrained == "default"
+    if pretrained and choice.zoo_config and spec.fpn_norm != "none":
+        raise ConfigError(f"the COCO weights of {spec.backbone} come with an FPN without norms; keep --fpn-norm none, "
+                          "or use --pretrained none")
     cfg = empty_config()
     if choice.zoo_config:
         cfg.merge_from_file(model_zoo.get_config_file(choice.zoo_config))
