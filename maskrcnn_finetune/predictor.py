@@ -117,7 +117,7 @@ class Predictor:
             CPU computes bf16 in hardware (:func:`native_bf16`) and the model's input short side
             is at least :data:`BF16_MIN_INPUT` pixels.
         runtime: ``"torch"``, or ``"openvino"``: on the fast path, the backbone and FPN compiled by
-            OpenVINO (:class:`~maskrcnn_finetune.modeling.openvino_backbone.OpenVINOBackbone`, in bf16
+            OpenVINO (:func:`~maskrcnn_finetune.modeling.openvino_backbone.compile_backbone`, in bf16
             where the torch path would use bf16, else f32); needs ``pip install openvino``; or
             ``"openvino-int8"``: quantised by NNCF on ``calibration`` (images). Whether
             it answers like the plain model is checked by
@@ -158,7 +158,7 @@ class Predictor:
         logger.info("inference on %s: %s", self.device, self.describe_mode())
 
     def _use_openvino(self, calibration: list | None = None) -> None:
-        from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone, openvino_missing
+        from maskrcnn_finetune.modeling.openvino_backbone import compile_backbone, openvino_missing
 
         int8 = calibration is not None
         why_not = openvino_missing(int8) or (None if self.fast else "the openvino runtime runs on the CPU's fast path "
@@ -171,9 +171,9 @@ class Predictor:
             # the backbone's inputs: each image as the model's transform resizes and normalises it
             tensors = [self.model.transform([torch.from_numpy(_to_rgb_array(image)).permute(2, 0, 1).float().div(255.0)])[0]
                        .tensors.numpy() for image in calibration]
-            self.model.backbone = OpenVINOBackbone(self.model.backbone, "int8", calibration=tensors)
+            self.model.backbone = compile_backbone(self.model.backbone, "int8", calibration=tensors)
         else:
-            self.model.backbone = OpenVINOBackbone(self.model.backbone, precision="bf16" if self.bf16 else "f32")
+            self.model.backbone = compile_backbone(self.model.backbone, precision="bf16" if self.bf16 else "f32")
         self.runtime = "openvino-int8" if int8 else "openvino"
 
     @classmethod

@@ -33,10 +33,10 @@ def images(tiny_coco) -> list[np.ndarray]:
 
 
 def test_the_compiled_backbone_computes_what_torch_computes(tiny_model_dir):
-    from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone
+    from maskrcnn_finetune.modeling.openvino_backbone import compile_backbone
 
     model = Predictor.from_dir(tiny_model_dir, fast=False).model
-    compiled = OpenVINOBackbone(model.backbone)
+    compiled = compile_backbone(model.backbone)
     assert compiled.out_channels == model.backbone.out_channels
     torch.manual_seed(0)
     for shape in [(1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 128, 160)]:  # any batch and size, one compiled graph
@@ -76,7 +76,7 @@ def test_a_runtime_that_answers_differently_is_refused(tiny_model_dir, images, m
 
     from maskrcnn_finetune.modeling import openvino_backbone
 
-    real = openvino_backbone.OpenVINOBackbone
+    real = openvino_backbone.compile_backbone
 
     def off_by_a_little(backbone, precision="f32", threads=None):
         other = copy.deepcopy(backbone)
@@ -85,7 +85,7 @@ def test_a_runtime_that_answers_differently_is_refused(tiny_model_dir, images, m
                 parameter.mul_(1.5)
         return real(other, precision, threads)
 
-    monkeypatch.setattr(openvino_backbone, "OpenVINOBackbone", off_by_a_little)
+    monkeypatch.setattr(openvino_backbone, "compile_backbone", off_by_a_little)
     predictor, choice = choose_runtime(tiny_model_dir, "openvino", threshold=0.0, images=images)
     assert predictor.runtime == choice["runtime"] == "torch" and choice["parity_ok"] is False
     assert choice["why"].startswith("OpenVINO failed the parity check")
@@ -126,12 +126,12 @@ def test_the_server_and_batch_prediction_take_runtime_openvino(tiny_model_dir, i
 
 
 def test_int8_follows_torch_with_real_calibration_and_is_refused_with_a_broken_one(tiny_model_dir, images, monkeypatch):
-    from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOBackbone
+    from maskrcnn_finetune.modeling.openvino_backbone import compile_backbone
 
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install nncf; make test installs it)")
     model = Predictor.from_dir(tiny_model_dir, fast=False).model
     inputs = [model.transform([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0].tensors for image in images]
-    quantised = OpenVINOBackbone(model.backbone, "int8", calibration=[x.numpy() for x in inputs])
+    quantised = compile_backbone(model.backbone, "int8", calibration=[x.numpy() for x in inputs])
     for x in inputs:
         with torch.no_grad():
             want = model.backbone(x)

@@ -6,7 +6,7 @@ to float rounding in f32. The rest of the model (anchors, NMS, RoIAlign, the hea
 pasting) stays torch's, so the model answers exactly as before but for those roundings, and the
 parity gate decides whether it is kept (:mod:`maskrcnn_finetune.export.runtime_choice`).
 
-    model.backbone = OpenVINOBackbone(model.backbone, precision="f32")
+    model.backbone = compile_backbone(model.backbone, precision="f32")
 
 OpenVINO is an optional extra (``pip install openvino``); without it :func:`openvino_missing`
 says so and the kit runs torch.
@@ -85,7 +85,7 @@ class OpenVINOPart(nn.Module):
         return OrderedDict(zip(self.names, outputs)) if self.as_dict else outputs[0]
 
 
-def OpenVINOBackbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None,
+def compile_backbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None,
                      calibration: list | None = None) -> OpenVINOPart:
     """An FPN backbone (``out_channels``, an ordered dict of feature maps) compiled by OpenVINO."""
     return OpenVINOPart(backbone, torch.zeros(1, 3, 224, 224), precision, threads, calibration)
