@@ -167,6 +167,19 @@ def test_configs_the_kit_cannot_reproduce_say_what_differs(tmp_path, model, mess
         load_config(config)
 
 
+def test_a_key_detectron2_does_not_know_is_named_with_the_projects_it_belongs_to(tmp_path):
+    """One message for an older project's config (after its keys are translated) and for detectron2's own."""
+    older = _config(tmp_path, {**_vovnet("V-19-eSE"), "FCOS": {"NUM_CLASSES": 1}}, "older.yaml")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"config '{older}' has a key detectron2 does not know ('Non-existent config key: MODEL.FCOS') besides the "
+            "older projects' keys the kit translates; it belongs to a detectron2 project this kit cannot build")):
+        load_config(older)
+    own = _config(tmp_path, {"FCOS": {"NUM_CLASSES": 1}}, "own.yaml")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"config '{own}' has a key detectron2 does not know ('Non-existent config key: MODEL.FCOS'); it belongs")):
+        load_config(own)
+
+
 def test_a_checkpoint_that_does_not_fit_names_each_weight(tmp_path):
     fixture = _fixture("vovnet19_ese_backbone.json")
     config = _config(tmp_path, CASES["vovnet19_ese_backbone.json"])

@@ -22,8 +22,8 @@ from maskrcnn_finetune.errors import CheckpointError, ConfigError, ModelDirError
 from maskrcnn_finetune.model_dir import write_model_dir  # model_dir imports this module only in a function
 from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON, WEIGHTS, load_checked, read_weights
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
-from maskrcnn_finetune.modeling.detectron2.legacy import legacy_kind_of_file, rename_weights
-from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config
+from maskrcnn_finetune.modeling.detectron2.legacy import rename_weights
+from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config, load_config_and_kind
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def import_checkpoint(weights, config, class_names: list[str], out_dir, score_th
         raise ConfigError("give the class names, in the order of the training set's categories (e.g. --classes balloon)")
     if len(set(class_names)) != len(class_names):
         raise ConfigError(f"class names must be distinct, got {class_names}")
-    cfg = load_config(config)
+    cfg, kind = load_config_and_kind(config)
     if not Path(config).is_file():
         # a model-zoo name: runs take it unchanged apart from the number of classes
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
@@ -171,7 +171,6 @@ def import_checkpoint(weights, config, class_names: list[str], out_dir, score_th
         raise ConfigError("the config has MODEL.MASK_ON False: it is a box-only model, and this kit serves masks")
     model, cfg = build_for_inference(cfg, "cpu")
     state = model_state(load_weights_file(weights, trusted=trusted))
-    kind = legacy_kind_of_file(config)
     if kind:  # an older VoVNet / MobileNetV2 project's weight names, onto the kit's network
         state = rename_weights(state, model, kind)
     fit_weights(model, state, str(weights), class_names)

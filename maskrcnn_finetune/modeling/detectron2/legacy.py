@@ -16,7 +16,6 @@ the kit's FPN features equal theirs to float rounding (see tests/modeling/test_l
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
@@ -119,16 +118,18 @@ def _vovnet_config(path, old: dict, fpn_in: list[str]) -> dict:
             "OUT_FEATURES": features}
 
 
-def translate_config(path) -> tuple[CfgNode | None, str | None]:
-    """The kit's config for a config file of the older projects, and its kind (see :func:`legacy_kind`);
-    ``(None, None)`` for any other config.
+def translate_config(path) -> tuple[dict | None, str | None]:
+    """The yaml ``path`` read once: its data with the older projects' keys as the kit's, and its kind
+    (see :func:`legacy_kind`); ``(None, None)`` for any other config, or one that is not readable
+    yaml (detectron2's own loader then says why).
 
     Raises:
         ConfigError: the network has no twin among the kit's (the message says what differs and what to do).
     """
-    from maskrcnn_finetune.modeling.detectron2.model_config import empty_config
-
-    data = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+    try:
+        data = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+    except Exception:  # noqa: BLE001 - not a readable yaml: the ordinary loader says why
+        return None, None
     kind = legacy_kind(data)
     if kind is None:
         return None, None
@@ -150,14 +151,7 @@ def translate_config(path) -> tuple[CfgNode | None, str | None]:
         # theirs returns res2..res5 whatever RESNETS.OUT_FEATURES says, with frozen norms everywhere
         model["MOBILENETV2"] = {"TIMM_NAME": "mobilenetv2_100", "FREEZE_BN": True, "PRETRAINED": False,
                                 "OUT_FEATURES": ["res2", "res3", "res4", "res5"]}
-    cfg = empty_config()
-    try:
-        cfg.merge_from_other_cfg(CfgNode(data))
-    except KeyError as exc:
-        raise ConfigError(f"config '{path}' has a key detectron2 does not know ({exc}) besides the older "
-                          "projects' keys the kit translates; it belongs to a project this kit cannot build (such as "
-                          "centermask2's CenterMask)") from exc
-    return cfg, kind
+    return data, kind
 
 
 _VOVNET_UNITS = {"conv": "conv", "norm": "bn", "dw_conv3x3": "conv_dw", "pw_conv1x1": "conv_pw", "pw_norm": "bn"}
@@ -257,12 +251,3 @@ def rename_weights(state: dict, model: torch.nn.Module, kind: str, prefix: str =
     return {**kept, **renamed, **counters}  # counters: trainable BatchNorm's, which frozen norms do not have
 
 
-def legacy_kind_of_file(path) -> str | None:
-    """:func:`legacy_kind` of a yaml file, else None."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return legacy_kind(CfgNode.load_yaml_with_base(str(path), allow_unsafe=False))
-    except Exception:  # noqa: BLE001 - not a readable yaml: the ordinary loader says why
-        return None

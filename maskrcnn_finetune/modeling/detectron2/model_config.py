@@ -64,10 +64,19 @@ def load_config(path_or_zoo_name) -> CfgNode:
     """A config from a yaml file (e.g. the ``config.yaml`` of a detectron2 run) or a model-zoo name.
 
     Raises:
+        ConfigError: see :func:`load_config_and_kind`.
+    """
+    return load_config_and_kind(path_or_zoo_name)[0]
+
+
+def load_config_and_kind(path_or_zoo_name) -> tuple[CfgNode, str | None]:
+    """:func:`load_config`, and which older project's config it was (``legacy.legacy_kind``; None: a
+    detectron2 config as it is). An older project's keys are translated to the kit's.
+
+    Raises:
         ConfigError: neither a file nor a model-zoo name, or keys detectron2 does not know
             (often a config of a detectron2 project whose ``add_*_config`` this kit lacks).
     """
-    cfg = empty_config()
     path = Path(path_or_zoo_name)
     if not path.is_file():
         if path.is_absolute() or not path.suffix == ".yaml":
@@ -79,17 +88,22 @@ def load_config(path_or_zoo_name) -> CfgNode:
             raise ConfigError(f"config '{path_or_zoo_name}' is neither an existing yaml file nor a detectron2 "
                               f"model-zoo name (e.g. {ZOO_R50}); pass the config.yaml the weights were "
                               "trained with") from exc
-    from maskrcnn_finetune.modeling.detectron2.legacy import legacy_kind_of_file, translate_config
+    from maskrcnn_finetune.modeling.detectron2.legacy import translate_config
 
-    if legacy_kind_of_file(path):  # the older VoVNet / MobileNetV2 projects' keys, as the kit's
-        return translate_config(path)[0]
+    data, kind = translate_config(path)  # the older VoVNet / MobileNetV2 projects' keys, as the kit's
+    cfg = empty_config()
     try:
-        cfg.merge_from_file(str(path))
+        if kind:
+            cfg.merge_from_other_cfg(CfgNode(data))
+        else:  # detectron2's own loader, which also upgrades configs of older detectron2 versions
+            cfg.merge_from_file(str(path))
     except KeyError as exc:
-        raise ConfigError(f"config '{path}' has a key detectron2 does not know ({exc}); it belongs to a detectron2 "
-                          "project this kit cannot build. Only standard Mask R-CNN configs (and this kit's "
-                          "MobileNetV2 / VoVNet backbones) can be served") from exc
-    return cfg
+        besides = " besides the older projects' keys the kit translates" if kind else ""
+        raise ConfigError(f"config '{path}' has a key detectron2 does not know ({exc}){besides}; it belongs to a "
+                          "detectron2 project this kit cannot build (such as centermask2's CenterMask). Only "
+                          "standard Mask R-CNN configs (and this kit's MobileNetV2 / VoVNet backbones) can be "
+                          "served") from exc
+    return cfg, kind
 
 
 def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
