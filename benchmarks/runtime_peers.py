@@ -54,7 +54,7 @@ from maskrcnn_finetune.model_dir import read_model_info, write_model_dir  # noqa
 from maskrcnn_finetune.modeling import build_model  # noqa: E402
 from maskrcnn_finetune.parity import compare_runs, SCORE_TOLERANCE  # noqa: E402
 from maskrcnn_finetune.predictor import Predictor, native_bf16  # noqa: E402
-from maskrcnn_finetune.timing import sgemm_gflops  # noqa: E402
+from maskrcnn_finetune.timing import alternating_rounds, sgemm_gflops  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,13 +160,7 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
         start = time.perf_counter()
         results[path] = [predictor(image, threshold=low) for image in images]
         first_ms[path] = (time.perf_counter() - start) * 1000
-    times: dict[str, list[float]] = {path: [] for path in paths}
-    for _ in tqdm(range(rounds), desc=f"{name}: rounds"):
-        for path, predictor in paths.items():
-            start = time.perf_counter()
-            for image in images:
-                predictor(image)
-            times[path].append((time.perf_counter() - start) * 1000 / len(images))
+    times = alternating_rounds(paths, images, rounds, desc=f"{name}: rounds")
     eager_ms = statistics.median(times["eager fp32"])
     rows = []
     for path, predictor in paths.items():

@@ -14,6 +14,22 @@ from pathlib import Path
 import torch
 
 
+def alternating_rounds(predictors: dict, images: list, rounds: int, desc: str | None = None) -> dict[str, list[float]]:
+    """Mean ms per image of each predictor (a callable taking one image) in every round, the predictors
+    timed in turn round after round, so that a machine getting faster or slower during the run affects
+    them alike. No warm-up: call each once before. ``desc``: a progress bar over the rounds."""
+    from tqdm import tqdm
+
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in tqdm(range(rounds), desc=desc, disable=desc is None):
+        for name, predictor in predictors.items():
+            start = time.perf_counter()
+            for image in images:
+                predictor(image)
+            times[name].append((time.perf_counter() - start) * 1000 / len(images))
+    return times
+
+
 def measure_latency(predictor, images: list, warmup: int = 2, runs: int | None = None) -> dict:
     """Milliseconds per image of ``predictor`` over ``images`` (cycled), after ``warmup`` calls.
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from pathlib import Path
 
 from maskrcnn_finetune.cli import RUNTIME_CHOICES
@@ -29,6 +28,7 @@ from maskrcnn_finetune.export.checking import check_images, compare_with_eager
 from maskrcnn_finetune.model_dir import read_model_info
 from maskrcnn_finetune.modeling.openvino_backbone import openvino_missing
 from maskrcnn_finetune.predictor import Predictor, resolve_device
+from maskrcnn_finetune.timing import alternating_rounds
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +37,12 @@ TIMED_IMAGES = 3
 TIMED_ROUNDS = 3
 
 
-def _mean_ms_per_image(predictor: Predictor, images) -> float:
-    start = time.perf_counter()
-    for image in images:
-        predictor(image)
-    return (time.perf_counter() - start) * 1000 / len(images)
-
-
 def time_alternately(predictors: dict[str, Predictor], images, rounds: int = TIMED_ROUNDS) -> dict[str, float]:
-    """Median ms per image of each predictor, timed in turn round after round (after one warm-up each),
-    so that a machine getting faster or slower during the run affects them alike."""
+    """Median ms per image of each predictor over ``rounds`` alternating rounds (after one warm-up each),
+    see :func:`~maskrcnn_finetune.timing.alternating_rounds`."""
     for predictor in predictors.values():
         predictor(images[0])
-    times: dict[str, list[float]] = {name: [] for name in predictors}
-    for _ in range(rounds):
-        for name, predictor in predictors.items():
-            times[name].append(_mean_ms_per_image(predictor, images))
+    times = alternating_rounds(predictors, images, rounds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
