@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 1),
                         help="server processes, each with its own model, on one port (default: env WORKERS, else 1); "
                              "each gets cores/N torch threads; results are shared through --output-folder")
+    parser.add_argument("--worker-start-timeout", type=float, default=600, metavar="SECONDS",
+                        help="with --workers: seconds the processes have to load the model and serve; past it they "
+                             "are stopped and the server exits saying so (default 600)")
     # set by --workers for the processes it starts (rest_api_flask/workers.py), not by users
     parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-model-dir", default=None, help=argparse.SUPPRESS)
@@ -129,7 +132,7 @@ def check_args(args: argparse.Namespace) -> None:
         user, sep, password = args.auth.partition(":")
         if not (user and sep and password):
             raise ConfigError("--auth must be USER:PASSWORD with both parts non-empty, e.g. --auth demo:s3cret")
-    for name in ("max_upload_mb", "max_pixels", "threads", "workers"):
+    for name in ("max_upload_mb", "max_pixels", "threads", "workers", "worker_start_timeout"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.max_batch <= 0:
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sock = listening_socket(args.host, args.port)  # before the (slow) model loads, as check_port_free
         pool = WorkerPool(argv, args.workers, sock, served_model_dir(args))
-        pids = pool.wait_ready()
+        pids = pool.wait_ready(args.worker_start_timeout)
         port, serve, shutdown = sock.getsockname()[1], pool.serve, pool.stop
         first = read_ready(pool.ready_paths[0])
         device, mode = first["device"], first["model"]

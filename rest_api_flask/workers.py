@@ -69,20 +69,28 @@ class WorkerPool:
             for path in self.ready_paths
         ]
 
-    def wait_ready(self) -> list[int]:
+    def wait_ready(self, timeout: float) -> list[int]:
         """Waits until every worker serves; returns their pids.
 
         Raises:
-            ConfigError: a worker stopped before serving (its messages are above, on the same console).
+            ConfigError: a worker stopped before serving (its messages are above, on the same console), or
+                some were not serving after ``timeout`` seconds (all are stopped then).
         """
+        deadline = time.monotonic() + timeout
         while True:
             for process in self.processes:
                 if process.poll() is not None:
                     self.stop()
                     raise ConfigError(f"a server worker stopped (exit code {process.returncode}) before serving; "
                                       "see its message above")
-            if all(read_ready(path) for path in self.ready_paths):
+            waiting = [process.pid for process, path in zip(self.processes, self.ready_paths) if not read_ready(path)]
+            if not waiting:
                 return [process.pid for process in self.processes]
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"server workers {', '.join(map(str, waiting))} were not serving after "
+                                  f"{timeout:g} s (--worker-start-timeout) and were stopped; a slow disk or a "
+                                  "busy machine loads the model slowly: give them more time or start fewer --workers")
             time.sleep(0.1)
 
     def serve(self) -> None:

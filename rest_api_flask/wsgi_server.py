@@ -7,11 +7,12 @@ urllib, curl for small bodies, most scripts) is still sending: the client gets a
 instead of the answer. Here waitress's cap is the app's own limit (``--max-upload-mb``), its error
 pages are ``{"error": ...}`` JSON like the app's, and the rest of a refused body is read and thrown
 away (up to :data:`DRAIN_LIMIT`, never stored) before the answer, as web servers' "lingering close"
-does, so every client reads the 413.
+does, so every client reads the 413, whether it sends a Content-Length or its body in chunks.
 """
 
 from __future__ import annotations
 
+import io
 import json
 
 from waitress.channel import HTTPChannel
@@ -32,10 +33,34 @@ def refusal_message(error, limit_bytes: int) -> str:
     return f"{error.reason.lower()}: {error.body}"
 
 
+class _Discarded:
+    """A body buffer that keeps only the count of what it was given."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        self.size += len(data)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def getfile(self):
+        return io.BytesIO()
+
+    def close(self) -> None:
+        pass
+
+
 class _DrainingParser(HTTPRequestParser):
-    """A request parser that, on a body over the cap, reads the rest of it before the request is complete."""
+    """A request parser that, on a body over the cap, reads the rest of it before the request is complete.
+
+    A body with a Content-Length is counted off; a chunked one goes on through waitress's own chunk
+    decoder, into a buffer that keeps nothing, until its last chunk (or :data:`DRAIN_LIMIT`).
+    """
 
     _left = 0
+    _draining_chunks = False
 
     def received(self, data):
         if self._left:
@@ -43,12 +68,23 @@ class _DrainingParser(HTTPRequestParser):
             self._left -= used
             self.completed = self._left == 0
             return used
+        if self._draining_chunks:
+            chunks = self.body_rcv
+            used = chunks.received(data)
+            self.body_bytes_received += used
+            if chunks.completed or chunks.error or self.body_bytes_received > DRAIN_LIMIT:
+                self._draining_chunks, self.completed = False, True
+            return used
         used = super().received(data)
-        # a client that sent Expect: 100-continue is told to continue by waitress all the same, so its
-        # body is read too
-        if (isinstance(self.error, RequestEntityTooLarge) and self.headers_finished and not self.chunked
-                and 0 < self.content_length <= DRAIN_LIMIT):
-            self._left, self.completed = self.content_length, False
+        if isinstance(self.error, RequestEntityTooLarge) and self.headers_finished:
+            # a client that sent Expect: 100-continue is told to continue by waitress all the same, so its
+            # body is read too
+            if not self.chunked and 0 < self.content_length <= DRAIN_LIMIT:
+                self._left, self.completed = self.content_length, False
+            elif self.chunked and self.body_rcv is not None and not self.body_rcv.completed:
+                self.body_rcv.buf.close()  # what was kept of the refused body is let go
+                self.body_rcv.buf = _Discarded()
+                self._draining_chunks, self.completed = True, False
         return used
 
 

@@ -85,15 +85,17 @@ def test_bad_input_over_http(server, sample_png):
     assert all(str(p).startswith(("srv_uploads/", "srv_outputs/")) for p in written)
 
 
-def _raw_post(url: str, body: bytes, headers: dict) -> tuple[int, str, dict]:
-    """POST with Python's http.client, sending the whole body at once as urllib does (no Expect unless given)."""
+def _raw_post(url: str, body, headers: dict) -> tuple[int, str, dict]:
+    """POST with Python's http.client, sending the whole body at once as urllib does (no Expect unless given);
+    a body given as an iterator of pieces is sent with Transfer-Encoding: chunked, one chunk per piece."""
     import http.client
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        connection.request("POST", parts.path, body=body, headers={"Content-Type": "image/png", **headers})
+        connection.request("POST", parts.path, body=body, headers={"Content-Type": "image/png", **headers},
+                           encode_chunked=not isinstance(body, bytes))
         response = connection.getresponse()
         return response.status, response.getheader("Content-Type"), json.loads(response.read())
     finally:
@@ -116,6 +118,9 @@ def test_every_oversize_refusal_is_the_json_413_whatever_the_client(server, samp
     for headers in ({}, {"Expect": "100-continue"}):
         status, kind, answer = _raw_post(url, body, headers)
         assert (status, kind) == (413, "application/json") and "20 MB" in answer["error"], (headers, answer)
+    # a body in chunks (no Content-Length: refused only once 20 MB have arrived) is read to its last chunk too
+    status, kind, answer = _raw_post(url, iter([b"\0" * 2**20] * 64), {})
+    assert (status, kind) == (413, "application/json") and "20 MB" in answer["error"], answer
     # just over the limit (multipart, by requests) is refused the same way; the server serves on
     over = requests.post(url, files={"image": ("big.png", b"\0" * (20 * 2**20))}, timeout=60)
     assert over.status_code == 413 and "--max-upload-mb" in over.json()["error"]

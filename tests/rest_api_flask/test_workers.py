@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -81,6 +84,19 @@ def test_sigterm_to_the_server_stops_its_workers_and_a_dead_worker_stops_the_ser
     assert _wait_gone([second])
     assert any(f"worker {first} stopped" in line for line in server.lines), server.lines[-5:]
     stop_server(server)
+
+
+def test_workers_not_serving_in_time_are_stopped_and_the_server_says_so(model_dir, tmp_path):
+    # a second is far too short to import torch and load a model: the server stops both workers and exits
+    result = subprocess.run([sys.executable, "-m", "rest_api_flask", "--model-dir", str(model_dir), "--port", "0",
+                             "--infer-with-cpu", "--workers", "2", "--worker-start-timeout", "1"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "NGROK_AUTHTOKEN": "", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "were not serving after 1 s (--worker-start-timeout)" in message, result.stderr[-2000:]
+    pids = [int(pid) for pid in re.search(r"workers ([\d, ]+) were", message).group(1).split(", ")]
+    assert len(pids) == 2 and _wait_gone(pids), "workers outlived the refusal"
 
 
 def test_workers_must_be_positive(model_dir, tmp_path):
