@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per level")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="server processes (flask_app.py --workers); each count is a run of its own")
+    parser.add_argument("--micro-batch", type=int, nargs="+", default=[1],
+                        help="flask_app.py --micro-batch: images in one model call from requests that wait together; "
+                             "each value is a run of its own (with every --workers count)")
     parser.add_argument("--requests-per-level", type=int, default=64, help="requests sent at each level")
     parser.add_argument("--memory-requests", type=int, default=1000,
                         help=f"requests of the memory run ({MEMORY_CLIENTS} clients; 0 skips it)")
@@ -239,10 +242,12 @@ def memory_run(url: str, pids: list[int], data: bytes, name: str, n_requests: in
     }
 
 
-def load_test(args, data: bytes, name: str, work: Path, workers: int = 1) -> dict:
-    """Starts the server process (with ``workers`` processes) and runs the levels and the memory run against it."""
+def load_test(args, data: bytes, name: str, work: Path, workers: int = 1, micro_batch: int = 1) -> dict:
+    """Starts the server process (with ``workers`` processes, ``--micro-batch``) and runs the levels and the
+    memory run against it."""
     extra = ["--threads", str(args.server_threads)] if args.server_threads else []
     extra += ["--workers", str(workers)] if workers > 1 else []
+    extra += ["--micro-batch", str(micro_batch)] if micro_batch > 1 else []
     progress = not args.no_progress
     server = start_server(args.model_dir, work / "uploads", work / "outputs", infer_with_cpu=True,
                           threshold=args.threshold, extra_args=extra, log_path=work / "server.log")
@@ -263,7 +268,7 @@ def load_test(args, data: bytes, name: str, work: Path, workers: int = 1) -> dic
                                 every=args.rss_every, progress=progress)
     finally:
         server.stop()
-    return {"workers": workers, "model": info, "levels": levels, "memory": memory}
+    return {"workers": workers, "micro_batch": micro_batch, "model": info, "levels": levels, "memory": memory}
 
 
 # ---------------------------------------------------------------- the server's own work, stage by stage
@@ -409,23 +414,26 @@ def markdown(report: dict, command: str) -> str:
              f"{img['bytes'] // 1024} KiB; backbone {report['load']['model'].get('backbone')}; this machine's fp32 "
              f"sgemm {report['machine']['sgemm_gflops_before']:.0f} GFLOP/s before the run, "
              f"{report['machine']['sgemm_gflops_after']:.0f} after)", "",
-             "| workers | clients | requests | errors | images/s | p50 latency (ms) | p95 latency (ms) | model (ms) "
-             "| overhead (ms) | overhead / model |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| workers | micro-batch | clients | requests | errors | images/s | p50 latency (ms) | p95 latency (ms) "
+             "| model (ms) | overhead (ms) | overhead / model |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     loads = report.get("loads") or [report["load"]]
     for load in loads:
         for lv in load["levels"]:
-            lines.append(f"| {load.get('workers', 1)} | {lv['clients']} | {lv['requests']} | {lv['errors']} | "
+            lines.append(f"| {load.get('workers', 1)} | {load.get('micro_batch', 1)} | {lv['clients']} | "
+                         f"{lv['requests']} | {lv['errors']} | "
                          f"{lv['throughput_per_s']:.2f} | {lv['latency_p50_ms']:.0f} | {lv['latency_p95_ms']:.0f} | "
                          f"{lv['model_ms_median']:.0f} | {lv['overhead_ms_median']:.0f} | "
                          f"{lv['overhead_pct_of_model']:.0f} % |")
     lines += ["", "Overhead = client latency minus the model time the server reports (medians); with more clients "
-              "than workers it includes the wait for the model, which each worker runs one request at a time.", ""]
+              "than workers it includes the wait for the model, which each worker runs one request (or, with "
+              "--micro-batch, one call of several) at a time; a batched request's model time is its whole call's.", ""]
     for load in loads:
         mem = load.get("memory")
         if mem:
             per = mem.get("rss_last_per_process_mb", {})
-            lines += [f"Memory with {load.get('workers', 1)} worker(s) over {mem['requests']} requests "
+            lines += [f"Memory with {load.get('workers', 1)} worker(s), micro-batch {load.get('micro_batch', 1)}, "
+                      f"over {mem['requests']} requests "
                       f"({mem['clients']} clients, {mem['errors']} errors): RSS of all server processes "
                       f"{mem['rss_first_mb']:.0f} MiB after the first {mem['every']} requests, max "
                       f"{mem['rss_max_mb']:.0f} MiB, last {mem['rss_last_mb']:.0f} MiB (growth {mem['growth_pct']:+.1f} %, "
@@ -467,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             from cpu_inference import resized_model_dir
 
             args.model_dir = resized_model_dir(args.model_dir, args.model_input, work / "model")
-        loads = [load_test(args, data, name, work / f"workers{n}", n) for n in args.workers]
+        loads = [load_test(args, data, name, work / f"workers{n}_batch{m}", n, m)
+                 for n in args.workers for m in args.micro_batch]
         breakdown = overhead_breakdown(args, data, name, work)
     finally:
         if args.work_dir is None:

@@ -18,6 +18,8 @@ DEFAULTS = {
     "CLEANUP_INTERVAL_S": 60,     # expired results are looked for at most this often (on a new result)
     "MAX_BATCH": 16,              # images per batch request
     "MAX_WAITING": 32,            # requests queued for the model before new ones get 429
+    "MICRO_BATCH": 1,             # images in one model call from requests that wait together (1: one by one)
+    "MICRO_BATCH_WAIT_MS": 5.0,   # how long a request may be held for others to join its model call
     "URL_TIMEOUT_S": 10.0,        # whole-download limit for {"url": ...}
     "URL_MAX_MB": None,           # size limit of a URL download (default: MAX_UPLOAD_MB)
     "URL_ALLOW_LOOPBACK": False,  # test-only switch: let URL fetches reach 127.0.0.1
@@ -51,6 +53,8 @@ def config_from_args(args) -> dict:
         "API_KEY": args.api_key,
         "CORS_ORIGINS": list(args.cors_origin or []),
         "MAX_BATCH": args.max_batch,
+        "MICRO_BATCH": args.micro_batch,
+        "MICRO_BATCH_WAIT_MS": args.micro_batch_wait_ms,
         "LEGACY_BASE64_FOLDER": args.legacy_base64_folder,
         "LEGACY_OUTPUT_SCALE": args.legacy_output_scale,
     }

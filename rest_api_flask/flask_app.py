@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 1),
                         help="server processes, each with its own model, on one port (default: env WORKERS, else 1); "
                              "each gets cores/N torch threads; results are shared through --output-folder")
+    parser.add_argument("--micro-batch", type=int, default=1, metavar="N",
+                        help="run requests that wait for the model together (same threshold, images of one size) "
+                             "in one model call of up to N images: throughput on a GPU; answers equal one-by-one "
+                             "ones to float rounding (default 1: one by one; on a CPU batching paid nothing)")
+    parser.add_argument("--micro-batch-wait-ms", type=float, default=5.0, metavar="MS",
+                        help="with --micro-batch: how long a request may wait for others to join its call (default 5)")
     parser.add_argument("--worker-start-timeout", type=float, default=600, metavar="SECONDS",
                         help="with --workers: seconds the processes have to load the model and serve; past it they "
                              "are stopped and the server exits saying so (default 600)")
@@ -132,9 +138,11 @@ def check_args(args: argparse.Namespace) -> None:
         user, sep, password = args.auth.partition(":")
         if not (user and sep and password):
             raise ConfigError("--auth must be USER:PASSWORD with both parts non-empty, e.g. --auth demo:s3cret")
-    for name in ("max_upload_mb", "max_pixels", "threads", "workers", "worker_start_timeout"):
+    for name in ("max_upload_mb", "max_pixels", "threads", "workers", "worker_start_timeout", "micro_batch"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.micro_batch_wait_ms < 0:
+        raise ConfigError(f"--micro-batch-wait-ms must be 0 or more, got {args.micro_batch_wait_ms}")
     if args.max_batch <= 0:
         raise ConfigError(f"--max-batch must be positive, got {args.max_batch}")
     if not 0.0 < args.legacy_output_scale <= 1.0:

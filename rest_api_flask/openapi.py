@@ -135,6 +135,11 @@ SCHEMAS = {
                                                         "channels_last": {"type": "boolean"}}},
         "default_threshold": {"type": "number"},
         "image_size": {"nullable": True},
+        "micro_batch": {"type": "object", "description": "--micro-batch: the most images in one model call, how "
+                        "long a request may wait for others, and the model calls and images so far",
+                        "properties": {"max_images": {"type": "integer"}, "wait_ms": {"type": "number"},
+                                       "model_calls": {"type": "integer"}, "images": {"type": "integer"},
+                                       "largest_call": {"type": "integer"}}},
         "metrics": {"type": "object"}}},
     "Health": {"type": "object", "required": ["status", "model_loaded", "classes", "device"], "properties": {
         "status": {"type": "string", "enum": ["ok"]}, "model_loaded": {"type": "boolean"},

@@ -39,7 +39,7 @@ def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--model-dir", str(model_dir), "--size", "96", "--clients", "1", "2",
            "--requests-per-level", "4", "--memory-requests", "20", "--rss-every", "5", "--warmup", "1",
            "--threshold", "0.0", "--breakdown-repeats", "1", "--worst-case-instances", "3", "--torch-threads", "1",
-           "--workers", "1", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--no-progress"]
+           "--workers", "1", "2", "--micro-batch", "1", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--no-progress"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     report = json.loads(out.read_text())
@@ -63,13 +63,15 @@ def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
     assert all(s["rss_kb"] > 50_000 for s in memory["samples"])  # a Python process with torch: tens of MiB at least
     assert memory["rss_max_mb"] >= memory["rss_first_mb"] > 0
 
-    two = report["loads"][1]
-    assert [load["workers"] for load in report["loads"]] == [1, 2] and report["loads"][0] == report["load"]
+    runs = [(load["workers"], load["micro_batch"], load["model"]["micro_batch"]["max_images"]) for load in report["loads"]]
+    assert runs == [(1, 1, 1), (1, 2, 2), (2, 1, 1), (2, 2, 2)] and report["loads"][0] == report["load"]
+    two = report["loads"][2]
     assert [level["errors"] for level in two["levels"]] == [0, 0]
     # the process that started them (no model) and its two workers, each with torch and the model
     starter, *workers = two["memory"]["rss_last_per_process_mb"].values()
     assert len(workers) == 2 and all(mb > 200 for mb in workers) and starter < min(workers) / 4
-    assert "| 2 | 2 | 4 | 0 |" in out.with_suffix(".md").read_text()
+    assert "| 2 | 1 | 2 | 4 | 0 |" in out.with_suffix(".md").read_text()
+    assert "| 1 | 2 | 2 | 4 | 0 |" in out.with_suffix(".md").read_text()
 
     breakdown = report["breakdown"]
     assert breakdown["request_ms"] > breakdown["request_model_ms"] > 0
