@@ -24,6 +24,7 @@ def test_model_options_default_to_the_spec_and_build_it():
     demo = resolve_config("demo", train_json="t.json", output_dir="o")
     built = demo.model_spec(["a", "b"])
     assert (built.min_size, built.box_head_dim, built.mask_head_layers) == (192, 256, [64, 64])
+    assert (built.rpn_pre_nms_top_n_test, built.rpn_post_nms_top_n_test) == (1000, 300)
     assert built.anchor_sizes == [8, 15, 31, 61, 123][5 - built.rpn_levels:]  # scaled from the image size
     # one anchor size per level the RPN proposes from
     assert resolve_config(None, train_json="t", output_dir="o", max_iter=1, image_size=192,
@@ -32,6 +33,20 @@ def test_model_options_default_to_the_spec_and_build_it():
         resolve_config(None, train_json="t", output_dir="o", max_iter=1, rpn_levels=4, anchor_sizes=[8, 16, 32, 64, 128])
     with pytest.raises(ConfigError, match="--rpn-levels must be one of 4, 5, got '3'"):
         resolve_config(None, train_json="t", output_dir="o", max_iter=1, rpn_levels=3)
+
+
+def test_test_time_proposal_counts_reach_the_built_model():
+    from maskrcnn_finetune.modeling import build_model
+
+    parser = add_config_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--rpn-pre-nms-top-n-test", "200", "--rpn-post-nms-top-n-test", "50"])
+    cfg = resolve_config(None, train_json="t", output_dir="o", max_iter=1, backbone="mobilenetv2_fpnlite",
+                         rpn_pre_nms_top_n_test=args.rpn_pre_nms_top_n_test,
+                         rpn_post_nms_top_n_test=args.rpn_post_nms_top_n_test)
+    model = build_model(cfg.model_spec(["a"]), "none").eval()
+    assert (model.rpn.pre_nms_top_n(), model.rpn.post_nms_top_n()) == (200, 50)
+    model.train()
+    assert (model.rpn.pre_nms_top_n(), model.rpn.post_nms_top_n()) == (2000, 2000)  # training's own counts
 
 
 def test_choices_live_with_their_field_in_the_checks_and_the_flags():
