@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, field
 from maskrcnn_finetune.errors import ModelDirError
 
 
+TEST_TIME_OPTIONS = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "detections_per_image")
+"""ModelSpec fields that only inference reads: a training run may resume with other values."""
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild a model exactly; stored in a model folder's ``model.json``.
@@ -56,6 +60,13 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def training_differences(self, other: dict) -> dict[str, tuple]:
+        """The options, other than :data:`TEST_TIME_OPTIONS`, whose value in ``other`` (a spec's dict)
+        differs from this spec's: ``{name: (other's value, this value)}``."""
+        mine = self.to_dict()
+        return {name: (other.get(name), value) for name, value in mine.items()
+                if name not in TEST_TIME_OPTIONS and other.get(name) != value}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":

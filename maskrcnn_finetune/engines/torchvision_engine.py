@@ -38,6 +38,7 @@ from maskrcnn_finetune.errors import ConfigError, TrainingError, first_line
 from maskrcnn_finetune.evaluate import evaluate_predictor
 from maskrcnn_finetune.files import atomic_path
 from maskrcnn_finetune.model_dir import rebuild_model
+from maskrcnn_finetune.model_spec import TEST_TIME_OPTIONS
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
 from maskrcnn_finetune.predictor import Predictor, native_bf16, resolve_device
@@ -303,9 +304,15 @@ def _restore(run: _Run, state: TrainState) -> tuple[int, list]:
         if run.cfg.resume and run.main:
             logger.info("--resume: no checkpoint in %s yet, starting from the beginning", run.out)
         return 0, []
-    if saved["spec"] != run.spec.to_dict():
-        raise ConfigError(f"cannot resume: {run.out / CHECKPOINT} was made with other model options "
-                          f"({saved['spec']}); use the same options, or another --output-dir")
+    differences = run.spec.training_differences(saved["spec"])
+    if differences:
+        listed = "; ".join(f"{name}: {was!r} there, {now!r} now" for name, (was, now) in differences.items())
+        raise ConfigError(f"cannot resume: {run.out / CHECKPOINT} was made with other model options ({listed}); "
+                          "use the same options, or another --output-dir (or delete that folder to start over)")
+    changed = [name for name in TEST_TIME_OPTIONS if saved["spec"].get(name) != getattr(run.spec, name)]
+    if changed and run.main:
+        logger.info("--resume: test-time option(s) %s differ from the checkpoint's; the new values are used "
+                    "(training does not read them)", ", ".join(changed))
     state.restore(saved)
     if run.main:
         logger.info("resuming from iteration %d of %d (%s)", saved["iteration"], run.max_iter, run.out)

@@ -50,6 +50,22 @@ def test_resume_continues_exactly_where_it_stopped(tiny_coco, tmp_path):
     assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_refuses_other_training_options_and_takes_new_test_time_ones(tiny_coco, tmp_path, caplog):
+    """A preset whose test-time proposal count changed must not block `make demo --resume` of a finished run."""
+    options = dict(max_iter=4, eval_period=100)
+    run = tmp_path / "run"
+    train(_cfg(tiny_coco, run, **options), stop_after=2)
+    width = _cfg(tiny_coco, run, **options).box_head_dim
+    with pytest.raises(ConfigError, match=rf"other model options \(box_head_dim: {width} there, 24 now\)"):
+        train(_cfg(tiny_coco, run, resume=True, box_head_dim=24, **options))
+    with caplog.at_level("INFO"):
+        train(_cfg(tiny_coco, run, resume=True, rpn_post_nms_top_n_test=20, detections_per_image=7, **options))
+    assert "resuming from iteration 2" in caplog.text
+    assert "rpn_post_nms_top_n_test, detections_per_image differ from the checkpoint's" in caplog.text
+    spec = json.loads((run / "model.json").read_text())["model"]
+    assert (spec["rpn_post_nms_top_n_test"], spec["detections_per_image"]) == (20, 7)
+
+
 def test_a_cut_off_checkpoint_falls_back_to_the_previous_one(tiny_coco, tmp_path, caplog):
     """A runtime killed while Drive syncs can leave the last checkpoint truncated: resume from the one before."""
     options = dict(max_iter=6, eval_period=100, log_period=1)
