@@ -45,7 +45,7 @@ $(D2_STAMP): $(STAMP) scripts/install_detectron2.py maskrcnn_finetune/modeling/d
 	touch $@
 
 demo: $(STAMP)
-	$(PY) scripts/make_synthetic.py $(DEMO_DIR)/labelme --images 60 --seed 0
+	$(PY) scripts/make_synthetic.py $(DEMO_DIR)/labelme --images 100 --seed 0
 	$(PY) scripts/labelme_to_coco.py $(DEMO_DIR)/labelme $(DEMO_DIR)/coco \
 		--val-fraction 0.2 --seed 0 --preview $(DEMO_DIR)/coco/samples.png
 	$(PY) scripts/train.py --preset demo --resume --train-json $(DEMO_DIR)/coco/train.json \

@@ -37,11 +37,11 @@ from maskrcnn_finetune.timing import cpu_name, sgemm_gflops
 
 CASES = {
     # what `make demo` trains on
-    "demo": dict(images=60, seed=0, size=(320, 256), classes=("circle", "square", "triangle")),
+    "demo": dict(images=100, seed=0, size=(320, 256), classes=("circle", "square", "triangle")),
     # larger images, other seed: the recipe is not tuned to one picture size
-    "wide": dict(images=60, seed=11, size=(480, 360), classes=("circle", "square", "triangle")),
+    "wide": dict(images=100, seed=11, size=(480, 360), classes=("circle", "square", "triangle")),
     # fewer classes, other seed
-    "two_classes": dict(images=60, seed=23, size=(320, 256), classes=("circle", "triangle")),
+    "two_classes": dict(images=100, seed=23, size=(320, 256), classes=("circle", "triangle")),
 }
 
 TEST_IMAGES = 120

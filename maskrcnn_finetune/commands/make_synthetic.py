@@ -1,7 +1,7 @@
 """Writes the embedded demo dataset: labelme-annotated images of circles, squares and triangles.
 
 Usage:
-    python scripts/make_synthetic.py OUT_DIR --images 60 [--seed 0] [--width 320 --height 256]
+    python scripts/make_synthetic.py OUT_DIR --images 100 [--seed 0] [--width 320 --height 256]
 
 An example entry point: the work is done by :func:`maskrcnn_finetune.data.synthetic.make_synthetic`.
 """
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.images < 1:
-        parser.error(f"--images must be at least 1, got {args.images}; pass e.g. --images 60")
+        parser.error(f"--images must be at least 1, got {args.images}; pass e.g. --images 100")
     json_paths = make_synthetic(args.out_dir, args.images, seed=args.seed, image_size=(args.width, args.height))
     # an instance is a shape without group_id, or all shapes sharing one group_id
     n_instances = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,6 +40,16 @@ class CocoData:
     def label_of_category(self) -> dict[int, int]:
         """COCO category id -> contiguous class index (1..K) used by the models."""
         return {c["id"]: i + 1 for i, c in enumerate(self.categories)}
+
+    def fingerprint(self) -> dict:
+        """What identifies this data set's content: image and annotation counts and a digest of the image
+        entries with their annotations (a checkpoint keeps it, so --resume notices other training data).
+        Images count by file name, not folder: the same data set moved or converted elsewhere is the same."""
+        content = [(Path(image["file_name"]).name, image.get("width"), image.get("height"), self.annotations.get(image["id"], []))
+                   for image in self.images]
+        digest = hashlib.sha1(json.dumps([content, self.categories], sort_keys=True, default=str).encode()).hexdigest()
+        return {"images": len(self.images), "annotations": sum(map(len, self.annotations.values())),
+                "digest": digest[:16]}
 
     def image_path(self, image: dict) -> Path:
         """Where an image's file is: ``file_name`` relative to the json's folder, or absolute."""

@@ -129,6 +129,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    train_data: dict = dataclasses.field(default_factory=dict)  # the training data's fingerprint
 
     def save(self, path: Path, iteration: int, cfg: TrainConfig, spec: ModelSpec, history: list) -> None:
         """Writes a checkpoint (with the random state, options and eval history); the one before stays."""
@@ -143,6 +144,7 @@ class TrainState:
             "config": cfg.to_dict(),
             "spec": spec.to_dict(),
             "history": history,
+            "train_data": self.train_data,
         }
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -294,7 +296,7 @@ def _build(run: _Run) -> TrainState:
     optimizer = _build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, run.max_iter))
     scaler = torch.amp.GradScaler("cuda", enabled=run.precision == torch.float16)
-    return TrainState(model, optimizer, scheduler, scaler)
+    return TrainState(model, optimizer, scheduler, scaler, run.train_data.fingerprint())
 
 
 def _restore(run: _Run, state: TrainState) -> tuple[int, list]:
@@ -309,6 +311,14 @@ def _restore(run: _Run, state: TrainState) -> tuple[int, list]:
         listed = "; ".join(f"{name}: {was!r} there, {now!r} now" for name, (was, now) in differences.items())
         raise ConfigError(f"cannot resume: {run.out / CHECKPOINT} was made with other model options ({listed}); "
                           "use the same options, or another --output-dir (or delete that folder to start over)")
+    was, now = saved.get("train_data"), state.train_data  # absent from checkpoints of older versions
+    if was and was != now:
+        counts = [(data["images"], data["annotations"]) for data in (was, now)]
+        what = ("the same counts, other contents" if counts[0] == counts[1] else
+                f"{was['images']} images and {was['annotations']} annotations then, {now['images']} and "
+                f"{now['annotations']} now")
+        raise ConfigError(f"cannot resume: {run.out / CHECKPOINT} was trained on other data than {run.cfg.train_json} "
+                          f"({what}); train into another --output-dir, or delete that folder to start over")
     changed = [name for name in TEST_TIME_OPTIONS if saved["spec"].get(name) != getattr(run.spec, name)]
     if changed and run.main:
         logger.info("--resume: test-time option(s) %s differ from the checkpoint's; the new values are used "

@@ -66,6 +66,39 @@ def test_resume_refuses_other_training_options_and_takes_new_test_time_ones(tiny
     assert (spec["rpn_post_nms_top_n_test"], spec["detections_per_image"]) == (20, 7)
 
 
+def test_resume_refuses_a_checkpoint_trained_on_other_data(tiny_coco, tmp_path):
+    """`make demo` after its data set grew must not re-evaluate the old model as if it were trained on the new data."""
+    from dataclasses import replace
+
+    options = dict(max_iter=4, eval_period=100)
+    run = tmp_path / "run"
+    train(_cfg(tiny_coco, run, **options), stop_after=2)
+    source = Path(tiny_coco["train"])
+    data = json.loads(source.read_text())
+    images = [{**image, "file_name": str(source.parent / image["file_name"])} for image in data["images"]]
+
+    def write(name, images, annotations):  # absolute image paths: the json can live anywhere
+        path = tmp_path / name
+        path.write_text(json.dumps({**data, "images": images, "annotations": annotations}))
+        return path
+
+    kept = images[:-1]
+    fewer = write("fewer.json", kept, [a for a in data["annotations"] if a["image_id"] in {i["id"] for i in kept}])
+    moved_boxes = [dict(a) for a in data["annotations"]]
+    moved_boxes[0]["bbox"] = [moved_boxes[0]["bbox"][0] + 1, *moved_boxes[0]["bbox"][1:]]
+    moved = write("moved.json", images, moved_boxes)  # the same counts, one box a pixel to the right
+    resumed = _cfg(tiny_coco, run, resume=True, **options)
+    with pytest.raises(ConfigError, match=rf"trained on other data than {re.escape(str(fewer))} "
+                                          rf"\({len(images)} images and \d+ annotations then, {len(kept)} and"):
+        train(replace(resumed, train_json=str(fewer)))
+    with pytest.raises(ConfigError, match=r"\(the same counts, other contents\); train into another --output-dir"):
+        train(replace(resumed, train_json=str(moved)))
+    same = write("same.json", images, data["annotations"])  # the same content from another file: it goes on
+    train(replace(resumed, train_json=str(same)))
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3, 4] and (run / "model.json").is_file()
+
+
 def test_a_cut_off_checkpoint_falls_back_to_the_previous_one(tiny_coco, tmp_path, caplog):
     """A runtime killed while Drive syncs can leave the last checkpoint truncated: resume from the one before."""
     options = dict(max_iter=6, eval_period=100, log_period=1)
