@@ -311,7 +311,11 @@ def _restore(run: _Run, state: TrainState) -> tuple[int, list]:
         listed = "; ".join(f"{name}: {was!r} there, {now!r} now" for name, (was, now) in differences.items())
         raise ConfigError(f"cannot resume: {run.out / CHECKPOINT} was made with other model options ({listed}); "
                           "use the same options, or another --output-dir (or delete that folder to start over)")
-    was, now = saved.get("train_data"), state.train_data  # absent from checkpoints of older versions
+    was, now = saved.get("train_data"), state.train_data
+    if not was and run.main:  # checkpoints of older versions
+        logger.warning("--resume: %s does not record its training data (an older version of the kit wrote it); "
+                       "it is taken to be %s. If the data changed, delete %s to start over", run.out / CHECKPOINT,
+                       run.cfg.train_json, run.out)
     if was and was != now:
         counts = [(data["images"], data["annotations"]) for data in (was, now)]
         what = ("the same counts, other contents" if counts[0] == counts[1] else
