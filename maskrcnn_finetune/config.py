@@ -126,8 +126,8 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # A CPU without pretrained weights: small images, a light backbone, a schedule of about 6 minutes
-    # on two cores of 170 GFLOP/s fp32 sgemm. Measured in benchmarks/RESULTS.md.
+    # A CPU without pretrained weights: small images, a light backbone, a schedule of 4-6 minutes
+    # on two cores of 170-210 GFLOP/s fp32 sgemm. Measured in benchmarks/RESULTS.md.
     "demo": dict(
         # plain 3x3 convolutions (ResNet-18, 128-channel FPN) learn faster from scratch per CPU
         # second than MobileNetV2's depthwise ones: 0.84 against 0.55 mask AP50 on the demo data
