@@ -128,6 +128,10 @@ class InferenceService:
                 except Exception as own:  # noqa: BLE001 - the request's own failure is its answer
                     job.future.set_exception(own)
             return
+        except BaseException as exc:  # the thread ends (interpreter exit): nobody waits forever
+            for job in group:
+                job.future.set_exception(exc)
+            raise
         for job in group:
             job.future.set_result((results[:len(job.images)], ms))
             results = results[len(job.images):]
