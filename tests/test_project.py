@@ -68,9 +68,9 @@ def test_make_demo_runs_data_training_evaluation_and_serving(tmp_path):
     out = "".join(lines)
     train = json.loads((tmp_path / "coco" / "train.json").read_text())
     val = json.loads((tmp_path / "coco" / "val.json").read_text())
-    assert (len(train["images"]), len(val["images"])) == (48, 12)
+    assert (len(train["images"]), len(val["images"])) == (80, 20)
     assert train["categories"] == val["categories"] and len(train["categories"]) >= 3
-    assert len(train["annotations"]) >= 48
+    assert len(train["annotations"]) >= 80
     with Image.open(tmp_path / "coco" / "samples.png") as img:
         assert np.asarray(img.convert("RGB")).std() > 20
     info = json.loads((tmp_path / "model" / "model.json").read_text())
