@@ -42,12 +42,13 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
         raise ConfigError(f"unknown backbone '{spec.backbone}'; choose one of: {', '.join(sorted(BACKBONES))}")
     if not spec.class_names:
         raise ConfigError("the model needs at least one class name")
+    if len(spec.anchor_sizes) != spec.rpn_levels:
+        raise ConfigError(f"the model needs one anchor size per RPN level ({spec.rpn_levels}), got {spec.anchor_sizes}")
     num_classes = len(spec.class_names) + 1
     min_size = tuple(train_min_sizes) if train_min_sizes else spec.min_size
     options = dict(
         min_size=min_size,
         max_size=spec.max_size,
-        rpn_anchor_generator=_anchor_generator(spec),
         rpn_pre_nms_top_n_train=spec.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=spec.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=spec.rpn_pre_nms_top_n_test,
@@ -62,13 +63,17 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
                 raise ConfigError("the COCO weights of resnet50_fpn come with the standard FPN and heads; "
                                   "keep fpn_norm none, box_head_dim 1024 and mask_head_layers 256,256,256,256, "
                                   "or use --pretrained none")
-            model = maskrcnn_resnet50_fpn(weights=MaskRCNN_ResNet50_FPN_Weights.COCO_V1, **options)
+            # torchvision's COCO model has a 256-channel FPN
+            model = maskrcnn_resnet50_fpn(weights=MaskRCNN_ResNet50_FPN_Weights.COCO_V1, **options,
+                                          **_rpn_parts(spec, 256))
             _replace_heads(model, num_classes)
         else:
             backbone = build_backbone(spec.backbone, use_weights)
             if spec.fpn_norm == "bn":
                 backbone.fpn = _with_batch_norm(backbone.fpn)
-            model = MaskRCNN(backbone, num_classes=None, **options, **_heads(spec, backbone.out_channels, num_classes))
+            # the heads first, then the RPN head: the order MaskRCNN drew their random weights in before
+            model = MaskRCNN(backbone, num_classes=None, **options, **_heads(spec, backbone.out_channels, num_classes),
+                             **_rpn_parts(spec, backbone.out_channels))
     except (OSError, RuntimeError) as exc:  # urllib/requests/hub errors are OSErrors
         if not use_weights:
             raise
@@ -77,12 +82,7 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
             "Connect to the internet once (they are cached afterwards), or pass --pretrained none "
             "to train from scratch"
         ) from exc
-    if spec.rpn_levels != FPN_LEVELS:  # the RPN head's weights are shared by all levels: only its inputs change
-        skip = FPN_LEVELS - spec.rpn_levels
-        model.rpn.head.__class__ = CoarseLevelsRPNHead
-        model.rpn.head.skip = skip
-        model.rpn.anchor_generator = CoarseLevelsAnchorGenerator(model.rpn.anchor_generator, skip)
-    return model
+    return _propose_from_coarse_levels(model, spec)
 
 
 FPN_LEVELS = 5
@@ -108,7 +108,9 @@ class CoarseLevelsAnchorGenerator(nn.Module):
 class CoarseLevelsRPNHead(RPNHead):
     """torchvision's RPN head on the coarsest feature maps only (the first ``skip`` left out); the same weights."""
 
-    skip = 0
+    def __init__(self, in_channels: int, num_anchors: int, skip: int) -> None:
+        super().__init__(in_channels, num_anchors)
+        self.skip = skip
 
     def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, bbox_reg = [], []
@@ -126,11 +128,25 @@ def _with_batch_norm(fpn: FeaturePyramidNetwork) -> FeaturePyramidNetwork:
                                  norm_layer=nn.BatchNorm2d)
 
 
-def _anchor_generator(spec: ModelSpec) -> AnchorGenerator:
-    """One anchor size and three aspect ratios per level the RPN proposes from (``spec.rpn_levels``)."""
-    if len(spec.anchor_sizes) != spec.rpn_levels:
-        raise ConfigError(f"the model needs one anchor size per RPN level ({spec.rpn_levels}), got {spec.anchor_sizes}")
-    return AnchorGenerator(tuple((s,) for s in spec.anchor_sizes), ((0.5, 1.0, 2.0),) * len(spec.anchor_sizes))
+def _rpn_parts(spec: ModelSpec, channels: int) -> dict:
+    """MaskRCNN's ``rpn_anchor_generator`` and ``rpn_head`` for a backbone of ``channels`` FPN channels:
+    one anchor size and three aspect ratios per level the RPN proposes from (``spec.rpn_levels``). On
+    fewer levels than the FPN has, the head is :class:`CoarseLevelsRPNHead` (the same weights: they are
+    shared by all levels), and :func:`_propose_from_coarse_levels` wraps the generator once the model is
+    built (torchvision accepts only its own class there)."""
+    generator = AnchorGenerator(tuple((s,) for s in spec.anchor_sizes), ((0.5, 1.0, 2.0),) * len(spec.anchor_sizes))
+    anchors = generator.num_anchors_per_location()[0]
+    skip = FPN_LEVELS - spec.rpn_levels
+    head = CoarseLevelsRPNHead(channels, anchors, skip) if skip else RPNHead(channels, anchors)
+    return {"rpn_anchor_generator": generator, "rpn_head": head}
+
+
+def _propose_from_coarse_levels(model: MaskRCNN, spec: ModelSpec) -> MaskRCNN:
+    """The model's anchor generator on the levels its RPN head reads (see :func:`_rpn_parts`)."""
+    skip = FPN_LEVELS - spec.rpn_levels
+    if skip:
+        model.rpn.anchor_generator = CoarseLevelsAnchorGenerator(model.rpn.anchor_generator, skip)
+    return model
 
 
 def frozen_norm_eps(backbone: str) -> float | None:
