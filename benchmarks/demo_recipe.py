@@ -7,7 +7,7 @@ Usage:
 Each case runs what ``make demo`` runs, with its own synthetic data set (seed, image size,
 classes): make the labelme data, convert it with the kit's converter, train ``--preset demo``
 from scratch, then score the saved model folder with ``scripts/evaluate.py`` on the val json.
-The AP in the table is evaluate.py's, the number a user gets from the folder. The val split is 12
+The AP in the table is evaluate.py's, the number a user gets from the folder. The val split is 20
 images, so the folder is also scored on 120 new images of the same kind (another seed; not timed). Times: the whole
 job end to end, and training alone (its periodic and final evaluations included). The machine's
 fp32 and bf16 matrix-multiply rates are measured before and after, so the times can be scaled
@@ -77,7 +77,7 @@ def run_case(name: str, work_dir: Path, extra: list[str]) -> dict:
          "--out", root / "evaluated.json")
     seconds = time.perf_counter() - start
     val = json.loads((root / "evaluated.json").read_text())["val"]
-    # the val split is 12 images: a second opinion from many new images of the same kind (not timed)
+    # the val split is 20 images: a second opinion from many new images of the same kind (not timed)
     make_synthetic(root / "test_labelme", TEST_IMAGES, seed=case["seed"] + 1000, image_size=case["size"],
                    classes=case["classes"])
     convert_labelme(root / "test_labelme", root / "test_coco", val_fraction=0.0, seed=0)

@@ -294,7 +294,7 @@ def test_default_check_images_are_the_models_val_images_when_they_are_here(eager
 
 
 def test_the_demo_architecture_runs_fast_and_exports_at_parity(tiny_model, tmp_path):
-    """The demo preset's options: the RPN without P2, BatchNorm in the FPN."""
+    """The RPN without P2 (the demo preset's) and BatchNorm in the FPN (an option) on the fast path and exported."""
     model_dir = tiny_model(rpn_levels=4, fpn_norm="bn")
     spec = json.loads((model_dir / "model.json").read_text())["model"]
     assert spec["rpn_levels"] == 4 and len(spec["anchor_sizes"]) == 4 and spec["fpn_norm"] == "bn"

@@ -45,8 +45,8 @@ class CocoData:
         """What identifies this data set's content: image and annotation counts and a digest of the image
         entries with their annotations (a checkpoint keeps it, so --resume notices other training data).
         Images count by file name, not folder: the same data set moved or converted elsewhere is the same."""
-        content = [(Path(image["file_name"]).name, image.get("width"), image.get("height"), self.annotations.get(image["id"], []))
-                   for image in self.images]
+        content = [(Path(image["file_name"]).name, image.get("width"), image.get("height"),
+                    self.annotations.get(image["id"], [])) for image in self.images]
         digest = hashlib.sha1(json.dumps([content, self.categories], sort_keys=True, default=str).encode()).hexdigest()
         return {"images": len(self.images), "annotations": sum(map(len, self.annotations.values())),
                 "digest": digest[:16]}
