@@ -52,7 +52,7 @@ def describe_runtime() -> str:
         lines.append("No GPU: training would run on the CPU and take hours. Choose Runtime > Change runtime type > "
                      "T4 GPU, then run the notebook again from the top.")
     else:
-        lines.append("No GPU: training runs on the CPU; `--preset demo` is sized for that (6-12 minutes on two cores).")
+        lines.append("No GPU: training runs on the CPU; `--preset demo` is sized for that (4-12 minutes on two cores, by their speed).")
     if smoke_mode():
         lines.append(f"Smoke mode ({SMOKE_ENV}=1): synthetic data, a tiny model and a few iterations.")
     return "\n".join(lines)
