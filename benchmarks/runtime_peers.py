@@ -1,14 +1,20 @@
 """The kit against the runtimes a CPU user reaches for, timed alternately, with parity on the same weights.
 
 Usage:
-    python benchmarks/runtime_peers.py [--cases demo r50-800] [--demo-dir outputs/demo/model]
+    python benchmarks/runtime_peers.py [--cases demo r50-800 trained] [--demo-dir outputs/demo/model]
+        [--trained-dir outputs/r50_demo/model] [--trained-size 800] [--trained-images 4]
         [--rounds 7] [--compile] [--out outputs/bench/runtime_peers.json]
 
 Cases (each path runs the same weights on the same images):
 
 - ``demo``: the trained demo model folder on its own val images, at its own input size;
 - ``r50-800``: ResNet-50-FPN with torchvision's standard heads at an 800 px short side (1067x800),
-  random weights tamed as in ``cpu_inference.py`` (100 detections, 100 masks), one image.
+  random weights tamed as in ``cpu_inference.py`` (100 detections, 100 masks), one image;
+- ``trained``: a trained model folder (``--trained-dir``, e.g. a ResNet-50-FPN trained on the demo
+  data: ``make demo DEMO_TRAIN_ARGS="--backbone resnet50_fpn"``) run at a ``--trained-size`` (800) px short
+  side: a copy of the folder whose input size and anchors are scaled to that size, on the first
+  ``--trained-images`` images of its val set scaled up with it (the objects grow with the image, so the network sees them as in training).
+  Trained weights are what parity is about: random ones make near-tied scores that any rounding reorders.
 
 Paths, all behind the same Predictor interface (RGB array in, instances out):
 
@@ -59,8 +65,12 @@ from maskrcnn_finetune.timing import alternating_rounds, sgemm_gflops  # noqa: E
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", default=["demo", "r50-800"], choices=["demo", "r50-800"])
+    parser.add_argument("--cases", nargs="+", default=["demo", "r50-800"], choices=["demo", "r50-800", "trained"])
     parser.add_argument("--demo-dir", type=Path, default=ROOT / "outputs" / "demo" / "model")
+    parser.add_argument("--trained-dir", type=Path, default=ROOT / "outputs" / "r50_demo" / "model",
+                        help="the model folder of the trained case")
+    parser.add_argument("--trained-size", type=int, default=800, help="the trained case's short side in pixels")
+    parser.add_argument("--trained-images", type=int, default=4, help="val images of the trained case")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (every path once per round)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (compiling takes minutes)")
     parser.add_argument("--work-dir", type=Path, default=None, help="model folders and exports (default: a temp dir)")
@@ -107,6 +117,23 @@ def r50_folder(work: Path) -> tuple[Path, list[np.ndarray]]:
     folder = work / "r50_800"
     write_model_dir(folder, model, spec, score_threshold=0.05)
     return folder, [image]
+
+
+def trained_folder_at(model_dir: Path, short: int, count: int, work: Path) -> tuple[Path, list[np.ndarray]]:
+    """``model_dir`` resized to a ``short`` px input (anchors scaled), and its first ``count`` val images scaled up."""
+    from cpu_inference import resized_model_dir, upscale
+
+    from maskrcnn_finetune.export.checking import model_val_images
+    from maskrcnn_finetune.data.images import load_rgb
+
+    if not (model_dir / "model.json").is_file():
+        raise SystemExit(f"{model_dir} is not a model folder: train one first, e.g. "
+                         f"python -m maskrcnn_finetune train --preset demo --backbone resnet50_fpn ...")
+    own = model_val_images(read_model_info(model_dir))[:count]
+    if not own:
+        raise SystemExit(f"the val images of {model_dir} are not here (model.json's training.val_json)")
+    folder = resized_model_dir(model_dir, short, work / f"{model_dir.parent.name}_{short}")
+    return folder, [upscale(load_rgb(path), short) for path in own]
 
 
 def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict[str, Predictor]:
@@ -207,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             arrays, _ = check_images(None, Predictor.from_dir(args.demo_dir, fast=False).spec,
                                      read_model_info(args.demo_dir))
             folder = args.demo_dir
+        elif name == "trained":
+            folder, arrays = trained_folder_at(args.trained_dir, args.trained_size, args.trained_images, work)
+            name = f"trained {read_model_info(args.trained_dir)['model']['backbone']} at {args.trained_size} px"
         else:
             folder, arrays = r50_folder(work)
         cases.append(run_case(name, folder, arrays, work, args.rounds, args.compile))

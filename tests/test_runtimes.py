@@ -159,23 +159,33 @@ def test_int8_without_calibration_images_names_the_flag(tiny_model_dir, tmp_path
         choose_runtime(folder, "openvino-int8")
 
 
-def test_the_peer_benchmark_runs_end_to_end(tiny_model_dir, tmp_path):
+def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     """benchmarks/runtime_peers.py on the tiny model: every path timed, each with its parity against eager."""
     import subprocess
     import sys
 
     pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (make test installs it)")
+    tiny_model_dir = tiny_model(val_json=str(tiny_coco["val"]))  # model.json names its val images
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_peers.py"
     out = tmp_path / "peers.json"
-    run = subprocess.run([sys.executable, str(script), "--cases", "demo", "--demo-dir", str(tiny_model_dir),
+    # the trained case: the same folder run at another input size, on its val images scaled with it
+    run = subprocess.run([sys.executable, str(script), "--cases", "demo", "trained", "--demo-dir", str(tiny_model_dir),
+                          "--trained-dir", str(tiny_model_dir), "--trained-size", "96", "--trained-images", "1",
                           "--rounds", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
-    rows = {row["path"]: row for row in report["cases"][0]["rows"]}
-    assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
-    assert rows["kit (torch)"]["parity_ok"] is True and rows["eager fp32"]["parity_ok"] is None
-    assert all(len(row["all_ms"]) == 2 and row["median_ms"] > 0 for row in rows.values())
-    assert report["cases"][0]["floor"]["fp32_ms"] > report["cases"][0]["floor"]["bf16_ms"] > 0
+    assert [case["case"] for case in report["cases"]] == ["demo", "trained mobilenetv2_fpnlite at 96 px"]
+    for case in report["cases"]:
+        rows = {row["path"]: row for row in case["rows"]}
+        assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
+        assert rows["kit (torch)"]["parity_ok"] is True and rows["eager fp32"]["parity_ok"] is None
+        assert all(len(row["all_ms"]) == 2 and row["median_ms"] > 0 for row in rows.values())
+        assert case["floor"]["fp32_ms"] > case["floor"]["bf16_ms"] > 0
+    trained = report["cases"][1]
+    assert trained["images"] == 1 and min(trained["image_size"]) == 96  # the val image scaled to the size asked
+    resized = json.loads((Path(trained["model_dir"]) / "model.json").read_text())["model"]
+    own = json.loads((tiny_model_dir / "model.json").read_text())["model"]
+    assert resized["min_size"] == 96 and resized["anchor_sizes"] == [round(s * 96 / own["min_size"]) for s in own["anchor_sizes"]]
     assert report["machine"]["sgemm_before"] > 0 and report["machine"]["sgemm_after"] > 0
     assert "| kit (torch)" in out.with_suffix(".md").read_text()
