@@ -152,6 +152,12 @@ class InferenceService:
             counts["largest_call"] = max(counts["largest_call"], len(chunk))
         return results, (time.perf_counter() - start) * 1000
 
+    @property
+    def queued(self) -> int:
+        """Requests queued for the model that the inference thread has not taken yet."""
+        with self._wake:
+            return len(self._jobs)
+
     def _submit(self, images: list[np.ndarray], threshold: float) -> Future:
         job = _Job(images, threshold)
         with self._wake:

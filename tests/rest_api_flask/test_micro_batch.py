@@ -98,9 +98,9 @@ def test_only_requests_of_one_threshold_and_image_size_join_a_call(predictor, sa
                 assert gated.entered.wait(30)
             else:  # each request queued before the next, so the queue's order is the list's
                 deadline = time.monotonic() + 30
-                while len(service._jobs) < k and time.monotonic() < deadline:
+                while service.queued < k and time.monotonic() < deadline:
                     time.sleep(0.01)
-                assert len(service._jobs) == k
+                assert service.queued == k
         gated.go.set()
         for thread in threads:
             thread.join(60)
