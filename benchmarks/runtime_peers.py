@@ -31,7 +31,8 @@ Paths, all behind the same Predictor interface (RGB array in, instances out):
 Every path is timed once per round, in turn, for ``--rounds`` rounds after one warm-up each (a
 machine that drifts during the run affects all paths alike); the table gives the median per image
 and the ratio to eager. Parity is each path's predictions against eager fp32 on the same images
-(maskrcnn_finetune/parity.py: same instances, mask IoU >= 0.95, scores within 0.05). The fp32
+(maskrcnn_finetune/parity.py: same instances, mask IoU >= 0.95, scores within 0.05); where neither
+run finds an instance at the threshold, parity is "not judged", since empty answers always agree. The fp32
 sgemm rate is measured before and after, the bf16 rate once. Run it with nothing else busy.
 """
 
@@ -193,10 +194,15 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
     for path, predictor in paths.items():
         report = compare_runs(results["eager fp32"], results[path], threshold)
         ms = statistics.median(times[path])
+        if path == "eager fp32":
+            ok, parity = None, "the reference"
+        elif report.ok and not report.matched:  # empty answers agree whatever the runtime: nothing was compared
+            ok, parity = None, f"not judged: no instance at or above {threshold} in either run"
+        else:
+            ok, parity = report.ok, report.describe()
         rows.append({"path": path, "mode": predictor.describe_mode() if path.startswith("kit") else "",
-                     "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
-                     "parity_ok": report.ok if path != "eager fp32" else None,
-                     "parity": report.describe() if path != "eager fp32" else "the reference"})
+                     "instances": sum(int((r.scores >= threshold).sum()) for r in results[path]), "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
+                     "parity_ok": ok, "parity": parity})
     return {"case": name, "model_dir": str(model_dir), "images": len(images), "threshold": threshold, "rows": rows,
             "image_size": list(images[0].shape[:2])}
 
@@ -215,7 +221,12 @@ def markdown(report: dict) -> str:
                   f"{report['rounds']} alternating rounds{floor_text})", "",
                   "| path | ms / image | x eager | parity with eager fp32 |", "|---|---|---|---|"]
         for row in case["rows"]:
-            parity = "-" if row["parity_ok"] is None else ("match" if row["parity_ok"] else "differs: " + row["parity"])
+            if row["path"] == "eager fp32":
+                parity = "-"
+            elif row["parity_ok"] is None:
+                parity = row["parity"]
+            else:
+                parity = "match" if row["parity_ok"] else "differs: " + row["parity"]
             label = row["path"] + (f" ({row['mode']})" if row["mode"] else "")
             lines.append(f"| {label} | {row['median_ms']:.0f} | {row['x_eager']:.2f} | {parity} |")
         lines.append("")

@@ -7,6 +7,7 @@ skipped with that reason, and the kit runs torch (the last test checks what it s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,11 +167,20 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
 
     pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (make test installs it)")
     tiny_model_dir = tiny_model(val_json=str(tiny_coco["val"]))  # model.json names its val images
+
+    def copy_with_threshold(name: str, threshold: float) -> Path:
+        folder = shutil.copytree(tiny_model_dir, tmp_path / name)
+        info = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**info, "score_threshold": threshold}))
+        return folder
+
+    # threshold 0: the tiny model's 20 detections per image are all compared; 1.0: none reach it
+    everything, nothing = copy_with_threshold("everything", 0.0), copy_with_threshold("nothing", 1.0)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_peers.py"
     out = tmp_path / "peers.json"
-    # the trained case: the same folder run at another input size, on its val images scaled with it
-    run = subprocess.run([sys.executable, str(script), "--cases", "demo", "trained", "--demo-dir", str(tiny_model_dir),
-                          "--trained-dir", str(tiny_model_dir), "--trained-size", "96", "--trained-images", "1",
+    # the trained case: the folder run at another input size, on its val images scaled with it
+    run = subprocess.run([sys.executable, str(script), "--cases", "demo", "trained", "--demo-dir", str(everything),
+                          "--trained-dir", str(nothing), "--trained-size", "96", "--trained-images", "1",
                           "--rounds", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
@@ -179,9 +189,18 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     for case in report["cases"]:
         rows = {row["path"]: row for row in case["rows"]}
         assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
-        assert rows["kit (torch)"]["parity_ok"] is True and rows["eager fp32"]["parity_ok"] is None
+        assert rows["eager fp32"]["parity_ok"] is None
         assert all(len(row["all_ms"]) == 2 and row["median_ms"] > 0 for row in rows.values())
         assert case["floor"]["fp32_ms"] > case["floor"]["bf16_ms"] > 0
+    demo, trained = ({row["path"]: row for row in case["rows"]} for case in report["cases"])
+    # at the tiny model's size the kit runs exact fp32: a judged match on every detection
+    assert demo["eager fp32"]["instances"] == demo["kit (torch)"]["instances"] == 20 * report["cases"][0]["images"]
+    assert demo["kit (torch)"]["parity_ok"] is True and "predictions match" in demo["kit (torch)"]["parity"]
+    # nothing at the threshold: empty answers agree whatever the runtime, so parity is not claimed
+    assert all(row["instances"] == 0 for row in trained.values())
+    assert trained["kit (torch)"]["parity_ok"] is None and trained["kit (torch)"]["parity"].startswith("not judged")
+    trained_table = out.with_suffix(".md").read_text().split("**trained")[1]
+    assert "not judged: no instance" in trained_table and "| match |" not in trained_table
     trained = report["cases"][1]
     assert trained["images"] == 1 and min(trained["image_size"]) == 96  # the val image scaled to the size asked
     resized = json.loads((Path(trained["model_dir"]) / "model.json").read_text())["model"]
