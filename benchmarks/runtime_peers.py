@@ -10,11 +10,13 @@ Cases (each path runs the same weights on the same images):
 - ``demo``: the trained demo model folder on its own val images, at its own input size;
 - ``r50-800``: ResNet-50-FPN with torchvision's standard heads at an 800 px short side (1067x800),
   random weights tamed as in ``cpu_inference.py`` (100 detections, 100 masks), one image;
-- ``trained``: a trained model folder (``--trained-dir``, e.g. a ResNet-50-FPN trained on the demo
-  data: ``make demo DEMO_TRAIN_ARGS="--backbone resnet50_fpn"``) run at a ``--trained-size`` (800) px short
-  side: a copy of the folder whose input size and anchors are scaled to that size, on the first
-  ``--trained-images`` images of its val set scaled up with it (the objects grow with the image, so the network sees them as in training).
-  Trained weights are what parity is about: random ones make near-tied scores that any rounding reorders.
+- ``trained``: a trained model folder (``--trained-dir``: yours, or e.g. a ResNet-50-FPN trained on the
+  demo data with ``make demo DEMO_DIR=outputs/r50_demo DEMO_SERVE=0 DEMO_TRAIN_ARGS="--backbone
+  resnet50_fpn"``) run at a ``--trained-size`` (800) px short side: a copy of the folder whose input
+  size and anchors are scaled to that size, on the first ``--trained-images`` images (at most 12) of
+  its val set scaled up with it (the objects grow with the image, so the network sees them as in
+  training). Trained weights are what parity is about: random ones make near-tied scores that any
+  rounding reorders.
 
 Paths, all behind the same Predictor interface (RGB array in, instances out):
 
@@ -57,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_inference import standard_spec, tame_random_weights, test_image  # noqa: E402
 
 from maskrcnn_finetune.export.checking import check_images  # noqa: E402
+from maskrcnn_finetune.export.formats import CHECK_VAL_IMAGES  # noqa: E402
 from maskrcnn_finetune.model_dir import read_model_info, write_model_dir  # noqa: E402
 from maskrcnn_finetune.modeling import build_model  # noqa: E402
 from maskrcnn_finetune.parity import compare_runs, SCORE_TOLERANCE  # noqa: E402
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trained-dir", type=Path, default=ROOT / "outputs" / "r50_demo" / "model",
                         help="the model folder of the trained case")
     parser.add_argument("--trained-size", type=int, default=800, help="the trained case's short side in pixels")
-    parser.add_argument("--trained-images", type=int, default=4, help="val images of the trained case")
+    parser.add_argument("--trained-images", type=int, default=4,
+                        help=f"val images of the trained case (at most {CHECK_VAL_IMAGES}, the export check's)")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (every path once per round)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (compiling takes minutes)")
     parser.add_argument("--work-dir", type=Path, default=None, help="model folders and exports (default: a temp dir)")
@@ -128,11 +132,15 @@ def trained_folder_at(model_dir: Path, short: int, count: int, work: Path) -> tu
     from maskrcnn_finetune.data.images import load_rgb
 
     if not (model_dir / "model.json").is_file():
-        raise SystemExit(f"{model_dir} is not a model folder: train one first, e.g. "
-                         f"python -m maskrcnn_finetune train --preset demo --backbone resnet50_fpn ...")
+        raise SystemExit(f"{model_dir} is not a model folder (no model.json): pass --trained-dir MODEL_DIR, or train "
+                         "one, e.g. make demo DEMO_DIR=outputs/r50_demo DEMO_SERVE=0 "
+                         "DEMO_TRAIN_ARGS=\"--backbone resnet50_fpn\"")
+    if not 1 <= count <= CHECK_VAL_IMAGES:
+        raise SystemExit(f"--trained-images must be 1 to {CHECK_VAL_IMAGES}, got {count}")
     own = model_val_images(read_model_info(model_dir))[:count]
     if not own:
-        raise SystemExit(f"the val images of {model_dir} are not here (model.json's training.val_json)")
+        raise SystemExit(f"the val images of {model_dir} cannot be read from here (model.json's training.val_json): "
+                         "the trained case needs a model trained with --val-json, with its images in place")
     folder = resized_model_dir(model_dir, short, work / f"{model_dir.parent.name}_{short}")
     return folder, [upscale(load_rgb(path), short) for path in own]
 
@@ -201,7 +209,8 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
         else:
             ok, parity = report.ok, report.describe()
         rows.append({"path": path, "mode": predictor.describe_mode() if path.startswith("kit") else "",
-                     "instances": sum(int((r.scores >= threshold).sum()) for r in results[path]), "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
+                     "instances": sum(int((r.scores >= threshold).sum()) for r in results[path]),
+                     "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
                      "parity_ok": ok, "parity": parity})
     return {"case": name, "model_dir": str(model_dir), "images": len(images), "threshold": threshold, "rows": rows,
             "image_size": list(images[0].shape[:2])}
