@@ -52,7 +52,8 @@ def describe_runtime() -> str:
         lines.append("No GPU: training would run on the CPU and take hours. Choose Runtime > Change runtime type > "
                      "T4 GPU, then run the notebook again from the top.")
     else:
-        lines.append("No GPU: training runs on the CPU; `--preset demo` is sized for that (4-12 minutes on two cores, by their speed).")
+        lines.append("No GPU: training runs on the CPU; `--preset demo` is sized for that (minutes on two cores: "
+                     "benchmarks/RESULTS.md, 'The demo recipe').")
     if smoke_mode():
         lines.append(f"Smoke mode ({SMOKE_ENV}=1): synthetic data, a tiny model and a few iterations.")
     return "\n".join(lines)

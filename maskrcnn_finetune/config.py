@@ -126,11 +126,11 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # A CPU without pretrained weights: small images, a light backbone, a schedule of 4-6 minutes
-    # on two cores of 170-210 GFLOP/s fp32 sgemm. Measured in benchmarks/RESULTS.md.
+    # A CPU without pretrained weights: small images, a light backbone, a schedule of minutes on two
+    # cores. What it scores and how long it takes: benchmarks/RESULTS.md, "The demo recipe".
     "demo": dict(
         # plain 3x3 convolutions (ResNet-18, 128-channel FPN) learn faster from scratch per CPU
-        # second than MobileNetV2's depthwise ones: 0.84 against 0.55 mask AP50 on the demo data
+        # second than MobileNetV2's depthwise ones
         backbone="resnet18_fpn",
         pretrained="none",
         max_iter=800,
@@ -143,20 +143,20 @@ PRESETS: dict[str, dict] = {
         image_size=192,
         max_size=320,
         train_sizes=[160, 192, 224],
-        # the test size is chosen on val after training: with 49 val instances the best of 192 and
-        # 224 px moved by 0.04 mask AP50 between runs that differed only in float rounding
+        # the test size is chosen on val after training: on a small val split the best of 192 and
+        # 224 px changed between runs that differed only in float rounding
         choose_test_size=True,
-        # at 192 px P2's anchors (8 px) are smaller than any object, and its RPN head was 8 % of a step
+        # at 192 px P2's anchors are smaller than any object, and its RPN head is the step's largest convolution
         rpn_levels=4,
         box_batch_size_per_image=128,
         rpn_pre_nms_top_n_train=600,
         rpn_post_nms_top_n_train=300,
-        # at test time too: 1000 proposals made inference 2x slower for the same AP on 120 new images, and
-        # the ones past the 300th are near-tied background boxes whose order float rounding decides (so an
+        # at test time too: torchvision's 1000 proposals make inference slower for the same AP, and the
+        # ones past the 300th are near-tied background boxes whose order float rounding decides (so an
         # ONNX Runtime export, whose convolutions round otherwise, proposed others and failed parity)
         rpn_post_nms_top_n_test=300,
         box_head_dim=256,
-        mask_head_layers=[64, 64],  # the mask head ran on every positive RoI: [128, 128] cost a fifth of the time
+        mask_head_layers=[64, 64],  # the mask head runs on every positive RoI: wider layers cost training time
         eval_period=200,
     ),
     # The smallest model that trains and serves end to end in seconds: the notebooks' smoke mode and

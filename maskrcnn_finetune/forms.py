@@ -69,7 +69,7 @@ def comparison_backbones(names: str | list[str]) -> list[str]:
 def demo_model(folder, max_iter: int | None = None) -> Path:
     """A model folder to try things with when you have none: synthetic shapes and ``--preset demo``.
 
-    4-12 minutes on a 2-core CPU (by its speed), a few minutes on a T4, seconds in smoke mode. An existing run in
+    Minutes on a 2-core CPU (benchmarks/RESULTS.md, "The demo recipe"), seconds in smoke mode. An existing run in
     ``folder/model`` is resumed (or reused when finished).
 
     Returns:

@@ -92,10 +92,9 @@ RUNTIMES = ("torch", "openvino", "openvino-int8")
 BF16_MIN_INPUT = 512
 """bf16 is the default only for models whose input short side is at least this many pixels.
 
-Measured (benchmarks/RESULTS.md): at the demo's 192 px input, bf16 saved about 25 ms of 100
-per image, and moved the edges of a few small masks by a pixel (mask IoU with fp32 down to
-0.84); at 800 px it saves more than half the time and masks keep IoU >= 0.98 with fp32 but
-for rare ambiguous ones."""
+At small inputs bf16 saves little and moves the edges of small masks by a pixel; at large ones it
+saves most of the time and masks keep their fp32 shape but for rare ambiguous ones
+(benchmarks/RESULTS.md, "Fast CPU inference": the parity table)."""
 
 
 class Predictor:

@@ -79,10 +79,10 @@ class PendingResult:
         """Writes each instance's mask and crop, ``masks.zip`` (masks plus their union),
         ``coco_results.json``, and what the overlay is drawn from.
 
-        The overlay PNG of a large photo takes longer to encode than everything else together
-        (about 45 ms at 1067x800), and the web page draws the masks itself, so it is drawn when
-        it is first asked for (:meth:`ResultStore.path`), from the image and the masks kept
-        here (uncompressed numpy, masks bit-packed: about 1 ms to write).
+        The overlay PNG of a large photo takes longer to encode than everything else together,
+        and the web page draws the masks itself, so it is drawn when it is first asked for
+        (:meth:`ResultStore.path`), from the image and the masks kept here (uncompressed numpy,
+        masks bit-packed: quick to write).
 
         Args:
             rles: the masks as COCO RLE, when the caller has encoded them already (see

@@ -103,8 +103,8 @@ def lr_factor(iteration: int, cfg: TrainConfig, max_iter: int) -> float:
 
 
 def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD, fused: one kernel updates every parameter (on the CPU it saved 8 % of the demo's step,
-    benchmarks/RESULTS.md), where the per-parameter loop launched a dozen small operations for each."""
+    """AdamW or SGD, fused: one kernel updates every parameter, where the per-parameter loop launches a
+    dozen small operations for each (benchmarks/RESULTS.md, "Training speed")."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -289,7 +289,7 @@ def _build(run: _Run) -> TrainState:
         logger.info("%s starts from random weights (--pretrained none): training from scratch", spec.backbone)
     model = model.to(run.device)
     if run.device.type == "cpu":
-        # measured in benchmarks/RESULTS.md: oneDNN's convolutions are faster channels-last, and
+        # benchmarks/RESULTS.md, "Training speed": oneDNN's convolutions are faster channels-last, and
         # torchvision's RoIAlign backward runs in one thread (see modeling/pooling.py)
         model = use_parallel_roi_align(model.to(memory_format=torch.channels_last))
     model.train()

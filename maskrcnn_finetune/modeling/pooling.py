@@ -1,15 +1,15 @@
 """RoIAlign for CPU training, on every core.
 
 torchvision's CPU RoIAlign runs in one thread, and its backward pass scatters each sampled point
-into the feature map: in the demo recipe's training step, with bf16 convolutions, RoIAlign was
-40 % of the step on two cores (and its input had to be copied out of channels-last first). Here
+into the feature map: in the demo recipe's training step, with bf16 convolutions, RoIAlign took a
+large share of the step on two cores (and its input had to be copied out of channels-last first). Here
 RoIAlign is what it is mathematically, a product with the sparse bilinear sampling matrix:
 ``S @ F`` forward on the channels-last features as they are, ``S^T @ dOut`` backward, both on
 all cores. The sums are torchvision's, added in another order (differences of float rounding).
 
 Training on the CPU takes this path, and inference on the CPU's fast path (``inference=True``,
-set by :func:`maskrcnn_finetune.modeling.fast_cpu.make_fast`: with 1000 proposals an image, the
-single-threaded kernel was 30 % of the demo model's inference); elsewhere (eval mode of a plain
+set by :func:`maskrcnn_finetune.modeling.fast_cpu.make_fast`: with many proposals an image, the
+single-threaded kernel is a large share of inference); elsewhere (eval mode of a plain
 model, a GPU, an adaptive sampling ratio) :class:`ParallelRoIAlign` is torchvision's
 ``MultiScaleRoIAlign``. Models are built with torchvision's pooler (what export and the model
 folder use); the torchvision engine swaps this one in for training with :func:`use_parallel_roi_align`.
