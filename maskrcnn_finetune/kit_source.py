@@ -42,6 +42,7 @@ def colab_url(notebook: str, repository: str = REPOSITORY, ref: str = REF) -> st
 
 
 _KIT_LINE = re.compile(r'^(KIT_SOURCE = ")([^"]*)(")', re.M)
+_CLONE_URL = re.compile(r"(?<!git\+)https://github\.com/[^/\s]+/[^/\s]+?\.git(?![@\w])")
 _COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/([^/\s]+/[^/\s]+)/blob/([^\s)]+?)/notebooks/"
                          r"(\w+)\.ipynb")
 
@@ -51,6 +52,7 @@ def rewrite(text: str, repository: str = REPOSITORY, ref: str = REF) -> str:
     kit = pip_source(repository, ref)
     text = _KIT_LINE.sub(lambda m: m.group(1) + kit + m.group(3), text)
     text = re.sub(r"`git\+https://github\.com/[^`\s]+\.git@[^`\s]+`", f"`{kit}`", text)
+    text = _CLONE_URL.sub(f"https://github.com/{repository}.git", text)  # the README's `git clone` line
     return _COLAB_LINK.sub(lambda m: colab_url(m.group(3), repository, ref), text)
 
 
