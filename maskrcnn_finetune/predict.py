@@ -377,13 +377,13 @@ def _check_earlier_run(out: Path, settings: dict, overwrite: bool) -> None:
         was = earlier.get("model") or {}
         raise ConfigError(f"'{out}' holds the predictions of another model ({was.get('backbone')} trained "
                           f"{was.get('created')}, classes {', '.join(was.get('class_names') or [])}); pass --overwrite "
-                          "to replace them, or choose another --output")
+                          "to replace them, or choose another --output-dir")
     changed = [f"{key} {earlier.get(key)!r} there, {settings[key]!r} here" for key in settings
                if key != "model" and earlier.get(key) != settings[key]]
     if changed:
         raise ConfigError(f"'{out}' holds predictions made with other settings ({'; '.join(changed)}); run with the "
                           "same settings to continue that run, pass --overwrite to predict everything again, or "
-                          "choose another --output")
+                          "choose another --output-dir")
 
 
 def _errors_of(out: Path, sources: list[ImageSource]) -> dict[str, dict]:
