@@ -202,7 +202,8 @@ def test_a_coco_json_input_keeps_its_ids_and_the_results_score_with_pycocotools(
     out = tmp_path / "out"
     summary = predict_images(tiny_coco["val"], out, model_dir=tiny_model_dir, device="cpu", threshold=0.0,
                              formats=["coco"], progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [".records", "coco_results.json", "errors.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".records", "coco_dataset.json", "coco_results.json", "errors.csv",
+                                                     "summary.json"]
     results = json.loads((out / "coco_results.json").read_text())
     gt = json.loads(Path(tiny_coco["val"]).read_text())
     assert {r["image_id"] for r in results} == {i["id"] for i in gt["images"]} and summary["images"] == len(gt["images"])

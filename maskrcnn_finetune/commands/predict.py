@@ -8,9 +8,12 @@ Usage:
 
     torchrun --nproc_per_node 2 scripts/predict.py INPUT --model-dir DIR --output-dir OUT   # several processes / GPUs
 
-OUT gets coco_results.json, labelme/*.json (open them in labelme, correct, then convert with
-scripts/labelme_to_coco.py), masks/, overlays/, summary.csv, errors.csv and summary.json. An
-interrupted run continues where it stopped when run again.
+OUT gets coco_results.json (COCO results: image ids are the json's own for a COCO json input, else
+the images' positions 1..N) with coco_dataset.json beside it (the same instances as a COCO dataset,
+whose images say which file each id is: import it in CVAT, FiftyOne or pycocotools' COCO),
+labelme/*.json (open them in labelme, correct, then convert with scripts/labelme_to_coco.py),
+masks/, overlays/, summary.csv, errors.csv and summary.json. An interrupted run continues where it
+stopped when run again.
 """
 
 from __future__ import annotations
