@@ -442,7 +442,7 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         output: the output folder (created; must not be inside an input folder).
         model_dir / predictor: the model folder to load, or a :class:`~maskrcnn_finetune.predictor.Predictor`.
         threshold: instances below it are left out (default: the model folder's threshold).
-        device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun each process takes its own GPU).
         formats: which of :data:`FORMATS` to write.
         workers: DataLoader processes decoding images while the model runs (0: in this process).
         batch_size: images per model call (on a GPU, more than 1 keeps it busy).
