@@ -74,7 +74,7 @@ def run_case(name: str, work_dir: Path, extra: list[str]) -> dict:
          "--val-json", root / "coco" / "val.json", "--output-dir", root / "model", *extra)
     train_seconds = time.perf_counter() - train_start
     _run(ROOT / "scripts" / "evaluate.py", "--model-dir", root / "model", "--json", root / "coco" / "val.json",
-         "--out", root / "evaluated.json")
+         "--output", root / "evaluated.json")
     seconds = time.perf_counter() - start
     val = json.loads((root / "evaluated.json").read_text())["val"]
     # the val split is 20 images: a second opinion from many new images of the same kind (not timed)
@@ -82,7 +82,7 @@ def run_case(name: str, work_dir: Path, extra: list[str]) -> dict:
                    classes=case["classes"])
     convert_labelme(root / "test_labelme", root / "test_coco", val_fraction=0.0, seed=0)
     _run(ROOT / "scripts" / "evaluate.py", "--model-dir", root / "model", "--json", root / "test_coco" / "dataset.json",
-         "--out", root / "tested.json")
+         "--output", root / "tested.json")
     test = next(iter(json.loads((root / "tested.json").read_text()).values()))
     during_training = json.loads((root / "model" / "model.json").read_text())["metrics"]
     return {"case": name, "images": case["images"], "size": "x".join(map(str, case["size"])),

@@ -111,8 +111,8 @@ def rss_mb(pid: int) -> float:
 
 def run_predict(model_dir: Path, images: Path, out: Path, formats: str, processes: int,
                 threshold: float | None = None, sample_memory: bool = False) -> dict:
-    command = [str(ROOT / "scripts" / "predict.py"), str(images), "--model-dir", str(model_dir), "--output", str(out),
-               "--formats", formats, "--device", "cpu", "--workers", "1"]
+    command = [str(ROOT / "scripts" / "predict.py"), str(images), "--model-dir", str(model_dir),
+               "--output-dir", str(out), "--formats", formats, "--device", "cpu", "--workers", "1"]
     if threshold is not None:
         command += ["--threshold", str(threshold)]
     env = dict(os.environ)

@@ -1,9 +1,11 @@
 """What every script in ``scripts/`` shares: logging set-up, turning user errors into messages,
-reading yes/no switches from text (environment variables, form fields), and the flags that choose
-the CPU runtime (the server and batch prediction)."""
+reading yes/no switches from text (environment variables, form fields), the older spellings of
+flags, ``--device`` (every command that runs a model) and the flags that choose the CPU runtime
+(the server and batch prediction)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Callable
@@ -49,3 +51,46 @@ def add_runtime_arguments(parser) -> None:
     parser.add_argument("--calibration-images", default=None, metavar="DIR",
                         help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
                              "first 32 of the model's training set, when it is on this machine)")
+
+
+def add_with_aliases(parser, flag: str, aliases=(), **kwargs) -> argparse.Action:
+    """``parser.add_argument(flag, **kwargs)``, plus older spellings of the flag that set the same value.
+
+    The older spellings are left out of ``--help``; giving two spellings at once is an error, and a
+    ``required`` flag is satisfied by any of them.
+
+        add_with_aliases(parser, "--output-dir", ["--output"], required=True, help="the output folder")
+    """
+    if not aliases:
+        return parser.add_argument(flag, **kwargs)
+    required = kwargs.pop("required", False)
+    group = parser.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(flag, **kwargs)
+    for alias in aliases:
+        if action.nargs == 0:  # a switch
+            group.add_argument(alias, dest=action.dest, action="store_const", const=action.const,
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            group.add_argument(alias, dest=action.dest, type=action.type, nargs=action.nargs, choices=action.choices,
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return action
+
+
+def device_flag(text: str) -> str:
+    """``--device``'s value, checked: one of :data:`~maskrcnn_finetune.devices.DEVICE_FORMS`, and a GPU
+    that is there (an ``argparse`` type: a problem is one ``error: argument --device: ...`` line)."""
+    from maskrcnn_finetune.devices import check_device, resolve_device
+
+    try:
+        text = check_device(text)
+        resolve_device(text)
+    except KitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_device_argument(parser, default: str | None = "auto", help: str | None = None) -> argparse.Action:
+    """``--device auto|cpu|cuda|cuda:N``, as every command that runs a model takes it."""
+    return parser.add_argument("--device", type=device_flag, default=default, metavar="{auto,cpu,cuda,cuda:N}",
+                               help=help or "what runs the model: auto (the GPU when there is one, else the CPU), "
+                                            "cpu, cuda or cuda:N (the N-th GPU, from 0) (default: auto)")

@@ -12,14 +12,23 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from maskrcnn_finetune.cli import add_device_argument, add_with_aliases
+from maskrcnn_finetune.devices import check_device
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
 
 
-def _option(default, help: str | None = None, choices: tuple | None = None, spec: str | None = None):
+def _option(default, help: str | None = None, choices: tuple | None = None, spec: str | None = None,
+            flag: str | None = None, aliases: tuple[str, ...] | None = None):
     """A :class:`TrainConfig` field with its help text, its allowed values and, for a model option,
-    the :class:`ModelSpec` field it sets (whose default it takes when ``default`` is ``SPEC_DEFAULT``)."""
-    metadata = {k: v for k, v in (("help", help), ("choices", choices), ("spec", spec)) if v is not None}
+    the :class:`ModelSpec` field it sets (whose default it takes when ``default`` is ``SPEC_DEFAULT``).
+
+    ``flag`` is its command-line flag when that is not the field's name (``--threshold`` for
+    ``score_threshold``: the name stays, since config.json files and :meth:`TrainConfig.from_dict`
+    use it), ``aliases`` older spellings of the flag that still work (left out of ``--help``).
+    """
+    metadata = {k: v for k, v in (("help", help), ("choices", choices), ("spec", spec), ("flag", flag),
+                                  ("aliases", aliases)) if v is not None}
     if default is SPEC_DEFAULT:
         source = ModelSpec.__dataclass_fields__[spec]
         if source.default_factory is not MISSING:
@@ -65,7 +74,8 @@ class TrainConfig:
     clip_grad: float = _option(10.0, "max gradient norm (0: no clipping)")
     amp: str = _option("auto", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 units), on, off (fp32)",
                        choices=("auto", "on", "off"))
-    device: str = _option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    device: str = _option("auto", "what trains: auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N "
+                          "(the N-th GPU, from 0)")
     # images and augmentation
     image_size: int = _option(SPEC_DEFAULT, "short side of the images at test time (and training, unless "
                               "--train-sizes)", spec="min_size")
@@ -93,7 +103,9 @@ class TrainConfig:
                                            spec="rpn_post_nms_top_n_test")
     box_head_dim: int = _option(SPEC_DEFAULT, spec="box_head_dim")
     mask_head_layers: list[int] = _option(SPEC_DEFAULT, spec="mask_head_layers")
-    score_threshold: float = _option(0.5, "default threshold of the Predictor and the server")
+    score_threshold: float = _option(0.5, "the score threshold the model folder keeps: the default of the Predictor, "
+                                     "batch prediction and the server (default: 0.5)", flag="--threshold",
+                                     aliases=("--score-threshold",))
     init_from: str = _option("", "start from a trained model folder (the next round of labelling): every weight "
                              "reused, new classes added (torchvision engine)")
     # bookkeeping
@@ -231,7 +243,7 @@ def check_config(cfg: TrainConfig) -> None:
     for f in fields(cfg):
         allowed = f.metadata.get("choices")
         if allowed and getattr(cfg, f.name) not in allowed:
-            problems.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}, "
+            problems.append(f"{option_flag(f.name)} must be one of {', '.join(map(str, allowed))}, "
                             f"got '{getattr(cfg, f.name)}'")
     if cfg.image_size < 32 or any(s < 32 for s in cfg.train_sizes):
         problems.append("image sizes must be at least 32 px")
@@ -241,7 +253,11 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.hflip <= 1:
         problems.append(f"--hflip is a probability between 0 and 1, got {cfg.hflip}")
     if not 0 <= cfg.score_threshold <= 1:
-        problems.append(f"--score-threshold must be between 0 and 1, got {cfg.score_threshold}")
+        problems.append(f"--threshold must be between 0 and 1, got {cfg.score_threshold}")
+    try:
+        check_device(cfg.device)
+    except ConfigError as exc:
+        problems.append(str(exc))
     if cfg.init_from and cfg.engine != "torchvision":
         problems.append("--init-from starts a torchvision run from a torchvision model folder; the detectron2 engine "
                         "takes its starting weights from its config (MODEL.WEIGHTS)")
@@ -251,8 +267,16 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of the :class:`TrainConfig` option ``name`` (``--threshold`` for ``score_threshold``)."""
+    field_ = TrainConfig.__dataclass_fields__[name]
+    return field_.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, backbones=()) -> argparse.ArgumentParser:
     """Adds ``--preset`` and one flag per :class:`TrainConfig` option (default None: the preset or config decides).
+
+    A yes/no option gets ``--NAME`` and ``--no-NAME``, so a switch a preset turns on can be turned off.
 
     Args:
         backbones: the backbone names to list in ``--backbone``'s help (the registry's, which needs torch).
@@ -261,17 +285,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, backbones=()) -> argpa
     for f in fields(TrainConfig):
         if f.name == "preset":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = option_flag(f.name)
         default = f.default if f.default is not MISSING else f.default_factory()
         help_text = f.metadata.get("help", f"(default: {default})")
         if f.name == "backbone" and backbones:
             help_text = f"one of: {', '.join(sorted(backbones))} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        if f.name == "device":
+            add_device_argument(parser, default=None, help=help_text)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {'on' if default else 'off'}, or the preset's)")
         elif isinstance(default, list):
             item = float if f.name == "steps" else int
             parser.add_argument(flag, type=item, nargs="+", default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, choices=f.metadata.get("choices"),
-                                help=help_text)
+            metavar = flag.lstrip("-").replace("-", "_").upper() if "flag" in f.metadata else None
+            add_with_aliases(parser, flag, f.metadata.get("aliases", ()), dest=f.name, type=type(default), default=None,
+                             metavar=metavar, choices=f.metadata.get("choices"), help=help_text)
     return parser

@@ -9,7 +9,12 @@ carry its image and category ids, so COCO tools and :mod:`maskrcnn_finetune.eval
 
 What is written into the output folder (only the formats asked for):
 
-- ``coco_results.json`` (``coco``): every instance as a COCO result (box, score, category id, RLE mask);
+- ``coco_results.json`` and ``coco_dataset.json`` (``coco``): every instance as a COCO result (box,
+  score, category id, RLE mask), and the same instances as a COCO dataset that says which file each
+  image id is (``images`` with ``file_name``, ``width``, ``height``; ``categories``; ``annotations``
+  with their ``score``), the form CVAT, FiftyOne and pycocotools' ``COCO`` import. ``file_name`` is
+  the image's path as the input names it: relative to the input folder or zip, as a glob pattern
+  or a list gives it, or the input COCO json's own;
 - ``labelme/<name>.json`` (``labelme``): the predictions as labelme annotations to correct
   (:mod:`maskrcnn_finetune.prelabel`); ``scripts/labelme_to_coco.py`` turns them back into COCO;
 - ``masks/<name>/<k>.png`` and ``masks/<name>/union.png`` (``masks``): one 0/255 PNG per instance,
@@ -29,6 +34,7 @@ process merges the tables at the end. The input is never written to.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -43,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import torch
 import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
@@ -61,6 +68,8 @@ FORMATS = ("coco", "labelme", "masks", "overlay", "csv")
 ORDERS = ("name", "uncertainty")
 RECORDS = ".records"
 RUN_JSON = "run.json"  # in RECORDS: the model and settings the records were made with
+COCO_RESULTS = "coco_results.json"
+COCO_DATASET = "coco_dataset.json"
 MAX_PIXELS = 100_000_000
 """Images with more pixels are reported in errors.csv instead of being decoded (about 300 MB of RGB)."""
 
@@ -75,12 +84,16 @@ class ImageSource:
         path: the file on disk, or the member's name inside ``zip_path``.
         zip_path: the zip the image is read from, or None.
         image_id: its COCO image id (from the input json, else its position, from 1).
+        file_name: its path as the input names it (``coco_dataset.json``'s ``file_name``): relative
+            to the input folder, the member of the zip, the path a glob pattern or a list gives,
+            or the input COCO json's ``file_name``.
     """
 
     name: str
     path: str
     zip_path: str | None = None
     image_id: int = 0
+    file_name: str = ""
 
     def read_bytes(self) -> bytes:
         if self.zip_path is None:
@@ -98,15 +111,17 @@ def _is_image(path: str) -> bool:
         part.startswith(".") for part in Path(path).parts)
 
 
-def _named(paths: list[str], root: str, zip_path: str | None = None, ids: list[int] | None = None) -> list[ImageSource]:
-    """Sources with output names relative to ``root`` (sorted by name; ids by position unless given)."""
+def _named(paths: list[str], root: str, zip_path: str | None = None, ids: list[int] | None = None,
+           file_names: list[str] | None = None) -> list[ImageSource]:
+    """Sources with output names relative to ``root`` (sorted by name; ids by position unless given;
+    file names relative to ``root`` unless given)."""
     rel = [Path(os.path.relpath(p, root)).as_posix() if zip_path is None else p for p in paths]
     stems = [str(Path(r).with_suffix("")) for r in rel]
     clashes = {s for s, n in Counter(stems).items() if n > 1}
     names = [r if s in clashes else s for r, s in zip(rel, stems)]
     order = sorted(range(len(paths)), key=lambda i: names[i])
-    return [ImageSource(names[i], paths[i], zip_path, ids[i] if ids else position + 1)
-            for position, i in enumerate(order)]
+    return [ImageSource(names[i], paths[i], zip_path, ids[i] if ids else position + 1,
+                        file_names[i] if file_names else rel[i]) for position, i in enumerate(order)]
 
 
 def collect_images(source, output=None) -> tuple[list[ImageSource], dict[str, int] | None]:
@@ -122,7 +137,7 @@ def collect_images(source, output=None) -> tuple[list[ImageSource], dict[str, in
         if not files:
             raise ConfigError(f"the pattern '{text}' matches no image files ({', '.join(IMAGE_SUFFIXES)})")
         root = os.path.commonpath([str(Path(p).parent) for p in files])
-        return _named(files, root), None
+        return _named(files, root, file_names=files), None
     if not path.exists():
         raise ConfigError(f"'{path}' does not exist; pass a folder, a .zip, a glob pattern, a .txt list or a COCO json")
     if output is not None and path.is_dir() and Path(output).resolve().is_relative_to(path.resolve()):
@@ -149,14 +164,16 @@ def collect_images(source, output=None) -> tuple[list[ImageSource], dict[str, in
         if not files:
             raise ConfigError(f"the COCO json '{path}' lists no images")
         root = os.path.commonpath([str(Path(p).parent) for p in files])
-        return _named(files, root, ids=ids), {c["name"]: int(c["id"]) for c in coco.categories}
+        return (_named(files, root, ids=ids, file_names=[str(image["file_name"]) for image in coco.images]),
+                {c["name"]: int(c["id"]) for c in coco.categories})
     if path.suffix.lower() in (".txt", ".lst", ".list"):
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        files = [str((path.parent / line).resolve()) for line in lines if line and not line.startswith("#")]
+        given = [line for line in lines if line and not line.startswith("#")]
+        files = [str((path.parent / line).resolve()) for line in given]
         if not files:
             raise ConfigError(f"the list '{path}' names no images (one path per line, relative to the list)")
         root = os.path.commonpath([str(Path(p).parent) for p in files])
-        return _named(files, root), None
+        return _named(files, root, file_names=given), None
     raise ConfigError(f"'{path}' is neither a folder, a .zip, a .txt list nor a COCO .json; pass one of those, "
                       "or a glob pattern such as 'photos/**/*.jpg'")
 
@@ -274,47 +291,60 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 SUMMARY_HEADER = ["image", "instance", "class", "score", "x0", "y0", "x1", "y1", "area_px", "area_percent"]
 
 
-def _merge(out: Path, sources: list[ImageSource], formats: set[str], order: str, errors: dict[str, dict]) -> dict:
-    """The tables over every image's record, written once all processes are done."""
+def _merge(out: Path, sources: list[ImageSource], formats: set[str], order: str, errors: dict[str, dict],
+           categories: list[dict]) -> dict:
+    """The tables over every image's record, written once all processes are done.
+
+    Every record's instances take the image id of its source in this input, so the results list
+    and the dataset agree with each other and with the input however many runs made the records.
+    """
     per_class: Counter = Counter()
     images_with = Counter()
     review = []
-    done = 0
-    coco_file = atomic_path(out / "coco_results.json") if "coco" in formats else None
-    csv_file = atomic_path(out / "summary.csv") if "csv" in formats else None
-    with (coco_file or _nothing()) as coco_tmp, (csv_file or _nothing()) as csv_tmp:
-        coco_fh = open(coco_tmp, "w", encoding="utf-8") if coco_tmp else None
-        csv_fh = open(csv_tmp, "w", encoding="utf-8", newline="") if csv_tmp else None
-        try:
-            writer = csv.writer(csv_fh) if csv_fh else None
-            if writer:
-                writer.writerow(SUMMARY_HEADER)
+    done = annotations = 0
+    images = []
+    with contextlib.ExitStack() as stack:
+        def opened(name: str, wanted: bool, newline: str | None = None):
+            if not wanted:
+                return None
+            tmp = stack.enter_context(atomic_path(out / name))  # renamed over the file once all is written
+            return stack.enter_context(open(tmp, "w", encoding="utf-8", newline=newline))
+
+        coco_fh = opened(COCO_RESULTS, "coco" in formats)
+        dataset_fh = opened(COCO_DATASET, "coco" in formats)
+        csv_fh = opened("summary.csv", "csv" in formats, newline="")
+        writer = csv.writer(csv_fh) if csv_fh else None
+        if writer:
+            writer.writerow(SUMMARY_HEADER)
+        if coco_fh:
+            coco_fh.write("[")
+            dataset_fh.write(f'{{"info": {json.dumps(DATASET_INFO)}, "licenses": [], '
+                             f'"categories": {json.dumps(categories)},\n"annotations": [')
+        for source in sources:
+            path = out / RECORDS / f"{source.name}.json"
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text())
+            done += 1
             if coco_fh:
-                coco_fh.write("[")
-            first = True
-            for source in sources:
-                path = out / RECORDS / f"{source.name}.json"
-                if not path.is_file():
-                    continue
-                record = json.loads(path.read_text())
-                done += 1
+                images.append({"id": source.image_id, "file_name": source.file_name, "width": record["width"],
+                               "height": record["height"]})
                 for entry in record["coco"]:
-                    if coco_fh:
-                        coco_fh.write(("" if first else ",\n") + json.dumps(entry))
-                        first = False
-                classes = [row[2] for row in record["rows"]]
-                per_class.update(classes)
-                images_with.update(set(classes))
-                if writer:
-                    writer.writerows(record["rows"])
-                scores = [row[3] for row in record["rows"]]
-                review.append((min(scores) if scores else 2.0, source.name, len(scores)))
-            if coco_fh:
-                coco_fh.write("]\n")
-        finally:
-            for fh in (coco_fh, csv_fh):
-                if fh:
-                    fh.close()
+                    entry = {**entry, "image_id": source.image_id}
+                    separator = ",\n" if annotations else ""
+                    annotations += 1
+                    coco_fh.write(separator + json.dumps(entry))
+                    dataset_fh.write(separator + json.dumps(_annotation(entry, annotations)))
+            classes = [row[2] for row in record["rows"]]
+            per_class.update(classes)
+            images_with.update(set(classes))
+            if writer:
+                writer.writerows(record["rows"])
+            scores = [row[3] for row in record["rows"]]
+            review.append((min(scores) if scores else 2.0, source.name, len(scores)))
+        if coco_fh:
+            coco_fh.write("]\n")
+            dataset_fh.write(f'],\n"images": {json.dumps(images)}}}\n')
     with atomic_path(out / "errors.csv") as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
@@ -330,12 +360,16 @@ def _merge(out: Path, sources: list[ImageSource], formats: set[str], order: str,
             "images_per_class": dict(images_with)}
 
 
-class _nothing:
-    def __enter__(self):
-        return None
+DATASET_INFO = {"description": "predictions of a maskrcnn-finetune model (scripts/predict.py); each annotation's "
+                               "score is the model's"}
 
-    def __exit__(self, *exc):
-        return False
+
+def _annotation(result: dict, annotation_id: int) -> dict:
+    """A COCO result entry as a dataset annotation: with its id, its mask's area in pixels and ``iscrowd`` 0."""
+    rle = result["segmentation"]
+    area = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+    return {"id": annotation_id, "image_id": result["image_id"], "category_id": result["category_id"],
+            "bbox": result["bbox"], "area": area, "segmentation": rle, "iscrowd": 0, "score": result["score"]}
 
 
 def _category_ids(class_names: list[str], by_name: dict[str, int] | None) -> list[int]:
@@ -377,13 +411,13 @@ def _check_earlier_run(out: Path, settings: dict, overwrite: bool) -> None:
         was = earlier.get("model") or {}
         raise ConfigError(f"'{out}' holds the predictions of another model ({was.get('backbone')} trained "
                           f"{was.get('created')}, classes {', '.join(was.get('class_names') or [])}); pass --overwrite "
-                          "to replace them, or choose another --output")
+                          "to replace them, or choose another --output-dir")
     changed = [f"{key} {earlier.get(key)!r} there, {settings[key]!r} here" for key in settings
                if key != "model" and earlier.get(key) != settings[key]]
     if changed:
         raise ConfigError(f"'{out}' holds predictions made with other settings ({'; '.join(changed)}); run with the "
                           "same settings to continue that run, pass --overwrite to predict everything again, or "
-                          "choose another --output")
+                          "choose another --output-dir")
 
 
 def _errors_of(out: Path, sources: list[ImageSource]) -> dict[str, dict]:
@@ -408,7 +442,7 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         output: the output folder (created; must not be inside an input folder).
         model_dir / predictor: the model folder to load, or a :class:`~maskrcnn_finetune.predictor.Predictor`.
         threshold: instances below it are left out (default: the model folder's threshold).
-        device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun each process takes its own GPU).
         formats: which of :data:`FORMATS` to write.
         workers: DataLoader processes decoding images while the model runs (0: in this process).
         batch_size: images per model call (on a GPU, more than 1 keeps it busy).
@@ -511,7 +545,9 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
                "images_per_second": round(predicted / seconds, 3) if seconds > 0 and predicted else 0.0,
                "threshold": threshold, "processes": world}
     if rank == 0:
-        summary.update(_merge(out, sources, formats, order, _errors_of(out, sources)))
+        dataset_categories = [{"id": category_id, "name": name, "supercategory": ""}
+                              for category_id, name in zip(writer.category_ids, predictor.class_names)]
+        summary.update(_merge(out, sources, formats, order, _errors_of(out, sources), dataset_categories))
         write_json_atomic(out / "summary.json", summary)
     if distributed:
         dist.barrier()

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from maskrcnn_finetune.data.images import load_rgb
+from maskrcnn_finetune.devices import resolve_device
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.modeling.fast_cpu import BF16_PARTS, make_fast, paste_masks_bool, supports_fast
@@ -43,16 +44,6 @@ from maskrcnn_finetune.structures import Instances
 __all__ = ["BF16_MIN_INPUT", "BF16_PARTS", "Predictor", "RUNTIMES", "native_bf16", "paste_masks_bool", "resolve_device"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but no GPU is visible; use --device cpu (or a GPU runtime in Colab)")
-    return device
 
 
 def _to_rgb_array(image) -> np.ndarray:
@@ -106,7 +97,8 @@ class Predictor:
             :meth:`from_dir` builds for a folder whose ``model.json`` names the detectron2 engine);
             moved to ``device`` and put in eval mode here.
         spec: its :class:`ModelSpec` (class names, sizes).
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`
+            (:func:`~maskrcnn_finetune.devices.resolve_device`).
         score_threshold: instances below it are dropped unless a call says otherwise.
         fast: the fast CPU path (channels-last, bf16 where the CPU has it, threshold before the
             mask head); ``None`` means on for the CPU, off for CUDA. ``False`` runs the plain

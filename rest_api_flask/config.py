@@ -6,7 +6,7 @@ DEFAULTS = {
     "MODEL_DIR": None,            # a model folder written by training
     "UPLOAD_FOLDER": "uploads",   # received images (API ones under api/), legacy routes read from here
     "OUTPUT_FOLDER": "outputs",   # result files (under results/<id>/) and legacy output images
-    "DEVICE": "auto",             # "cpu" with --infer-with-cpu
+    "DEVICE": "auto",             # --device: auto, cpu, cuda or cuda:N ("cpu" with --infer-with-cpu)
     "FAST": None,                 # the Predictor's fast CPU path (None: on for the CPU); False with --no-fast
     "RUNTIME": "torch",           # torch, openvino, openvino-int8 or auto (OpenVINO only where it passes the parity check)
     "CALIBRATION_IMAGES": None,   # openvino-int8's calibration images (None: the model's training images)
@@ -40,7 +40,7 @@ def config_from_args(args) -> dict:
         "MODEL_DIR": args.model_dir,
         "UPLOAD_FOLDER": args.upload_folder,
         "OUTPUT_FOLDER": args.output_folder,
-        "DEVICE": "cpu" if args.infer_with_cpu else "auto",
+        "DEVICE": "cpu" if args.infer_with_cpu else args.device,
         "FAST": False if args.no_fast else None,
         "RUNTIME": args.runtime,
         "CALIBRATION_IMAGES": args.calibration_images,

@@ -2,7 +2,8 @@
 
 Usage:
     python rest_api_flask/flask_app.py --model-dir outputs/demo/model --upload-folder uploads \\
-        --output-folder served [--use-ngrok | --tunnel colab] [--auth user:password] [--infer-with-cpu]
+        --output-folder served [--use-ngrok | --tunnel colab] [--auth user:password]
+        [--device auto|cpu|cuda|cuda:N | --infer-with-cpu]
     python -m rest_api_flask ...                      # the same
 
 It prints ``Serving on http://HOST:PORT`` once it accepts connections, and with a tunnel
@@ -26,7 +27,7 @@ if __package__ in (None, ""):
     # run as a file: import the package, not this folder's modules as top-level names
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from maskrcnn_finetune.cli import add_runtime_arguments, run_cli  # noqa: E402
+from maskrcnn_finetune.cli import add_device_argument, add_runtime_arguments, run_cli  # noqa: E402
 from maskrcnn_finetune.coco_model import COCO_MODEL, coco_model_dir  # noqa: E402
 from maskrcnn_finetune.errors import ConfigError  # noqa: E402
 
@@ -73,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a public URL: an ngrok tunnel, or Colab's own proxy (default: none)")
     parser.add_argument("--ngrok-authtoken", default=None,
                         help="ngrok authtoken (default: env NGROK_AUTHTOKEN or the Colab secret NGROK_AUTHTOKEN)")
-    parser.add_argument("--infer-with-cpu", action="store_true", help="run the model on the CPU even with a GPU")
+    add_device_argument(parser)
+    parser.add_argument("--infer-with-cpu", action="store_true",
+                        help="the same as --device cpu: the model on the CPU even with a GPU")
     parser.add_argument("--no-fast", action="store_true",
                         help="run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU "
                              "has it, channels-last, threshold before the mask head)")
@@ -130,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuses values the server cannot use, naming the fix (a ConfigError exits with status 2)."""
+    if args.infer_with_cpu and args.device not in ("auto", "cpu"):
+        raise ConfigError(f"--infer-with-cpu is --device cpu, and --device {args.device} was given too; keep one")
     if not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
     if not 0 <= args.port <= 65535:

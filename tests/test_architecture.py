@@ -15,7 +15,7 @@ LAYERS = [
     # 0: foundations, used everywhere
     ["maskrcnn_finetune", "maskrcnn_finetune.errors", "maskrcnn_finetune.files", "maskrcnn_finetune.cli",
      "maskrcnn_finetune.structures", "maskrcnn_finetune.timing", "maskrcnn_finetune.model_spec",
-     "maskrcnn_finetune.model_format", "maskrcnn_finetune.config"],
+     "maskrcnn_finetune.model_format", "maskrcnn_finetune.config", "maskrcnn_finetune.devices"],
     ["maskrcnn_finetune.data"],
     ["maskrcnn_finetune.modeling"],
     # the model folder, and its detectron2 side (reading and importing detectron2 checkpoints)

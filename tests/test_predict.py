@@ -202,7 +202,8 @@ def test_a_coco_json_input_keeps_its_ids_and_the_results_score_with_pycocotools(
     out = tmp_path / "out"
     summary = predict_images(tiny_coco["val"], out, model_dir=tiny_model_dir, device="cpu", threshold=0.0,
                              formats=["coco"], progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [".records", "coco_results.json", "errors.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".records", "coco_dataset.json", "coco_results.json", "errors.csv",
+                                                     "summary.json"]
     results = json.loads((out / "coco_results.json").read_text())
     gt = json.loads(Path(tiny_coco["val"]).read_text())
     assert {r["image_id"] for r in results} == {i["id"] for i in gt["images"]} and summary["images"] == len(gt["images"])
@@ -250,7 +251,7 @@ def test_bad_arguments_name_the_problem(tiny_model_dir, photo_folder, tmp_path):
     with pytest.raises(ConfigError, match="holds no image files"):
         predict_images(empty, tmp_path / "out", model_dir=tiny_model_dir)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(photo_folder), "--model-dir",
-                           str(tiny_model_dir), "--output", str(tmp_path / "out"), "--formats", "coco,pdf"],
+                           str(tiny_model_dir), "--output-dir", str(tmp_path / "out"), "--formats", "coco,pdf"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown format(s) pdf" in proc.stderr
 
@@ -260,12 +261,12 @@ def test_two_processes_write_exactly_what_one_process_writes(tiny_model_dir, pho
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
     args = [str(photo_folder), "--model-dir", str(tiny_model_dir), "--threshold", str(THRESHOLD), "--device", "cpu",
             "--order", "uncertainty"]
-    single = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args, "--output",
+    single = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args, "--output-dir",
                              str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     assert "| class | instances | images |" in single.stdout
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29523", str(ROOT / "scripts" / "predict.py"), *args, "--output",
+                             "--master_port", "29523", str(ROOT / "scripts" / "predict.py"), *args, "--output-dir",
                              str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")

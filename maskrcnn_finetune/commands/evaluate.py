@@ -1,7 +1,12 @@
 """Evaluate a model folder on a COCO json with pycocotools (bbox and segm AP, AP50, AP75, per class).
 
 Usage:
-    python scripts/evaluate.py --model-dir DIR --json V [--device cpu] [--out DIR/metrics.json] [--percent]
+    python scripts/evaluate.py --model-dir DIR --json V [--device auto|cpu|cuda|cuda:N]
+        [--output DIR/metrics.json] [--percent]
+
+The metrics are scored on every detection (AP needs the low-scoring ones too), whatever the model
+folder's threshold. --output is the file they are added to, under the json's name (older
+spelling: --out).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from maskrcnn_finetune.cli import run_cli
+from maskrcnn_finetune.cli import add_device_argument, add_with_aliases, run_cli
 from maskrcnn_finetune.evaluate import evaluate_predictor
 from maskrcnn_finetune.predictor import Predictor
 
@@ -20,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="a model folder written by scripts/train.py")
     parser.add_argument("--json", type=Path, required=True, help="COCO json to evaluate on")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the metrics (default: DIR/metrics.json)")
+    add_device_argument(parser)
+    add_with_aliases(parser, "--output", ["--out"], type=Path, default=None, metavar="FILE",
+                     help="the json file the metrics are added to (default: DIR/metrics.json)")
     parser.add_argument("--percent", action="store_true",
                         help="print AP on the 0-100 scale of COCO papers and the older kits' tables (files keep 0-1)")
     return parser
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     predictor = Predictor.from_dir(args.model_dir, device=args.device)
     metrics = evaluate_predictor(predictor, args.json)
-    out = args.out or args.model_dir / "metrics.json"
+    out = args.output or args.model_dir / "metrics.json"
     existing = json.loads(out.read_text()) if out.is_file() else {}
     existing[args.json.stem] = metrics
     out.write_text(json.dumps(existing, indent=2))

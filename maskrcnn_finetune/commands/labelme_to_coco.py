@@ -2,10 +2,15 @@
 
 Usage:
     python scripts/labelme_to_coco.py LABELME_DIR_OR_ZIP_OR_URL OUT_DIR [--val-fraction 0.2]
-        [--seed 0] [--labels a,b,...] [--skip-invalid] [--preview OUT_DIR/samples.png]
+        [--seed 0] [--labels labels.txt | --labels a,b,...] [--skip-invalid] [--preview OUT_DIR/samples.png]
 
 Writes OUT_DIR/train.json and OUT_DIR/val.json (only OUT_DIR/dataset.json with
 --val-fraction 0) and copies the images to OUT_DIR/images/, so the folder can be moved.
+
+--labels gives the classes in id order (ids from 1): a labels file as labelme's examples and
+labelme2coco use it (one class per line; its __ignore__ and _background_ lines are not classes),
+or the names separated by commas. A label in the data that is not one of them is reported as a
+problem (--skip-invalid leaves its shapes out). Without --labels: every label found, sorted.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 from maskrcnn_finetune.cli import run_cli
 from maskrcnn_finetune.data.download import fetch_source
-from maskrcnn_finetune.data.convert import convert_labelme
+from maskrcnn_finetune.data.convert import convert_labelme, read_labels
 from maskrcnn_finetune.visualize import draw_coco_samples
 
 logger = logging.getLogger("labelme_to_coco")
@@ -29,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", type=Path, help="output folder for the COCO json files and images")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out for validation (0 = no split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random train/val split")
-    parser.add_argument("--labels", default=None,
-                        help="comma-separated class names in id order (ids start at 1); default: every label, sorted")
+    parser.add_argument("--labels", default=None, metavar="FILE_OR_LIST",
+                        help="the classes in id order (ids start at 1): a labels.txt (one per line, as labelme's "
+                             "examples; __ignore__ and _background_ lines skipped) or comma-separated names; "
+                             "default: every label, sorted")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave out shapes and files with problems instead of stopping")
     parser.add_argument("--preview", type=Path, default=None, help="also draw a grid of annotated samples to this PNG")
@@ -41,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    labels = [name.strip() for name in args.labels.split(",") if name.strip()] if args.labels else None
+    labels = read_labels(args.labels)
     source = fetch_source(args.source, args.work_dir or args.out_dir / "source")
     result = convert_labelme(source, args.out_dir, args.val_fraction, args.seed, labels, args.skip_invalid)
     print(result.table)

@@ -1,15 +1,19 @@
 """Predict every image of a folder, zip, glob, list or COCO json with a model folder.
 
 Usage:
-    python scripts/predict.py INPUT --model-dir DIR --output OUT [--threshold 0.5] [--device auto]
+    python scripts/predict.py INPUT --model-dir DIR --output-dir OUT [--threshold 0.5]
+        [--device auto|cpu|cuda|cuda:N]
         [--formats coco,labelme,masks,overlay,csv] [--workers N] [--batch-size B] [--overwrite]
         [--review-below S] [--order name|uncertainty] [--min-iou 0.95]
 
-    torchrun --nproc_per_node 2 scripts/predict.py INPUT --model-dir DIR --output OUT   # several processes / GPUs
+    torchrun --nproc_per_node 2 scripts/predict.py INPUT --model-dir DIR --output-dir OUT   # several processes / GPUs
 
-OUT gets coco_results.json, labelme/*.json (open them in labelme, correct, then convert with
-scripts/labelme_to_coco.py), masks/, overlays/, summary.csv, errors.csv and summary.json. An
-interrupted run continues where it stopped when run again.
+OUT gets coco_results.json (COCO results: image ids are the json's own for a COCO json input, else
+the images' positions 1..N) with coco_dataset.json beside it (the same instances as a COCO dataset,
+whose images say which file each id is: import it in CVAT, FiftyOne or pycocotools' COCO),
+labelme/*.json (open them in labelme, correct, then convert with scripts/labelme_to_coco.py),
+masks/, overlays/, summary.csv, errors.csv and summary.json. An interrupted run continues where it
+stopped when run again.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskrcnn_finetune.cli import add_runtime_arguments, run_cli
+from maskrcnn_finetune.cli import add_device_argument, add_runtime_arguments, add_with_aliases, run_cli
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.predict import FORMATS, ORDERS, format_class_counts, predict_images
 
@@ -35,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="a folder (recursive), a .zip, a glob pattern, a .txt list of paths, or a COCO json")
     parser.add_argument("--model-dir", required=True, help="a model folder written by scripts/train.py")
-    parser.add_argument("--output", required=True, help="the output folder (outside the input)")
+    add_with_aliases(parser, "--output-dir", ["--output"], required=True, metavar="OUT",
+                     help="the output folder (outside the input)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="leave out instances scoring below it (default: the model folder's)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--formats", type=_formats, default=list(FORMATS),
                         help=f"comma-separated, any of {','.join(FORMATS)} (default: all)")
     add_runtime_arguments(parser)
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.min_iou is not None and not 0.0 < args.min_iou <= 1.0:
         raise ConfigError(f"--min-iou must be in (0, 1], got {args.min_iou}")
-    summary = predict_images(args.input, args.output, model_dir=args.model_dir, threshold=args.threshold,
+    summary = predict_images(args.input, args.output_dir, model_dir=args.model_dir, threshold=args.threshold,
                              device=args.device, formats=args.formats, workers=args.workers,
                              batch_size=args.batch_size, overwrite=args.overwrite, review_below=args.review_below,
                              order=args.order, min_iou=args.min_iou, runtime=args.runtime,
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_class_counts(summary))
         print(f"{summary['images_done']} of {summary['images']} images done ({summary['predicted']} now, "
               f"{summary['images_per_second']} images/s), {summary['errors']} unreadable (errors.csv); "
-              f"outputs in {args.output}")
+              f"outputs in {args.output_dir}")
     return 0
 
 

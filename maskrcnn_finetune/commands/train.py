@@ -3,8 +3,8 @@
 Usage:
     python scripts/train.py --train-json T --val-json V --backbone NAME --output-dir DIR
         [--preset demo|finetune] [--max-iter N | --epochs E] [--batch-size 2] [--lr 0.01]
-        [--schedule step|cosine] [--device cpu|cuda] [--image-size 800] [--eval-period 500]
-        [--pretrained default|none] [--seed 0] [--resume]
+        [--schedule step|cosine] [--device auto|cpu|cuda|cuda:N] [--image-size 800] [--eval-period 500]
+        [--pretrained default|none] [--threshold 0.5] [--seed 0] [--resume]
 
     torchrun --nproc_per_node 2 scripts/train.py ...    # several GPUs (or CPU processes)
     python scripts/train.py --init-from runs/r1 --train-json T2 --val-json V2 --output-dir runs/r2
@@ -12,8 +12,12 @@ Usage:
 
 Every option of maskrcnn_finetune.config.TrainConfig is a flag here; a --preset fills in a
 recipe and the flags you give override it (with --init-from and no --preset, the recipe is the
-one of the run that made that folder). DIR gets model.json, model_final.pth, metrics.json,
-metrics.jsonl, training_curves.png, config.json and last_checkpoint.pth.
+one of the run that made that folder); a switch the preset turns on has a --no-... form that turns
+it off (--no-choose-test-size). --threshold is the score threshold the model folder keeps, the
+default of everything that runs it (older spelling: --score-threshold).
+
+DIR gets model.json, model_final.pth, metrics.json, metrics.jsonl, training_curves.png,
+config.json and last_checkpoint.pth.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import pycocotools.mask as mask_utils
 from tqdm.auto import tqdm
 
 from maskrcnn_finetune.files import write_json_atomic
-from maskrcnn_finetune.data.labelme import LabelmeFile, load_labelme_folder, rasterize
+from maskrcnn_finetune.data.labelme import IGNORED_LABELS, LabelmeFile, load_labelme_folder, rasterize
 from maskrcnn_finetune.data.report import format_class_table
-from maskrcnn_finetune.errors import DatasetError
+from maskrcnn_finetune.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,44 @@ def _write_splits(
         if missing:
             logger.warning("class(es) %s have no instance in the train split; annotate more of them", ", ".join(missing))
     return json_paths, cocos
+
+
+def read_labels(value) -> list[str] | None:
+    """The class names, in id order, that ``--labels`` gives: a labels file or a comma-separated list.
+
+    A labels file is what labelme's examples and labelme2coco use (``labels.txt``): one class per
+    line, in id order; its ``__ignore__`` and ``_background_`` lines are not classes (labelme2coco
+    gives them ids -1 and 0, so the classes' ids, from 1, are the same as its). A value that names
+    an existing file is read as one; any other is a comma-separated list (``balloon,kite``).
+
+    Returns:
+        The class names (ids 1, 2, ... in this order), or None for an empty value: every label
+        found in the data, sorted.
+
+    Raises:
+        ConfigError: a ``.txt`` file that does not exist, a name given twice, or no class at all.
+    """
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    path = Path(text).expanduser()
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        where = f"the labels file '{path}'"
+    elif path.suffix.lower() == ".txt":
+        raise ConfigError(f"the labels file '{path}' does not exist; pass the path of a labels.txt (one class per "
+                          "line) or the class names separated by commas, e.g. --labels balloon,kite")
+    else:
+        names = [name.strip() for name in text.split(",")]
+        where = f"--labels '{text}'"
+    names = [name for name in names if name and name not in IGNORED_LABELS]
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
+    if twice:
+        raise ConfigError(f"{where} names {', '.join(twice)} more than once; list each class once")
+    if not names:
+        raise ConfigError(f"{where} names no class (only {' and '.join(sorted(IGNORED_LABELS))} lines or nothing); "
+                          "list one class per line, in id order")
+    return names
 
 
 def convert_labelme(

@@ -50,7 +50,8 @@ from maskrcnn_finetune.modeling.detectron2.checkpoints import TrustedCheckpointe
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
 from maskrcnn_finetune.errors import WeightsUnavailableError  # noqa: E402
-from maskrcnn_finetune.predictor import Predictor, resolve_device  # noqa: E402
+from maskrcnn_finetune.devices import resolve_device  # noqa: E402
+from maskrcnn_finetune.predictor import Predictor  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

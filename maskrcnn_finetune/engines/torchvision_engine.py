@@ -41,7 +41,8 @@ from maskrcnn_finetune.model_dir import rebuild_model
 from maskrcnn_finetune.model_spec import TEST_TIME_OPTIONS
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
-from maskrcnn_finetune.predictor import Predictor, native_bf16, resolve_device
+from maskrcnn_finetune.devices import resolve_device
+from maskrcnn_finetune.predictor import Predictor, native_bf16
 
 logger = logging.getLogger(__name__)
 

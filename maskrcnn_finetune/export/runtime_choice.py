@@ -27,7 +27,8 @@ from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.export.checking import check_images, compare_with_eager
 from maskrcnn_finetune.model_dir import read_model_info
 from maskrcnn_finetune.modeling.openvino_backbone import openvino_missing
-from maskrcnn_finetune.predictor import Predictor, resolve_device
+from maskrcnn_finetune.devices import resolve_device
+from maskrcnn_finetune.predictor import Predictor
 from maskrcnn_finetune.timing import alternating_rounds
 
 logger = logging.getLogger(__name__)

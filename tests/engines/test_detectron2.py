@@ -110,7 +110,7 @@ def test_r50_writes_the_same_model_folder_and_predicts(r50_dir, tiny_coco):
 def test_evaluate_script_and_complexity_of_a_detectron2_folder(r50_dir, tiny_coco, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert _script("evaluate.py")(["--model-dir", str(r50_dir), "--json", str(tiny_coco["val"]), "--device", "cpu",
-                                   "--out", str(out)]) == 0
+                                   "--output", str(out)]) == 0
     assert "| segm |" in capsys.readouterr().out
     assert set(json.loads(out.read_text())["val"]) >= {"bbox", "segm", "images"}
 
@@ -247,7 +247,7 @@ def test_imported_detectron2_checkpoint_predicts_identically(detectron2_run, tin
     folder = tmp_path / "imported"
     assert _script("import_detectron2.py")(["--weights", str(weights), "--config", str(run / "config.yaml"),
                                             "--classes", "circle,square,triangle", "--output-dir", str(folder),
-                                            "--score-threshold", "0.3"]) == 0
+                                            "--threshold", "0.3"]) == 0
     info = json.loads((folder / "model.json").read_text())
     assert info["engine"] == "detectron2" and info["backbone"] == "resnet50_fpn" and info["score_threshold"] == 0.3
 

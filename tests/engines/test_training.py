@@ -256,7 +256,7 @@ def test_what_training_scores_is_what_the_model_folder_predicts(tiny_coco, tmp_p
     assert any(len(a) != len(b) or not np.allclose(a.boxes, b.boxes) for a, b in zip(naive, from_dir))
     # the AP written to model.json is the AP scripts/evaluate.py measures on the folder
     proc = _script("evaluate.py", "--model-dir", out, "--json", tiny_coco["val"], "--device", "cpu",
-                   "--out", tmp_path / "evaluated.json")
+                   "--output", tmp_path / "evaluated.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((tmp_path / "evaluated.json").read_text())["val"]
     for kind in ("bbox", "segm"):
@@ -282,6 +282,6 @@ def test_the_chosen_test_size_is_the_best_one_and_the_folder_keeps_it(tiny_coco,
                choose_test_size=True, detections_per_image=20, lr=0.02, resume=True))
     assert json.loads((out / "model.json").read_text())["image_size"] == info["image_size"]
     proc = _script("evaluate.py", "--model-dir", out, "--json", tiny_coco["val"], "--device", "cpu",
-                   "--out", tmp_path / "evaluated.json")
+                   "--output", tmp_path / "evaluated.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "evaluated.json").read_text())["val"]["segm"]["AP50"] == best

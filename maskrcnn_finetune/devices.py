@@ -1,0 +1,60 @@
+"""Which device runs a model: the forms ``--device`` takes on every command, and the one resolver
+that turns them into a :class:`torch.device` (training, prediction, evaluation, the server)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from maskrcnn_finetune.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
+"""What ``--device`` accepts: ``auto`` is the first GPU when there is one, else the CPU."""
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device) -> str:
+    """The device as text (``"cuda:1"``), when it is one of :data:`DEVICE_FORMS`.
+
+    Raises:
+        ConfigError: another text (``"gpu"``, ``"cuda1"``); the message lists the forms.
+    """
+    text = str(device).strip().lower()
+    if not _DEVICE.fullmatch(text):
+        raise ConfigError(f"unknown device '{device}'; use one of {', '.join(DEVICE_FORMS)} (N: the GPU's "
+                          "number, from 0), e.g. --device cpu")
+    return text
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; asking for a GPU that is not there is an error.
+
+    (torch is imported here, not with the module: the training config checks ``--device``'s form
+    without it.)
+
+    Raises:
+        ConfigError: a text that is none of :data:`DEVICE_FORMS`, CUDA without a visible GPU, or
+            ``cuda:N`` past the last GPU; each message names ``--device cpu``.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        resolved = device
+    else:
+        text = check_device(device)
+        if text == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        resolved = torch.device(text)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {resolved} asks for a GPU but none is visible; use --device cpu (or "
+                              "--device auto, or a GPU runtime in Colab)")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"--device {resolved}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
+                              "pick one of those, or use --device cpu")
+    return resolved
