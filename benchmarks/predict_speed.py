@@ -96,7 +96,7 @@ def memory_table(memory: dict) -> str:
     lines += [f"| {done:,} | {seconds:.0f} | {rss:.0f} |" for seconds, done, rss in picked]
     if samples:
         seconds, _, rss = samples[-1]
-        lines.append(f"| {count:,} (the last sample, writing the merged tables) | {seconds:.0f} | {rss:.0f} |")
+        lines.append(f"| {count:,} (last sample) | {seconds:.0f} | {rss:.0f} |")
     return "\n".join(lines)
 
 
