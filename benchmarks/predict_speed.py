@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_inference's help
 from cpu_inference import standard_spec, tame_random_weights, test_image  # noqa: E402
 from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
 
+SPEED, MEMORY = "predict-speed", "predict-memory"  # the results sections
 MEMORY_CHECKPOINTS = (0.1, 0.2, 0.4, 0.6, 0.8)
 """Fractions of the memory run's images at which its table gives the resident memory (and at the end)."""
 
@@ -187,7 +188,7 @@ def run_predict(model_dir: Path, images: Path, out: Path, formats: str, processe
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    names = ([] if args.skip_speed else ["predict-speed"]) + (["predict-memory"] if args.memory_count else [])
+    names = ([] if args.skip_speed else [SPEED]) + ([MEMORY] if args.memory_count else [])
     if args.results_md:
         check_results_file(args.results_md, names)
     machine = Machine.measure()
@@ -233,9 +234,9 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
     tables = {}
     if rows:
-        tables["predict-speed"] = speed_table(rows)
+        tables[SPEED] = speed_table(rows)
     if memory:
-        tables["predict-memory"] = memory_table(memory)
+        tables[MEMORY] = memory_table(memory)
     print(machine.line())
     print("\n\n".join(tables.values()))
     print(f"written to {args.out}")

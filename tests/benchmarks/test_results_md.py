@@ -142,6 +142,30 @@ def test_results_md_names_only_sections_a_script_writes():
     assert {section.script for section in results_md.SECTIONS.values()} == set(SCRIPTS)  # each writes one at least
 
 
+def test_the_sections_the_scripts_write_are_the_registered_ones():
+    """Read from each script: the names it writes are registered to it, and together they are all the sections."""
+    results_md = load_benchmark("results_md")
+    scripts = {name: load_benchmark(name) for name in ("demo_recipe", "runtime_peers", "server_load", "cpu_inference",
+                                                       "predict_speed", "train_speed", "backbone_complexity")}
+    parse = scripts["server_load"].build_parser().parse_args
+    written = {
+        "demo_recipe.py": [scripts["demo_recipe"].section_name(case) for case in scripts["demo_recipe"].CASES],
+        "runtime_peers.py": [scripts["runtime_peers"].section_name(case) for case in scripts["runtime_peers"].CASES],
+        "server_load.py": [scripts["server_load"].section_name(parse(["--model-dir", "m", *extra]))
+                           for extra in ([], ["--workers", "1", "2"], ["--micro-batch", "1", "4"])],
+        "cpu_inference.py": list(scripts["cpu_inference"].SECTIONS),
+        "predict_speed.py": [scripts["predict_speed"].SPEED, scripts["predict_speed"].MEMORY],
+        "train_speed.py": [scripts["train_speed"].SECTION],
+        "backbone_complexity.py": [scripts["backbone_complexity"].SECTION],
+    }
+    assert set(written) == set(SCRIPTS)
+    for script, names in written.items():
+        assert len(set(names)) == len(names), names  # no two kinds of run share a section
+        for name in names:
+            assert results_md.SECTIONS[name].script == script, name
+    assert sorted(n for names in written.values() for n in names) == sorted(results_md.SECTIONS)
+
+
 def test_every_benchmark_script_takes_results_md_and_defaults_to_no_file():
     assert len(SCRIPTS) == 7, SCRIPTS
     for script in SCRIPTS:
