@@ -22,8 +22,12 @@ DEMO_TRAIN_ARGS ?=
 DEMO_SERVE ?= 1
 DEMO_SERVE_ARGS ?=
 PYTEST_ARGS ?=
+# the file the benchmarks write their sections into; each block names the make target that ran it
+RESULTS_MD ?= benchmarks/RESULTS.md
+BENCH_MD = --results-md $(RESULTS_MD)
+BENCH_PY = RESULTS_MD_MAKE_TARGET=$@ $(PY)
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-recipe bench-memory clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,16 +64,40 @@ endif
 test: $(STAMP) $(BROWSER_STAMP) $(D2_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the speed figures of benchmarks/RESULTS.md (about 30 minutes; run it with nothing else busy):
-# CPU latency per backbone against eager fp32, detectron2 and the floor, parity on the demo
-# model, the kit against ONNX Runtime and OpenVINO (timed alternately, parity on the same weights), and the server under load serving the demo model at an 800 px short side
+# The figures of benchmarks/RESULTS.md: each step writes its own sections there, between their markers
+# (RESULTS_MD=other.md writes elsewhere). Run them with nothing else busy: they are timings.
+# make bench (about an hour; trains the demo model first if it is missing): model size and cost, CPU
+# latency per backbone with where the speed comes from and parity on the demo model, the kit against
+# ONNX Runtime and OpenVINO (the demo model, the same at 800 px, ResNet-50-FPN at 800 px), the server
+# under load (one worker, --workers, --micro-batch) and batch prediction's images per second
 bench: $(STAMP) $(D2_STAMP)
 	test -f $(DEMO_DIR)/model/model_final.pth || $(MAKE) demo DEMO_SERVE=0
-	$(PY) benchmarks/cpu_inference.py --parity $(DEMO_DIR)/model:$(DEMO_DIR)/coco/val.json
-	$(PY) benchmarks/runtime_peers.py --demo-dir $(DEMO_DIR)/model --rounds 5
-	$(PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
-		--out outputs/bench/server_load.json
-	$(PY) benchmarks/predict_speed.py --model-dir $(DEMO_DIR)/model --images $(DEMO_DIR)/coco/val.json
+	$(BENCH_PY) benchmarks/backbone_complexity.py --short-side 800 $(BENCH_MD)
+	$(BENCH_PY) benchmarks/cpu_inference.py --parity $(DEMO_DIR)/model:$(DEMO_DIR)/coco/val.json \
+		--plot benchmarks/cpu_latency.png $(BENCH_MD)
+	$(BENCH_PY) benchmarks/runtime_peers.py --cases demo --demo-dir $(DEMO_DIR)/model --rounds 5 $(BENCH_MD)
+	$(BENCH_PY) benchmarks/runtime_peers.py --cases trained --trained-dir $(DEMO_DIR)/model --trained-size 800 \
+		--trained-images 12 --rounds 3 $(BENCH_MD)
+	$(BENCH_PY) benchmarks/runtime_peers.py --cases r50-800 --rounds 5 $(BENCH_MD)
+	$(BENCH_PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
+		--out outputs/bench/server_load.json $(BENCH_MD)
+	$(BENCH_PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
+		--workers 1 2 --requests-per-level 32 --memory-requests 200 --out outputs/bench/server_workers.json $(BENCH_MD)
+	$(BENCH_PY) benchmarks/server_load.py --model-dir $(DEMO_DIR)/model --model-input 800 --size 800 \
+		--micro-batch 1 4 --requests-per-level 32 --memory-requests 0 --out outputs/bench/server_micro_batch.json $(BENCH_MD)
+	$(BENCH_PY) benchmarks/predict_speed.py --model-dir $(DEMO_DIR)/model --images $(DEMO_DIR)/coco/val.json $(BENCH_MD)
+
+# make bench-recipe (about half an hour): the demo recipe timed and scored on its three data sets,
+# then the training step's speed lever by lever
+bench-recipe: $(STAMP)
+	$(BENCH_PY) benchmarks/demo_recipe.py --cases demo wide two_classes $(BENCH_MD)
+	$(BENCH_PY) benchmarks/train_speed.py --iters 25 --warmup 5 --rounds 2 $(BENCH_MD)
+
+# make bench-memory (about half an hour): batch prediction's memory over 10,000 images of the demo model
+bench-memory: $(STAMP)
+	test -f $(DEMO_DIR)/model/model_final.pth || $(MAKE) demo DEMO_SERVE=0
+	$(BENCH_PY) benchmarks/predict_speed.py --model-dir $(DEMO_DIR)/model --images $(DEMO_DIR)/coco/val.json \
+		--skip-speed --memory-count 10000 $(BENCH_MD)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -3,9 +3,9 @@
 Usage:
     python benchmarks/cpu_inference.py [--backbones resnet50_fpn ...] [--sizes 512 800] [--runs 5]
         [--parity MODEL_DIR:COCO_JSON ...] [--out outputs/bench/cpu_inference.json]
-        [--plot benchmarks/cpu_latency.png] [--markdown outputs/bench/cpu_inference.md]
+        [--plot outputs/bench/cpu_latency.png] [--results-md benchmarks/RESULTS.md]
 
-    make bench      # this and benchmarks/server_load.py, as benchmarks/RESULTS.md reports them
+    make bench      # this and the other inference benchmarks, into benchmarks/RESULTS.md
 
 For each backbone and short side, one model with the standard heads (random weights: no
 download here) runs on the same synthetic image (short side x 4/3), after ``--warmup`` calls,
@@ -30,6 +30,10 @@ same run; each latency is also given as a multiple of it.
 the images of a COCO json (see maskrcnn_finetune/parity.py): at the model's own input size and,
 with ``--parity-sizes``, at other short sides (the model's resize and anchors scaled to it, the
 images scaled up so the objects grow with them).
+
+``--results-md`` writes the sections ``cpu-latency``, ``cpu-speed-sources`` and ``cpu-parity``
+(see benchmarks/results_md.py), each only when this run measured it: ``--backbones`` with no name
+and ``--parity ...`` refreshes the parity section alone.
 
 Run it with nothing else busy on the machine: timings on a shared CPU mean little.
 """
@@ -57,10 +61,14 @@ from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model
 from maskrcnn_finetune.modeling.complexity import count_gmacs
 from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes
 from maskrcnn_finetune.parity import compare_runs
-from maskrcnn_finetune.predictor import Predictor, native_bf16
-from maskrcnn_finetune.timing import cpu_name, measure_latency, sgemm_gflops
+from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.timing import measure_latency
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_md, beside this file
+from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("cpu-latency", "cpu-speed-sources", "cpu-parity")
 THRESHOLD = 0.05  # torchvision's own box_score_thresh: the eager path's detections
 
 
@@ -84,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parity-images", type=int, default=20, help="images per parity check")
     parser.add_argument("--parity-threshold", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "cpu_inference.json")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "outputs" / "bench" / "cpu_inference.md",
-                        help="the tables, for benchmarks/RESULTS.md")
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "cpu_latency.png")
+    parser.add_argument("--plot", type=Path, default=ROOT / "outputs" / "bench" / "cpu_latency.png",
+                        help="the latency plot (shown in the cpu-latency section when it lies beside --results-md)")
+    add_results_md_argument(parser)
     return parser
 
 
@@ -290,40 +298,45 @@ def ms(entry: dict) -> str:
     return f"{entry['median_ms']:.0f} ({entry['min_ms']:.0f}-{entry['max_ms']:.0f})"
 
 
-def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 sgemm {m['sgemm_gflops']:.0f} GFLOP/s, "
-             f"bf16 {m['bf16_gemm_gflops']:.0f} GFLOP/s (2048x2048); bf16 units: {m['native_bf16']}. "
-             f"Median of {result['runs']} runs after {result['warmup']} warm-up calls (min-max in brackets), ms per image.",
-             "",
-             "| backbone | input | GMACs | fp32 floor (ms) | eager fp32 | kit (default) | detectron2 | kit / eager | eager / floor "
-             f"| kit / floor | detections | kit, {result.get('typical_instances', 10)} instances kept |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["latency"]:
-        d2 = ms(r["detectron2"]) if "detectron2" in r else "-"
-        lines.append(f"| {r['backbone']} | {r['input']} | {r['gmacs']:.0f} | {r['floor_ms']:.0f} | {ms(r['eager'])} | "
-                     f"{ms(r['kit'])} | {d2} | {r['kit']['median_ms'] / r['eager']['median_ms']:.2f} "
-                     f"({r['eager']['median_ms'] / r['kit']['median_ms']:.1f}x faster) | "
-                     f"{r['eager']['median_ms'] / r['floor_ms']:.2f} | {r['kit']['median_ms'] / r['floor_ms']:.2f} | "
-                     f"{r['eager']['detections']} / {r['kit']['detections']}"
-                     + (f" / {r['detectron2']['detections']}" if "detectron2" in r else "") + " | "
-                     + (ms(r["kit_typical"]) if "kit_typical" in r else "-") + " |")
+def sections(result: dict, plot_link: str | None = None) -> dict[str, str]:
+    """The Markdown tables of the run, by results section: only those the run measured."""
+    tables = {}
+    if result["latency"]:
+        lines = [f"Median of {result['runs']} runs after {result['warmup']} warm-up calls (min-max in brackets), "
+                 "ms per image.", "",
+                 "| backbone | input | GMACs | fp32 floor (ms) | eager fp32 | kit (default) | detectron2 | kit / eager "
+                 f"| eager / floor | kit / floor | detections | kit, {result.get('typical_instances', 10)} instances kept |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in result["latency"]:
+            d2 = ms(r["detectron2"]) if "detectron2" in r else "-"
+            lines.append(f"| {r['backbone']} | {r['input']} | {r['gmacs']:.0f} | {r['floor_ms']:.0f} | {ms(r['eager'])} | "
+                         f"{ms(r['kit'])} | {d2} | {r['kit']['median_ms'] / r['eager']['median_ms']:.2f} "
+                         f"({r['eager']['median_ms'] / r['kit']['median_ms']:.1f}x faster) | "
+                         f"{r['eager']['median_ms'] / r['floor_ms']:.2f} | {r['kit']['median_ms'] / r['floor_ms']:.2f} | "
+                         f"{r['eager']['detections']} / {r['kit']['detections']}"
+                         + (f" / {r['detectron2']['detections']}" if "detectron2" in r else "") + " | "
+                         + (ms(r["kit_typical"]) if "kit_typical" in r else "-") + " |")
+        if plot_link:
+            lines += ["", f"![CPU latency per backbone]({plot_link})"]
+        tables["cpu-latency"] = "\n".join(lines)
     if result["ablation"]:
-        lines += ["", f"Where the speed comes from ({result['ablation_case']}, 100 detections):", "",
-                  "| variant | ms |", "|---|---|"]
+        backbone, _, short = result["ablation_case"].partition(":")
+        lines = [f"| {backbone} at a {short} px short side, 100 detections | ms (median, min-max) |", "|---|---|"]
         lines += [f"| {a['variant']} | {ms(a)} |" for a in result["ablation"]]
+        tables["cpu-speed-sources"] = "\n".join(lines)
     if result["parity"]:
-        lines += ["", f"Parity of the fast path with fp32 on trained models (threshold {result['parity_threshold']}):", "",
-                  "| model | backbone | model input | image | images | instances fp32 / fast | matched | missing | extra "
-                  "| mask IoU: lowest / mean | pairs below 0.95 | largest score diff | eager ms | kit ms | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [f"Threshold {result['parity_threshold']}.", "",
+                 "| model | backbone | model input | image | images | instances fp32 / fast | matched | missing | extra "
+                 "| mask IoU: lowest / mean | pairs below 0.95 | largest score diff | eager ms | kit ms | verdict |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in result["parity"]:
             lines.append(f"| {Path(p['model']).parent.name}/{Path(p['model']).name} | {p['backbone']} | {p['model_input']} | "
                          f"{p['image']} | {p['images']} | {p['instances_fp32']} / {p['instances_fast']} | {p['matched']} | "
                          f"{p['missing']} | {p['extra']} | {p['min_mask_iou']:.3f} / {p['mean_mask_iou']:.3f} | "
                          f"{p['low_iou']} | {p['max_score_diff']:.3f} | "
                          f"{p['eager_ms']:.0f} | {p['kit_ms']:.0f} | {'match' if p['ok'] else 'DIFFER'} |")
-    return "\n".join(lines) + "\n"
+        tables["cpu-parity"] = "\n".join(lines)
+    return tables
 
 
 def plot(result: dict, path: Path) -> None:
@@ -360,29 +373,34 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.results_md:
+        check_results_file(args.results_md, SECTIONS)
     torch.manual_seed(0)
-    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "native_bf16": native_bf16(), "sgemm_gflops": sgemm_gflops(),
-               "bf16_gemm_gflops": sgemm_gflops(dtype=torch.bfloat16)}
-    print(f"fp32 sgemm: {machine['sgemm_gflops']:.0f} GFLOP/s, bf16: {machine['bf16_gemm_gflops']:.0f} GFLOP/s")
-    latency, ablation = latency_rows(args, machine["sgemm_gflops"])
-    machine["sgemm_gflops_after"] = sgemm_gflops()  # a drop here means the machine got busier during the run
+    machine = Machine.measure()
+    print(machine.line())
+    latency, ablation = latency_rows(args, machine.fp32_start)
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"typical_instances": args.typical_instances, "machine": machine, "runs": args.runs, "warmup": args.warmup, "threshold": THRESHOLD,
+        result = {"typical_instances": args.typical_instances, "runs": args.runs, "warmup": args.warmup, "threshold": THRESHOLD,
                   "latency": latency, "ablation": ablation, "ablation_case": args.ablation,
                   "parity": parity_rows(args, Path(tmp)), "parity_threshold": args.parity_threshold}
+    result["machine"] = machine.finish().to_dict()  # a drop at the end means the machine got busier during the run
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(table)
+    plot_link = None
     if result["latency"]:
         plot(result, args.plot)
-    print(table)
-    print(f"wrote {args.out}, {args.markdown} and {args.plot}")
+        if args.results_md and args.plot.resolve().is_relative_to(args.results_md.resolve().parent):
+            plot_link = args.plot.resolve().relative_to(args.results_md.resolve().parent).as_posix()
+    tables = sections(result, plot_link)
+    print(machine.line())
+    print("\n\n".join(tables.values()))
+    print(f"wrote {args.out}" + (f" and {args.plot}" if result["latency"] else ""))
     for p in result["parity"]:
         if not p["ok"]:
             print(f"PARITY: {p['model']} at {p['model_input']} px: " + "; ".join(p["problems"][:3]))
+    if args.results_md and tables:
+        write_sections(args.results_md, tables, command_line(__file__, argv), machine)
+        print(f"wrote the section(s) {', '.join(tables)} of {args.results_md}")
     return 0
 
 

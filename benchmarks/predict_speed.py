@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/predict_speed.py --model-dir outputs/demo/model --images outputs/demo/coco/val.json
         [--count 120] [--r50-count 16] [--memory-count 10000] [--out outputs/bench/predict_speed.json]
+        [--results-md benchmarks/RESULTS.md]
 
 What it runs, each through ``scripts/predict.py`` as a user would (a fresh process, the model loaded
 once, images decoded while the model runs):
@@ -18,6 +19,8 @@ once, images decoded while the model runs):
 
 The fp32 sgemm rate is measured at the start and at the end, so the times can be scaled to another
 machine (a drop at the end means the machine got busier). Run it with nothing else busy.
+``--results-md`` writes the sections ``predict-speed`` and ``predict-memory`` (see
+benchmarks/results_md.py), each only when this run measured it (``--skip-speed``: the memory alone).
 """
 
 from __future__ import annotations
@@ -38,11 +41,15 @@ from PIL import Image
 from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.model_dir import write_model_dir
 from maskrcnn_finetune.modeling import build_model
-from maskrcnn_finetune.timing import cpu_name, sgemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_inference's helpers, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_inference's helpers and results_md, beside this file
 from cpu_inference import standard_spec, tame_random_weights, test_image  # noqa: E402
+from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
+
+SPEED, MEMORY = "predict-speed", "predict-memory"  # the results sections
+MEMORY_CHECKPOINTS = (0.1, 0.2, 0.4, 0.6, 0.8)
+"""Fractions of the memory run's images at which its table gives the resident memory (and at the end)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +64,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-threshold", type=float, default=None, help="its score threshold")
     parser.add_argument("--skip-speed", action="store_true", help="only the memory run")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "predict_speed.json")
+    add_results_md_argument(parser)
     return parser
+
+
+def model_label(model_dir: Path) -> str:
+    """``outputs/demo/model (resnet18_fpn, 192 px)``: the folder, relative to the repository where it lies in it."""
+    info = json.loads((model_dir / "model.json").read_text())
+    path = model_dir.resolve()
+    shown = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else model_dir.name
+    return f"{shown} ({info['model']['backbone']}, {info['image_size']} px)"
+
+
+def speed_table(rows: list[dict]) -> str:
+    lines = ["| model | formats written | processes | images | images/s |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {row['model']} | {row['formats']} | {row['processes']} | {row['images']} | "
+              f"{row['images_per_second']:.2f} |" for row in rows]
+    return "\n".join(lines)
+
+
+def memory_table(memory: dict) -> str:
+    """The resident memory at a few points of the run, its peak, and the end."""
+    samples, count = memory["memory_samples"], memory["images"]
+    picked = []
+    for fraction in MEMORY_CHECKPOINTS:
+        sample = next((s for s in samples if s[1] >= fraction * count), None)
+        if sample is not None and sample not in picked:
+            picked.append(sample)
+    lines = [f"{memory['model']}, {count} images, formats coco,csv, one process; {memory['images_per_second']:.2f} "
+             f"images/s on average; peak resident memory {memory['rss_mb_peak']:.0f} MB.", "",
+             "| images done | seconds | resident memory (MB) |", "| ---: | ---: | ---: |"]
+    lines += [f"| {done:,} | {seconds:.0f} | {rss:.0f} |" for seconds, done, rss in picked]
+    if samples:
+        seconds, _, rss = samples[-1]
+        lines.append(f"| {count:,} (last sample) | {seconds:.0f} | {rss:.0f} |")
+    return "\n".join(lines)
 
 
 def repeated_images(sources: list[Path], count: int, folder: Path) -> Path:
@@ -147,9 +188,11 @@ def run_predict(model_dir: Path, images: Path, out: Path, formats: str, processe
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "sgemm_gflops": round(sgemm_gflops(), 1)}
-    print(f"fp32 sgemm at the start: {machine['sgemm_gflops']:.0f} GFLOP/s")
+    names = ([] if args.skip_speed else [SPEED]) + ([MEMORY] if args.memory_count else [])
+    if args.results_md:
+        check_results_file(args.results_md, names)
+    machine = Machine.measure()
+    print(machine.line())
     coco = load_coco(args.images)
     sources = [coco.image_path(image) for image in coco.images]
     rows = []
@@ -160,7 +203,7 @@ def main(argv=None) -> int:
                                                  ("coco,labelme,masks,overlay,csv", 2), ("coco", 2))
         for formats, processes in speed_runs:
             row = run_predict(args.model_dir, folder, tmp / f"out_{len(rows)}", formats, processes)
-            row["model"] = f"{args.model_dir} ({json.loads((args.model_dir / 'model.json').read_text())['image_size']} px)"
+            row["model"] = model_label(args.model_dir)
             rows.append(row)
             print(row)
         if args.r50_count and not args.skip_speed:
@@ -177,22 +220,29 @@ def main(argv=None) -> int:
             model_dir = args.memory_model_dir or args.model_dir
             memory = run_predict(model_dir, folder, tmp / "out_many", "coco,csv", 1, threshold=args.memory_threshold,
                                  sample_memory=True)
-            memory["model"] = str(model_dir)
+            memory["model"] = model_label(model_dir) + (f", threshold {args.memory_threshold}"
+                                                        if args.memory_threshold is not None else "")
             samples = memory["memory_samples"]
             after_first = next((s for s in samples if s[1] >= min(1000, args.memory_count // 10)), samples[-1])
             memory["rss_mb_after_first_images"] = after_first
             memory["rss_mb_peak"] = max(s[2] for s in samples)
             memory["rss_mb_last"] = samples[-1]
             print({k: v for k, v in memory.items() if k != "memory_samples"})
-    machine["sgemm_gflops_after"] = round(sgemm_gflops(), 1)
-    print(f"fp32 sgemm at the end: {machine['sgemm_gflops_after']:.0f} GFLOP/s")
-    result = {"machine": machine, "runs": rows, "memory": memory}
+    machine.finish()
+    result = {"machine": machine.to_dict(), "runs": rows, "memory": memory}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print("| model | formats | processes | images | images/s |\n| --- | --- | ---: | ---: | ---: |")
-    for row in rows:
-        print(f"| {row['model']} | {row['formats']} | {row['processes']} | {row['images']} | {row['images_per_second']:.2f} |")
+    tables = {}
+    if rows:
+        tables[SPEED] = speed_table(rows)
+    if memory:
+        tables[MEMORY] = memory_table(memory)
+    print(machine.line())
+    print("\n\n".join(tables.values()))
     print(f"written to {args.out}")
+    if args.results_md:
+        write_sections(args.results_md, tables, command_line(__file__, argv), machine)
+        print(f"wrote the section(s) {', '.join(tables)} of {args.results_md}")
     return 0
 
 

@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/runtime_peers.py [--cases demo r50-800 trained] [--demo-dir outputs/demo/model]
         [--trained-dir outputs/r50_demo/model] [--trained-size 800] [--trained-images 4]
-        [--rounds 7] [--compile] [--out outputs/bench/runtime_peers.json]
+        [--rounds 7] [--compile] [--out outputs/bench/runtime_peers.json] [--results-md benchmarks/RESULTS.md]
 
 Cases (each path runs the same weights on the same images):
 
@@ -36,6 +36,8 @@ and the ratio to eager. Parity is each path's predictions against eager fp32 on 
 (maskrcnn_finetune/parity.py: same instances, mask IoU >= 0.95, scores within 0.05); where neither
 run finds an instance at the threshold, parity is "not judged", since empty answers always agree. The fp32
 sgemm rate is measured before and after, the bf16 rate once. Run it with nothing else busy.
+``--results-md`` writes each case as its own section (``runtime-peers-demo``, ``runtime-peers-r50-800``,
+``runtime-peers-trained``; see benchmarks/results_md.py), so a run of one case refreshes that case only.
 """
 
 from __future__ import annotations
@@ -63,13 +65,21 @@ from maskrcnn_finetune.export.formats import CHECK_VAL_IMAGES  # noqa: E402
 from maskrcnn_finetune.model_dir import read_model_info, write_model_dir  # noqa: E402
 from maskrcnn_finetune.modeling import build_model  # noqa: E402
 from maskrcnn_finetune.parity import compare_runs, SCORE_TOLERANCE  # noqa: E402
-from maskrcnn_finetune.predictor import Predictor, native_bf16  # noqa: E402
-from maskrcnn_finetune.timing import alternating_rounds, sgemm_gflops  # noqa: E402
+from maskrcnn_finetune.predictor import Predictor  # noqa: E402
+from maskrcnn_finetune.timing import alternating_rounds  # noqa: E402
+from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
+
+CASES = ("demo", "r50-800", "trained")
+
+
+def section_name(case: str) -> str:
+    """The results section of a case."""
+    return f"runtime-peers-{case}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", default=["demo", "r50-800"], choices=["demo", "r50-800", "trained"])
+    parser.add_argument("--cases", nargs="+", default=["demo", "r50-800"], choices=CASES)
     parser.add_argument("--demo-dir", type=Path, default=ROOT / "outputs" / "demo" / "model")
     parser.add_argument("--trained-dir", type=Path, default=ROOT / "outputs" / "r50_demo" / "model",
                         help="the model folder of the trained case")
@@ -80,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="also torch.compile (compiling takes minutes)")
     parser.add_argument("--work-dir", type=Path, default=None, help="model folders and exports (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "runtime_peers.json")
+    add_results_md_argument(parser)
     return parser
 
 
@@ -216,61 +227,60 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
             "image_size": list(images[0].shape[:2])}
 
 
-def markdown(report: dict) -> str:
-    machine = report["machine"]
-    lines = [f"`{report['command']}`", "",
-             f"Machine: {machine['cpus']} CPUs, torch {machine['torch']}; fp32 sgemm {machine['sgemm_before']:.0f} "
-             f"GFLOP/s before, {machine['sgemm_after']:.0f} after; bf16 {machine['bf16_gflops']:.0f} GFLOP/s; bf16 units: "
-             f"{machine['bf16_units']}.", ""]
-    for case in report["cases"]:
-        floor = case.get("floor")
-        floor_text = (f"; floor for its {floor['gmacs']:.1f} GMACs on the first image: {floor['fp32_ms']:.0f} ms at the "
-                      f"fp32 rate, {floor['bf16_ms']:.0f} ms at the bf16 rate" if floor else "")
-        lines += [f"**{case['case']}** ({case['images']} image(s), threshold {case['threshold']}; median of "
-                  f"{report['rounds']} alternating rounds{floor_text})", "",
-                  "| path | ms / image | x eager | parity with eager fp32 |", "|---|---|---|---|"]
-        for row in case["rows"]:
-            if row["path"] == "eager fp32":
-                parity = "-"
-            elif row["parity_ok"] is None:
-                parity = row["parity"]
-            else:
-                parity = "match" if row["parity_ok"] else "differs: " + row["parity"]
-            label = row["path"] + (f" ({row['mode']})" if row["mode"] else "")
-            lines.append(f"| {label} | {row['median_ms']:.0f} | {row['x_eager']:.2f} | {parity} |")
-        lines.append("")
+def case_table(case: dict, rounds: int) -> str:
+    """One case's table, under a line that says what it ran."""
+    floor = case.get("floor")
+    floor_text = (f"; floor for its {floor['gmacs']:.1f} GMACs on the first image: {floor['fp32_ms']:.0f} ms at the "
+                  f"fp32 rate, {floor['bf16_ms']:.0f} ms at the bf16 rate" if floor else "")
+    lines = [f"{case['label']}: {case['images']} image(s) of {case['image_size'][0]}x{case['image_size'][1]}, "
+             f"threshold {case['threshold']}; median of {rounds} alternating rounds{floor_text}.", "",
+             "| path | ms / image | x eager | parity with eager fp32 |", "|---|---|---|---|"]
+    for row in case["rows"]:
+        if row["path"] == "eager fp32":
+            parity = "-"
+        elif row["parity_ok"] is None:
+            parity = row["parity"]
+        else:
+            parity = "match" if row["parity_ok"] else "differs: " + row["parity"]
+        label = row["path"] + (f" ({row['mode']})" if row["mode"] else "")
+        lines.append(f"| {label} | {row['median_ms']:.0f} | {row['x_eager']:.2f} | {parity} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sgemm_before = sgemm_gflops()
-    bf16_rate = sgemm_gflops(dtype=torch.bfloat16)
+    if args.results_md:
+        check_results_file(args.results_md, [section_name(name) for name in args.cases])
+    machine = Machine.measure()
+    print(machine.line())
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="runtime_peers_"))
     work.mkdir(parents=True, exist_ok=True)
     cases = []
     for name in args.cases:
+        label = name
         if name == "demo":
             arrays, _ = check_images(None, Predictor.from_dir(args.demo_dir, fast=False).spec,
                                      read_model_info(args.demo_dir))
             folder = args.demo_dir
         elif name == "trained":
             folder, arrays = trained_folder_at(args.trained_dir, args.trained_size, args.trained_images, work)
-            name = f"trained {read_model_info(args.trained_dir)['model']['backbone']} at {args.trained_size} px"
+            label = f"trained {read_model_info(args.trained_dir)['model']['backbone']} at {args.trained_size} px"
         else:
             folder, arrays = r50_folder(work)
-        cases.append(run_case(name, folder, arrays, work, args.rounds, args.compile))
-        cases[-1]["floor"] = floors_ms(folder, arrays[0], sgemm_before, bf16_rate)
-    command = "python benchmarks/runtime_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = {"command": command.strip(), "rounds": args.rounds, "cases": cases,
-              "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-                          "sgemm_before": sgemm_before, "sgemm_after": sgemm_gflops(), "bf16_gflops": bf16_rate,
-                          "bf16_units": native_bf16()}}
+        cases.append({**run_case(name, folder, arrays, work, args.rounds, args.compile), "label": label})
+        cases[-1]["floor"] = floors_ms(folder, arrays[0], machine.fp32_start, machine.bf16)
+    machine.finish()
+    command = command_line(__file__, argv)
+    report = {"command": command, "rounds": args.rounds, "cases": cases,
+              "machine": {**machine.to_dict(), "python": platform.python_version()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    text = markdown(report)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    tables = {section_name(case["case"]): case_table(case, args.rounds) for case in cases}
+    print(machine.line())
+    print("\n\n".join(tables.values()))
+    if args.results_md:
+        write_sections(args.results_md, tables, command, machine)
+        print(f"wrote the section(s) {', '.join(tables)} of {args.results_md}")
     return 0
 
 

@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/server_load.py --model-dir outputs/demo/model [--size 800] [--clients 1 4 16]
         [--requests-per-level 64] [--memory-requests 1000] [--out outputs/bench_server/server_load.json]
+        [--workers 1 2 | --micro-batch 1 4] [--results-md benchmarks/RESULTS.md]
 
 What it does, in order:
 
@@ -23,8 +24,11 @@ What it does, in order:
    stage (decode, model, the JSON of the instances, each result file, the response), with the same
    model and image, plus the same stages for ``--worst-case-instances`` (100) instances.
 
-It writes everything to ``--out`` (JSON) and prints a Markdown section for benchmarks/RESULTS.md.
-It is a timing: run it on a quiet machine. ``--torch-threads N`` (or ``OMP_NUM_THREADS``) sets the
+It writes everything to ``--out`` (JSON) and prints the Markdown tables. ``--results-md`` writes them
+as a section (see benchmarks/results_md.py), one per kind of run so that the runs do not overwrite each
+other: ``server-load`` (one worker, one image per model call: the levels, the memory, the stages),
+``server-workers`` (a run with ``--workers`` other than 1) or ``server-micro-batch`` (a run with
+``--micro-batch`` other than 1). It is a timing: run it on a quiet machine. ``--torch-threads N`` (or ``OMP_NUM_THREADS``) sets the
 model's CPU threads in the server and in the in-process timing alike.
 """
 
@@ -51,7 +55,8 @@ from tqdm import tqdm
 from rest_api_flask.launcher import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_inference's helpers, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_inference's helpers and results_md, beside this file
+from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
 
 PREDICT = "/api/v1/predict"
 MEMORY_CLIENTS = 4
@@ -93,7 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the server's folders (default: a temporary folder, removed at the end)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_server" / "server_load.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_results_md_argument(parser)
     return parser
+
+
+def section_name(args) -> str:
+    """The results section of a run: the plain server, several workers, or micro-batching."""
+    if args.workers != [1]:
+        return "server-workers"
+    return "server-micro-batch" if args.micro_batch != [1] else "server-load"
 
 
 # ---------------------------------------------------------------- the test image
@@ -405,15 +418,14 @@ def overhead_breakdown(args, data: bytes, name: str, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------- the report
-def markdown(report: dict, command: str) -> str:
-    """The Markdown section for benchmarks/RESULTS.md."""
+def markdown(report: dict, with_stages: bool = True) -> str:
+    """The Markdown tables of a run: the levels, the memory runs, and (``with_stages``) one request's stages."""
     img = report["image"]
-    lines = ["## The server under load", "",
-             f"`{command}` (server: waitress on loopback, model on the CPU; clients: threads of a second process "
-             f"with keep-alive connections; image {img['width']}x{img['height']} {img['format']}, "
-             f"{img['bytes'] // 1024} KiB; backbone {report['load']['model'].get('backbone')}; this machine's fp32 "
-             f"sgemm {report['machine']['sgemm_gflops_before']:.0f} GFLOP/s before the run, "
-             f"{report['machine']['sgemm_gflops_after']:.0f} after)", "",
+    lines = [f"Server: waitress on loopback, model on the CPU; clients: threads of a second process with keep-alive "
+             f"connections; image {img['width']}x{img['height']} {img['format']}, {img['bytes'] // 1024} KiB; backbone "
+             f"{report['load']['model'].get('backbone')}. Overhead = client latency minus the model time the server "
+             "reports (medians); with more clients than workers it includes the wait for the model; a batched "
+             "request's model time is its whole call's.", "",
              "| workers | micro-batch | clients | requests | errors | images/s | p50 latency (ms) | p95 latency (ms) "
              "| model (ms) | overhead (ms) | overhead / model |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -425,35 +437,37 @@ def markdown(report: dict, command: str) -> str:
                          f"{lv['throughput_per_s']:.2f} | {lv['latency_p50_ms']:.0f} | {lv['latency_p95_ms']:.0f} | "
                          f"{lv['model_ms_median']:.0f} | {lv['overhead_ms_median']:.0f} | "
                          f"{lv['overhead_pct_of_model']:.0f} % |")
-    lines += ["", "Overhead = client latency minus the model time the server reports (medians); with more clients "
-              "than workers it includes the wait for the model, which each worker runs one request (or, with "
-              "--micro-batch, one call of several) at a time; a batched request's model time is its whole call's.", ""]
-    for load in loads:
-        mem = load.get("memory")
-        if mem:
-            per = mem.get("rss_last_per_process_mb", {})
-            lines += [f"Memory with {load.get('workers', 1)} worker(s), micro-batch {load.get('micro_batch', 1)}, "
-                      f"over {mem['requests']} requests "
-                      f"({mem['clients']} clients, {mem['errors']} errors): RSS of all server processes "
-                      f"{mem['rss_first_mb']:.0f} MiB after the first {mem['every']} requests, max "
-                      f"{mem['rss_max_mb']:.0f} MiB, last {mem['rss_last_mb']:.0f} MiB (growth {mem['growth_pct']:+.1f} %, "
-                      f"max {mem['max_growth_pct']:+.1f} %); per process at the end: "
-                      + ", ".join(f"{mb:.0f} MiB" for mb in per.values()) + ".", ""]
-    bd = report["breakdown"]
-    lines += [f"Where one request's time goes (in-process, same model and image, {bd['num_instances']} instances; "
-              f"medians): request {bd['request_ms']:.0f} ms, model {bd['request_model_ms']:.0f} ms, "
-              f"overhead {bd['request_overhead_ms']:.0f} ms ({bd['request_overhead_pct']:.0f} % of the model)", ""]
-    worst = bd.get("worst_case")
-    header = "| stage | ms |" + (f" ms with {worst['num_instances']} instances |" if worst else "")
-    lines += [header, "|---|---|" + ("---|" if worst else "")]
-    for stage, ms in bd["stages_ms"].items():
-        extra = worst["stages_ms"].get(stage) if worst else None
-        lines.append(f"| {stage} | {ms:.1f} |" + (f" {extra:.1f} |" if extra is not None else (" |" if worst else "")))
+    memories = [load for load in loads if load.get("memory")]
+    if memories:
+        lines += ["", "| workers | micro-batch | memory run: requests | clients | errors | RSS after the first sample (MiB) "
+                  "| max (MiB) | last (MiB) | growth | max growth | per process at the end (MiB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for load in memories:
+            mem = load["memory"]
+            per = ", ".join(f"{mb:.0f}" for mb in mem.get("rss_last_per_process_mb", {}).values())
+            lines.append(f"| {load.get('workers', 1)} | {load.get('micro_batch', 1)} | {mem['requests']} | "
+                         f"{mem['clients']} | {mem['errors']} | {mem['rss_first_mb']:.0f} | {mem['rss_max_mb']:.0f} | "
+                         f"{mem['rss_last_mb']:.0f} | {mem['growth_pct']:+.1f} % | {mem['max_growth_pct']:+.1f} % | {per} |")
+    if with_stages:
+        bd = report["breakdown"]
+        worst = bd.get("worst_case")
+        lines += ["", f"One request in this process (same model and image, {bd['num_instances']} instances; medians):", "",
+                  "| request (ms) | model (ms) | overhead (ms) | overhead / model |", "|---|---|---|---|",
+                  f"| {bd['request_ms']:.0f} | {bd['request_model_ms']:.0f} | {bd['request_overhead_ms']:.0f} | "
+                  f"{bd['request_overhead_pct']:.0f} % |", "",
+                  "| stage | ms |" + (f" ms with {worst['num_instances']} instances |" if worst else ""),
+                  "|---|---|" + ("---|" if worst else "")]
+        for stage, ms in bd["stages_ms"].items():
+            extra = worst["stages_ms"].get(stage) if worst else None
+            lines.append(f"| {stage} | {ms:.1f} |" + (f" {extra:.1f} |" if extra is not None else (" |" if worst else "")))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    section = section_name(args)
+    if args.results_md:
+        check_results_file(args.results_md, [section])
     if args.torch_threads:
         import torch
 
@@ -465,9 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         data, name = synthetic_image(args.size, args.format)
     with Image.open(io.BytesIO(data)) as picture:
         image_info = {"width": picture.width, "height": picture.height, "format": picture.format, "bytes": len(data)}
-    from maskrcnn_finetune.timing import sgemm_gflops
-
-    sgemm_before = sgemm_gflops()
+    machine = Machine.measure()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="server_load_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -481,16 +493,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    command = "python benchmarks/server_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine.finish()
+    command = command_line(__file__, argv)
     report = {"command": command, "image": image_info, "load": loads[0], "loads": loads, "breakdown": breakdown,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                          "sgemm_gflops_before": sgemm_before, "sgemm_gflops_after": sgemm_gflops()}}
+              "machine": {**machine.to_dict(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    text = markdown(report, command)
-    args.out.with_suffix(".md").write_text(text)
+    text = markdown(report, with_stages=section == "server-load")
+    print(machine.line())
     print(text)
+    if args.results_md:
+        write_sections(args.results_md, {section: text}, command, machine)
+        print(f"wrote the section {section} of {args.results_md}")
     return 0
 
 

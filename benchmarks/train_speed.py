@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/train_speed.py [--work-dir outputs/bench_train] [--iters 30] [--warmup 5]
+        [--results-md benchmarks/RESULTS.md]
 
 Trains the demo preset's model on the demo data set (made and converted here) for ``--warmup``
 + ``--iters`` iterations in each configuration, from the same seed with the same batches:
@@ -13,12 +14,13 @@ Trains the demo preset's model on the demo data set (made and converted here) fo
 - ``+ bf16 autocast``: what the engine runs on a CPU with bf16 units (``--amp auto``);
 - ``+ fused AdamW``: one kernel for the optimiser step (the engine's optimiser);
 - ``+ RPN without P2``: ``--rpn-levels 4``, the demo preset's step;
-- ``+ BatchNorm in the FPN``: ``--fpn-norm bn`` (not in the preset: RESULTS.md says why);
+- ``+ BatchNorm in the FPN``: ``--fpn-norm bn`` (an option, not in the preset);
 - ``bf16 autocast alone``: for comparison, with torchvision's RoIAlign and contiguous memory.
 
 Configurations are timed in rounds, one after the other (``--rounds``), so that a machine that
 gets busier or quieter during the run shifts them all alike. The fp32 and bf16 matrix-multiply
 rates are measured before and after. Run it with nothing else busy: it is a timing.
+``--results-md`` writes the table as the section ``train-speed`` (see benchmarks/results_md.py).
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ from maskrcnn_finetune.data.synthetic import make_synthetic
 from maskrcnn_finetune.engines.torchvision_engine import BatchIndexSampler, _collate, load_train_val
 from maskrcnn_finetune.modeling import build_model
 from maskrcnn_finetune.modeling.pooling import use_parallel_roi_align
-from maskrcnn_finetune.predictor import native_bf16
-from maskrcnn_finetune.timing import cpu_name, sgemm_gflops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_md, beside this file
+from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
+
+SECTION = "train-speed"
 
 _OLD = dict(fused=False, rpn_levels=5, fpn_norm="none")
 VARIANTS = {
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=30, help="timed iterations per configuration and round")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    add_results_md_argument(parser)
     return parser
 
 
@@ -103,33 +109,37 @@ def seconds_per_iteration(cfg, data, variant: dict, iters: int, warmup: int) -> 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.results_md:
+        check_results_file(args.results_md, [SECTION])
     root = args.work_dir
     if not (root / "coco" / "train.json").is_file():
         make_synthetic(root / "labelme", 60, seed=0)
         convert_labelme(root / "labelme", root / "coco", val_fraction=0.2, seed=0)
     cfg = resolve_config("demo", train_json=str(root / "coco" / "train.json"), output_dir=str(root / "unused"))
     data, _ = load_train_val(cfg)
-    before = {"fp32": sgemm_gflops(), "bf16": sgemm_gflops(dtype=torch.bfloat16)}
+    machine = Machine.measure()
     times = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
         for name, variant in VARIANTS.items():
             times[name] += seconds_per_iteration(cfg, data, variant, args.iters, args.warmup)
             print(f"{name}: {statistics.mean(times[name]):.3f} s/it so far", flush=True)
-    after = sgemm_gflops()
+    machine.finish()
     base = statistics.mean(times[next(iter(VARIANTS))])
-    lines = [f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; fp32 sgemm "
-             f"{before['fp32']:.0f} GFLOP/s before, {after:.0f} after; bf16 {before['bf16']:.0f} GFLOP/s; bf16 units: "
-             f"{native_bf16()}. Demo preset from random weights, {args.rounds} rounds of {args.warmup} + {args.iters} "
-             "iterations per configuration.", "",
+    lines = [f"Demo preset from random weights, {args.rounds} round(s) of {args.warmup} + {args.iters} iterations per "
+             "configuration.", "",
              "| configuration | s / iteration (mean) | median | speed-up over fp32 |", "|---|---|---|---|"]
     for name, values in times.items():
         lines.append(f"| {name} | {statistics.mean(values):.3f} | {statistics.median(values):.3f} | "
                      f"{base / statistics.mean(values):.2f}x |")
     table = "\n".join(lines)
+    print(machine.line())
     print(table)
     root.mkdir(parents=True, exist_ok=True)
     (root / "train_speed.md").write_text(table + "\n")
-    (root / "train_speed.json").write_text(json.dumps({"sgemm_before": before, "sgemm_after": after, "seconds": times}))
+    (root / "train_speed.json").write_text(json.dumps({"machine": machine.to_dict(), "seconds": times}))
+    if args.results_md:
+        write_sections(args.results_md, {SECTION: table}, command_line(__file__, argv), machine)
+        print(f"wrote the section {SECTION} of {args.results_md}")
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark_scripts import results_block
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.export.runtime_choice import choose_runtime
 from maskrcnn_finetune.predictor import Predictor
@@ -177,15 +178,18 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     # threshold 0: the tiny model's 20 detections per image are all compared; 1.0: none reach it
     everything, nothing = copy_with_threshold("everything", 0.0), copy_with_threshold("nothing", 1.0)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_peers.py"
-    out = tmp_path / "peers.json"
+    out, results = tmp_path / "peers.json", tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Other\n\n<!-- results:model-cost -->\nkept\n<!-- /results:model-cost -->\n")
     # the trained case: the folder run at another input size, on its val images scaled with it
     run = subprocess.run([sys.executable, str(script), "--cases", "demo", "trained", "--demo-dir", str(everything),
                           "--trained-dir", str(nothing), "--trained-size", "96", "--trained-images", "1",
-                          "--rounds", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+                          "--rounds", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+                          "--results-md", str(results)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [case["case"] for case in report["cases"]] == ["demo", "trained mobilenetv2_fpnlite at 96 px"]
+    assert [case["case"] for case in report["cases"]] == ["demo", "trained"]
+    assert report["cases"][1]["label"] == "trained mobilenetv2_fpnlite at 96 px"
     for case in report["cases"]:
         rows = {row["path"]: row for row in case["rows"]}
         assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
@@ -199,12 +203,20 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     # nothing at the threshold: empty answers agree whatever the runtime, so parity is not claimed
     assert all(row["instances"] == 0 for row in trained.values())
     assert trained["kit (torch)"]["parity_ok"] is None and trained["kit (torch)"]["parity"].startswith("not judged")
-    trained_table = out.with_suffix(".md").read_text().split("**trained")[1]
+    # each case in its own section of the results file, the file's other sections kept
+    args = ("--cases demo trained", "--rounds 2")
+    demo_table = results_block(results, "runtime-peers-demo", "runtime_peers.py", *args)
+    trained_table = results_block(results, "runtime-peers-trained", "runtime_peers.py", *args)
     assert "not judged: no instance" in trained_table and "| match |" not in trained_table
+    assert trained_table.startswith("trained mobilenetv2_fpnlite at 96 px: 1 image(s)")
+    assert "| path | ms / image | x eager | parity with eager fp32 |" in demo_table
+    assert f"| eager fp32 | {demo['eager fp32']['median_ms']:.0f} | 1.00 | - |" in demo_table
+    assert "| kit (torch) (" in demo_table and "| match |" in demo_table
+    assert results.read_text().startswith("# Results\n\n## Other\n\n<!-- results:model-cost -->\nkept\n"
+                                          "<!-- /results:model-cost -->\n\n## ")
     trained = report["cases"][1]
     assert trained["images"] == 1 and min(trained["image_size"]) == 96  # the val image scaled to the size asked
     resized = json.loads((Path(trained["model_dir"]) / "model.json").read_text())["model"]
     own = json.loads((tiny_model_dir / "model.json").read_text())["model"]
     assert resized["min_size"] == 96 and resized["anchor_sizes"] == [round(s * 96 / own["min_size"]) for s in own["anchor_sizes"]]
-    assert report["machine"]["sgemm_before"] > 0 and report["machine"]["sgemm_after"] > 0
-    assert "| kit (torch)" in out.with_suffix(".md").read_text()
+    assert report["machine"]["fp32_start"] > 0 and report["machine"]["fp32_end"] > 0

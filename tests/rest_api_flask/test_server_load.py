@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark_scripts import load_benchmark, results_block
 from maskrcnn_finetune.structures import Instances
 from maskrcnn_finetune.visualize import class_colors, draw_instances
 
@@ -35,11 +36,12 @@ def test_overlay_blends_overlapping_masks_in_score_order():
 
 @pytest.mark.slow
 def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
-    out = tmp_path / "load.json"
+    out, results = tmp_path / "load.json", tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(SCRIPT), "--model-dir", str(model_dir), "--size", "96", "--clients", "1", "2",
            "--requests-per-level", "4", "--memory-requests", "20", "--rss-every", "5", "--warmup", "1",
            "--threshold", "0.0", "--breakdown-repeats", "1", "--worst-case-instances", "3", "--torch-threads", "1",
-           "--workers", "1", "2", "--micro-batch", "1", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--no-progress"]
+           "--workers", "1", "2", "--micro-batch", "1", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--no-progress",
+           "--results-md", str(results)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     report = json.loads(out.read_text())
@@ -70,8 +72,12 @@ def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
     # the process that started them (no model) and its two workers, each with torch and the model
     starter, *workers = two["memory"]["rss_last_per_process_mb"].values()
     assert len(workers) == 2 and all(mb > 200 for mb in workers) and starter < min(workers) / 4
-    assert "| 2 | 1 | 2 | 4 | 0 |" in out.with_suffix(".md").read_text()
-    assert "| 1 | 2 | 2 | 4 | 0 |" in out.with_suffix(".md").read_text()
+    # several --workers: the section of its own, so that it does not overwrite the one-worker run's
+    table = results_block(results, "server-workers", "server_load.py", "--workers 1 2 --micro-batch 1 2")
+    assert "| 2 | 1 | 2 | 4 | 0 |" in table and "| 1 | 2 | 2 | 4 | 0 |" in table
+    assert "| 1 | 1 | 1 | 4 | 0 |" in table and "| 2 | 2 | 1 | 4 | 0 |" in table  # every run, every level
+    assert "| 2 | 1 | 20 | 4 | 0 |" in table  # the memory run of two workers
+    assert "<!-- results:server-load -->" not in results.read_text()
 
     breakdown = report["breakdown"]
     assert breakdown["request_ms"] > breakdown["request_model_ms"] > 0
@@ -80,10 +86,15 @@ def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
         assert stages[stage] >= 0, stage
     assert breakdown["worst_case"]["num_instances"] == 3
 
-    # the Markdown section for RESULTS.md: printed and written next to the JSON
-    table = out.with_suffix(".md").read_text()
-    assert "| 1 | 4 | 0 |" in table and "| 2 | 4 | 0 |" in table
-    assert table in run.stdout
+    assert table.strip() in run.stdout  # the tables are also printed
+    # the plain run's section holds the stages too; each kind of run has its own section
+    server_load = load_benchmark("server_load")
+    plain = server_load.markdown(report, with_stages=True)
+    assert "| stage | ms | ms with 3 instances |" in plain and "| decode |" in plain and "| stage |" not in table
+    parse = server_load.build_parser().parse_args
+    assert [server_load.section_name(parse(["--model-dir", "m", *extra])) for extra in
+            ([], ["--workers", "1", "2"], ["--micro-batch", "1", "4"])] == ["server-load", "server-workers",
+                                                                               "server-micro-batch"]
     assert not list((tmp_path / "work" / "outputs" / "results").glob(".tmp-*"))  # nothing half written
 
 
