@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         check_results_file(args.results_md, [SECTION])
     root = args.work_dir
     if not (root / "coco" / "train.json").is_file():
-        make_synthetic(root / "labelme", 60, seed=0)
+        make_synthetic(root / "labelme", 100, seed=0)  # the data set make demo makes
         convert_labelme(root / "labelme", root / "coco", val_fraction=0.2, seed=0)
     cfg = resolve_config("demo", train_json=str(root / "coco" / "train.json"), output_dir=str(root / "unused"))
     data, _ = load_train_val(cfg)

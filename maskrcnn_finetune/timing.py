@@ -1,7 +1,7 @@
 """Measuring time the way users experience it, and the machine's speed to read the times against.
 
-Times differ between machines of the same kind (2-core machines here ran fp32 matrix products at
-110 and at 190 GFLOP/s), so every benchmark prints :func:`sgemm_gflops` from the same run.
+Times differ between machines of the same kind, and on one machine from day to day, so every
+benchmark prints :func:`sgemm_gflops` from the same run and times are compared as ratios.
 """
 
 from __future__ import annotations
