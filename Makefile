@@ -27,7 +27,7 @@ RESULTS_MD ?= benchmarks/RESULTS.md
 BENCH_MD = --results-md $(RESULTS_MD)
 BENCH_PY = RESULTS_MD_MAKE_TARGET=$@ $(PY)
 
-.PHONY: venv demo test bench bench-recipe bench-memory clean
+.PHONY: venv demo test bench bench-recipe bench-memory bench-clone clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,11 @@ bench-memory: $(STAMP)
 	test -f $(DEMO_DIR)/model/model_final.pth || $(MAKE) demo DEMO_SERVE=0
 	$(BENCH_PY) benchmarks/predict_speed.py --model-dir $(DEMO_DIR)/model --images $(DEMO_DIR)/coco/val.json \
 		--skip-speed --memory-count 10000 $(BENCH_MD)
+
+# make bench-clone (as long as the two commands themselves): the README's make demo and make test in a
+# fresh clone of the committed HEAD, each timed (commit first: the clone holds what is committed)
+bench-clone: $(STAMP)
+	$(BENCH_PY) benchmarks/fresh_clone.py $(BENCH_MD)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -67,6 +67,7 @@ def register(name: str, script: str, title: str) -> Section:
 
 for _case, _title in (("demo", "the demo case"), ("wide", "larger images"), ("two-classes", "two classes")):
     register(f"demo-recipe-{_case}", "demo_recipe.py", f"The demo recipe: {_title}")
+register("fresh-clone", "fresh_clone.py", "Two commands from a fresh clone")
 register("train-speed", "train_speed.py", "Training speed, lever by lever")
 register("model-cost", "backbone_complexity.py", "Model size and cost")
 register("cpu-latency", "cpu_inference.py", "CPU latency per backbone")

@@ -146,7 +146,8 @@ def test_the_sections_the_scripts_write_are_the_registered_ones():
     """Read from each script: the names it writes are registered to it, and together they are all the sections."""
     results_md = load_benchmark("results_md")
     scripts = {name: load_benchmark(name) for name in ("demo_recipe", "runtime_peers", "server_load", "cpu_inference",
-                                                       "predict_speed", "train_speed", "backbone_complexity")}
+                                                       "predict_speed", "train_speed", "backbone_complexity",
+                                                       "fresh_clone")}
     parse = scripts["server_load"].build_parser().parse_args
     written = {
         "demo_recipe.py": [scripts["demo_recipe"].section_name(case) for case in scripts["demo_recipe"].CASES],
@@ -157,6 +158,7 @@ def test_the_sections_the_scripts_write_are_the_registered_ones():
         "predict_speed.py": [scripts["predict_speed"].SPEED, scripts["predict_speed"].MEMORY],
         "train_speed.py": [scripts["train_speed"].SECTION],
         "backbone_complexity.py": [scripts["backbone_complexity"].SECTION],
+        "fresh_clone.py": [scripts["fresh_clone"].SECTION],
     }
     assert set(written) == set(SCRIPTS)
     for script, names in written.items():
@@ -167,7 +169,7 @@ def test_the_sections_the_scripts_write_are_the_registered_ones():
 
 
 def test_every_benchmark_script_takes_results_md_and_defaults_to_no_file():
-    assert len(SCRIPTS) == 7, SCRIPTS
+    assert len(SCRIPTS) == 8, SCRIPTS
     for script in SCRIPTS:
         parser = load_benchmark(script[:-3]).build_parser()
         assert "--results-md" in parser.format_help(), script
