@@ -1,8 +1,8 @@
 """The older kits' routes: the detectron2 Flask API (``/api/...``) and the detectron2 web app (``/detect``).
 
 The app-client tests pin each rule; the last tests replay the clients documented in the older kits'
-READMEs (``/work/shared/seeds``) against the real server process and check the old shapes, status
-codes and files on disk.
+READMEs (the detectron2 Flask API and web app, the torchvision tutorial's client) against the real
+server process and check the old shapes, status codes and files on disk.
 """
 
 from __future__ import annotations
