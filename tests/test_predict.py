@@ -256,7 +256,9 @@ def test_bad_arguments_name_the_problem(tiny_model_dir, photo_folder, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_write_exactly_what_one_process_writes(tiny_model_dir, photo_folder, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
+    # the same arithmetic in every process: one thread, one image per model call, so each image's detections
+    # come out bit for bit and in one order whichever process runs it, and the files can be compared whole
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [str(photo_folder), "--model-dir", str(tiny_model_dir), "--threshold", str(THRESHOLD), "--device", "cpu",
             "--order", "uncertainty"]
     single = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args, "--output",
