@@ -1,14 +1,19 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - the main job on the embedded synthetic data: data -> COCO -> train -> evaluate -> serve
 #   make test   - the whole test suite
-# Both create or refresh .venv first, and skip that step when nothing changed.
+# Both create or refresh .venv first, and skip that step when nothing changed: `make demo` installs the
+# kit alone (torch and requirements.txt), `make test` adds the test tools (requirements-dev.txt),
+# Debian's chromium and detectron2.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Where torch is already installed (Colab, a laptop) pass TORCH_SPEC= to keep it.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# the kit: what `make demo` (and a user) runs
 STAMP := $(VENV)/.installed
+# the test and benchmark tools on top of it (requirements-dev.txt: pytest, openvino, onnxruntime, playwright...)
+DEV_STAMP := $(VENV)/.installed-dev
 # Debian's chromium for the web page's browser test (root, or sudo)
 BROWSER_STAMP := $(VENV)/.browser
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -29,17 +34,22 @@ BENCH_PY = RESULTS_MD_MAKE_TARGET=$@ $(PY)
 
 .PHONY: venv demo test bench bench-recipe bench-memory bench-clone clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install --quiet $(TORCH_SPEC))
-	$(PY) -m pip install --quiet -e . -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
-venv: $(STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# the environment the tests run in (the kit and its test tools)
+venv: $(DEV_STAMP)
 
 # the browser test drives Debian's chromium through Playwright (never `playwright install`)
-$(BROWSER_STAMP): | $(STAMP)
+$(BROWSER_STAMP): | $(DEV_STAMP)
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $@
@@ -61,7 +71,7 @@ ifeq ($(DEMO_SERVE),1)
 		--output-folder $(DEMO_DIR)/served --infer-with-cpu $(DEMO_SERVE_ARGS)
 endif
 
-test: $(STAMP) $(BROWSER_STAMP) $(D2_STAMP)
+test: $(DEV_STAMP) $(BROWSER_STAMP) $(D2_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The figures of benchmarks/RESULTS.md: each step writes its own sections there, between their markers
@@ -70,7 +80,7 @@ test: $(STAMP) $(BROWSER_STAMP) $(D2_STAMP)
 # latency per backbone with where the speed comes from and parity on the demo model, the kit against
 # ONNX Runtime and OpenVINO (the demo model, the same at 800 px, ResNet-50-FPN at 800 px), the server
 # under load (one worker, --workers, --micro-batch) and batch prediction's images per second
-bench: $(STAMP) $(D2_STAMP)
+bench: $(DEV_STAMP) $(D2_STAMP)
 	test -f $(DEMO_DIR)/model/model_final.pth || $(MAKE) demo DEMO_SERVE=0
 	$(BENCH_PY) benchmarks/backbone_complexity.py --short-side 800 $(BENCH_MD)
 	$(BENCH_PY) benchmarks/cpu_inference.py --parity $(DEMO_DIR)/model:$(DEMO_DIR)/coco/val.json \

@@ -1,5 +1,5 @@
 """Shared fixtures: a local HTTP server (download tests never touch the internet), the tiny data set,
-the tiny trained models, and the stand-in ``google.colab``."""
+the tiny trained models, labelme's example annotations, and the stand-in ``google.colab``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from colab_stand_in import FAKE_COLAB
 from http_helpers import local_server
+from labelme_examples import examples_or_fail
 
 
 @pytest.fixture
@@ -18,6 +19,13 @@ def http_server():
     """A :class:`~http_helpers.LocalServer` on 127.0.0.1 (a free port), shut down after the test."""
     with local_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def labelme_examples():
+    """labelme's own example folders (``instance_segmentation/``, ``bbox_detection/``), fetched once into
+    the user's cache (see tests/labelme_examples.py); without them the test fails with one line naming the fix."""
+    return examples_or_fail()
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ def test_off_switch_is_the_plain_model(model_dir, images):
     with torch.inference_mode():
         raw = model([torch.from_numpy(images[0]).permute(2, 0, 1).float() / 255])[0]
     got = predictor(images[0], threshold=0.0)
+    # the off switch is this very computation on the same input: bit for bit, row for row
     assert len(got) == len(raw["scores"]) > 0
     assert np.array_equal(got.scores, raw["scores"].numpy())
     assert np.array_equal(got.masks, (raw["masks"][:, 0] > 0.5).numpy())
@@ -67,7 +68,8 @@ def test_threshold_before_the_mask_head_changes_nothing_above_it(model_dir, imag
     assert len(everything) >= 4 and rois[-1] == len(everything)
     cut = float(np.sort(everything.scores)[len(everything) // 2])  # an instance's own score: ">=" keeps it
     above = fast_fp32(images[1], threshold=cut)
-    # the mask head ran only on the instances returned, and they are exactly the ones above the cut
+    # the mask head ran only on the instances returned, and they are exactly the ones above the cut (one path,
+    # the cut applied after NMS: the same rows in the same order)
     assert rois[-1] == len(above) == int((everything.scores >= cut).sum()) < len(everything)
     assert np.array_equal(above.scores, everything.scores[everything.scores >= cut])
     assert np.array_equal(above.boxes, everything.boxes[everything.scores >= cut])
@@ -128,10 +130,12 @@ def test_bf16_predictions_stay_close_to_fp32(model_dir, images):
         ref = plain(image, threshold=0.0)
         got = fast(image, threshold=0.0)
         assert len(got) > 0 and len(ref) > 0
-        # the top instance of an untrained-for-long model: same class, near-same score and box
-        assert got.class_ids[0] == ref.class_ids[0]
-        assert abs(float(got.scores[0]) - float(ref.scores[0])) < 0.05
-        assert np.abs(got.boxes[0] - ref.boxes[0]).max() < 0.05 * max(image.shape[:2])
+        # the top instance of each run (an untrained-for-long model) is in the other: same class, near-same
+        # score and box. Found by value, not at row 0: bf16 may reorder scores closer than its rounding
+        for top, other in ((ref, got), (got, ref)):
+            near = ((other.class_ids == top.class_ids[0]) & (np.abs(other.scores - top.scores[0]) < 0.05)
+                    & (np.abs(other.boxes - top.boxes[0]).max(axis=1) < 0.05 * max(image.shape[:2])))
+            assert near.any(), (top.labels[0], float(top.scores[0]), top.boxes[0].tolist())
 
 
 def test_boolean_pasting_gives_torchvisions_pixels():

@@ -27,7 +27,6 @@ from maskrcnn_finetune.prelabel import draw, instances_to_labelme, mask_to_polyg
 from maskrcnn_finetune.structures import Instances
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELME_EXAMPLES = ROOT.parent / "shared" / "fixtures" / "labelme_examples"  # see tests/data/conftest.py
 # the 3-iteration test model scores its detections around 0.2-0.3: a low threshold keeps some
 THRESHOLD = 0.05
 
@@ -63,10 +62,10 @@ def test_masks_become_polygons_that_draw_the_same_pixels():
     assert mask_to_polygons(np.zeros((10, 10), bool)) == []
 
 
-def test_labelme_files_of_real_annotations_convert_back_to_the_same_instances(tmp_path):
+def test_labelme_files_of_real_annotations_convert_back_to_the_same_instances(labelme_examples, tmp_path):
     """labelme's own example annotations (people, cars, a bottle...) as if a model had predicted
     them: written as labelme files by the kit, converted back by the kit's converter."""
-    src = LABELME_EXAMPLES / "instance_segmentation" / "data_annotated"
+    src = labelme_examples / "instance_segmentation" / "data_annotated"
     original = load_coco(convert_labelme(src, tmp_path / "original", val_fraction=0).json_paths["dataset"])
     names = original.class_names
     folder = tmp_path / "predicted"
@@ -258,7 +257,9 @@ def test_bad_arguments_name_the_problem(tiny_model_dir, photo_folder, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_write_exactly_what_one_process_writes(tiny_model_dir, photo_folder, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
+    # the same arithmetic in every process: one thread, one image per model call, so each image's detections
+    # come out bit for bit and in one order whichever process runs it, and the files can be compared whole
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [str(photo_folder), "--model-dir", str(tiny_model_dir), "--threshold", str(THRESHOLD), "--device", "cpu",
             "--order", "uncertainty"]
     single = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args, "--output-dir",

@@ -13,6 +13,7 @@ from maskrcnn_finetune.model_dir import ModelDirError
 from maskrcnn_finetune.predictor import Predictor
 from maskrcnn_finetune.structures import Instances
 
+from detections import assert_same_detections
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,11 @@ def test_every_input_kind_gives_the_same_result(model_dir, tiny_coco, tmp_path):
     from_path, from_array, from_pil = predictor(path), predictor(rgb), predictor(Image.open(path))
     batch = predictor([path, rgb])
     assert len(batch) == 2 and len(from_path) > 0 and from_path.masks.any()  # instances, with pixels
-    for other in (from_array, from_pil):  # the same call: bit for bit
+    for other in (from_array, from_pil):  # the same call on the same pixels: bit for bit, row for row
         assert np.array_equal(other.scores, from_path.scores) and np.array_equal(other.masks, from_path.masks)
-    for other in batch:  # in a batch of two, RoIAlign's sums on every core run in another order: float rounding
-        assert np.allclose(other.scores, from_path.scores, atol=1e-4)
-        assert (other.masks != from_path.masks).sum() <= max(2, 0.001 * from_path.masks.size)
+    for other in batch:  # in a batch of two, RoIAlign's sums on every core run in another order: float
+        # rounding, which may also swap tied scores, so compared as sets (the parity gate's mask IoU)
+        assert_same_detections(other, from_path, score_atol=1e-4, mask_iou=0.95, mask_pixels=2)
     assert from_path.masks.shape[1:] == rgb.shape[:2]
 
 
@@ -42,10 +43,10 @@ def test_threshold_and_odd_images(model_dir, tmp_path):
     everything = predictor(image)
     assert 0 < len(everything) <= 20
     cut = float(np.median(everything.scores))
-    above = predictor(image, threshold=cut)
+    above = predictor(image, threshold=cut)  # the same computation, cut after NMS: the same rows in one order
     assert len(above) == int((everything.scores >= cut).sum())
     assert len(above) > 0 and np.array_equal(above.scores, everything.scores[everything.scores >= cut])
-    grey = predictor(image[:, :, 0])  # a 2-D grey array is the grey RGB image
+    grey = predictor(image[:, :, 0])  # a 2-D grey array is the grey RGB image: the same pixels, bit for bit
     same_grey = predictor(np.dstack([image[:, :, 0]] * 3))
     assert len(grey) > 0 and grey.masks.shape[1:] == (60, 80)
     assert np.array_equal(grey.scores, same_grey.scores) and np.array_equal(grey.masks, same_grey.masks)

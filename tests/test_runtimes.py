@@ -19,6 +19,8 @@ from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.export.runtime_choice import choose_runtime
 from maskrcnn_finetune.predictor import Predictor
 
+from detections import assert_same_detections
+
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino; make test installs it)")
 
 
@@ -59,11 +61,11 @@ def test_openvino_passes_the_gate_and_answers_as_torch_does(tiny_model_dir, imag
     assert "match" in choice["parity"] and predictor.mode["runtime"] == "openvino"
     assert "OpenVINO" in predictor.describe_mode()
     reference = Predictor.from_dir(tiny_model_dir)
-    for image in images:
+    for k, image in enumerate(images):
         want, got = reference(image, threshold=0.0), predictor(image, threshold=0.0)
-        assert len(want) == len(got) > 0  # threshold 0: every detection of the untrained model
-        np.testing.assert_allclose(got.scores, want.scores, atol=1e-3)
-        np.testing.assert_allclose(got.boxes, want.boxes, atol=0.05)
+        assert len(want) > 0  # threshold 0: every detection of the untrained model, many of them tied
+        # as sets: OpenVINO and torch round differently, so tied scores come out in either order
+        assert_same_detections(got, want, score_atol=1e-3, box_atol=0.05, what=f"image {k}")
 
 
 def test_auto_times_both_and_returns_the_one_it_names(tiny_model_dir, images):

@@ -28,9 +28,9 @@ def _instances(coco, image_name):
     return sorted((names[a["category_id"]], a["bbox"], a["area"], a) for a in anns)
 
 
-def test_conforms_to_labelme_reference_output(fixtures_dir, tmp_path):
-    src = fixtures_dir / "instance_segmentation" / "data_annotated"
-    ref = json.loads((fixtures_dir / "instance_segmentation" / "data_dataset_coco" / "annotations.json").read_text())
+def test_conforms_to_labelme_reference_output(labelme_examples, tmp_path):
+    src = labelme_examples / "instance_segmentation" / "data_annotated"
+    ref = json.loads((labelme_examples / "instance_segmentation" / "data_dataset_coco" / "annotations.json").read_text())
     result = convert_labelme(src, tmp_path / "out", val_fraction=0)
     ours = json.loads(result.json_paths["dataset"].read_text())
     assert len(ours["images"]) == 3
@@ -43,8 +43,8 @@ def test_conforms_to_labelme_reference_output(fixtures_dir, tmp_path):
             assert abs(area - ref_area) <= 0.02 * ref_area, (name, cls, area, ref_area)
 
 
-def test_groups_ignore_and_category_ids(fixtures_dir, tmp_path):
-    src = fixtures_dir / "instance_segmentation" / "data_annotated"
+def test_groups_ignore_and_category_ids(labelme_examples, tmp_path):
+    src = labelme_examples / "instance_segmentation" / "data_annotated"
     coco = json.loads(convert_labelme(src, tmp_path / "out", val_fraction=0).json_paths["dataset"].read_text())
     names = [c["name"] for c in coco["categories"]]
     assert names == sorted(names) and "__ignore__" not in names and "_background_" not in names
@@ -55,8 +55,8 @@ def test_groups_ignore_and_category_ids(fixtures_dir, tmp_path):
     assert sorted(len(a["segmentation"]) for a in persons) == [1, 2]
 
 
-def test_rectangles_become_masks(fixtures_dir, tmp_path):
-    src = fixtures_dir / "bbox_detection" / "data_annotated"
+def test_rectangles_become_masks(labelme_examples, tmp_path):
+    src = labelme_examples / "bbox_detection" / "data_annotated"
     coco = json.loads(convert_labelme(src, tmp_path / "out", val_fraction=0).json_paths["dataset"].read_text())
     assert len(coco["annotations"]) == 9
     for ann in coco["annotations"]:
@@ -219,9 +219,9 @@ def _run_script(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_converts_and_draws_a_preview(fixtures_dir, tmp_path):
+def test_cli_converts_and_draws_a_preview(labelme_examples, tmp_path):
     out = tmp_path / "out"
-    proc = _run_script(fixtures_dir / "instance_segmentation" / "data_annotated", out,
+    proc = _run_script(labelme_examples / "instance_segmentation" / "data_annotated", out,
                        "--val-fraction", "0.34", "--preview", out / "samples.png")
     assert proc.returncode == 0, proc.stderr
     assert "| person" in proc.stdout and "train images" in proc.stdout
@@ -240,13 +240,13 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_takes_a_zip_url_of_a_labelme_folder(fixtures_dir, tmp_path, http_server):
+def test_cli_takes_a_zip_url_of_a_labelme_folder(labelme_examples, tmp_path, http_server):
     import io
     import zipfile
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for path in sorted((fixtures_dir / "instance_segmentation" / "data_annotated").iterdir()):
+        for path in sorted((labelme_examples / "instance_segmentation" / "data_annotated").iterdir()):
             zf.write(path, f"my_upload/{path.name}")
     http_server.serve("/upload.zip", buf.getvalue())
     out = tmp_path / "out"

@@ -35,7 +35,7 @@ def test_the_same_classes_reuse_every_weight_and_predict_the_same(tiny_model_dir
     ours = Predictor(model, spec, "cpu")(images, threshold=0.0)
     theirs = Predictor.from_dir(tiny_model_dir, device="cpu")(images, threshold=0.0)
     assert sum(len(o) for o in ours) > 0
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs):  # the same path and weights on the same images: row for row
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.masks, b.masks)
 

@@ -248,7 +248,7 @@ def test_what_training_scores_is_what_the_model_folder_predicts(tiny_coco, tmp_p
     from_dir = Predictor.from_dir(out, device="cpu")(images, threshold=0.0)
     in_memory = evaluation_predictor(trained, spec, "cpu")(images, threshold=0.0)
     assert sum(len(r) for r in from_dir) > 0
-    for a, b in zip(in_memory, from_dir):
+    for a, b in zip(in_memory, from_dir):  # one path (the Predictor's default), one set of weights: row for row
         assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
         assert np.array_equal(a.masks, b.masks)
     # what the old evaluation ran (the training model in eval mode) resizes to 96 px, not 64

@@ -34,6 +34,8 @@ def test_predict_follows_the_contract_and_equals_the_predictor(client, predictor
     assert body["timing_ms"]["total"] >= body["timing_ms"]["model"]
     assert body["num_instances"] == len(expected) == len(body["instances"]) > 0
     assert body["masked_fraction"] == pytest.approx(expected.masked_fraction(), abs=1e-6)
+    # the app holds this very Predictor and runs it on one image per call: the same computation on the same
+    # pixels, so row for row (a server process or a batch is compared as sets: tests/detections.py)
     for k, inst in enumerate(body["instances"]):
         assert inst["index"] == k and inst["class_name"] == predictor.class_names[inst["class_id"]]
         assert inst["score"] == pytest.approx(float(expected.scores[k]), abs=1e-5)
@@ -181,6 +183,7 @@ def test_batch_multipart_and_json_give_one_result_per_image(client, predictor, s
     for png, result in zip(pngs, results):
         expected = predictor(np.array(Image.open(io.BytesIO(png))), threshold=0.0)
         assert result["num_instances"] == len(expected)
+        # one image per model call (no --micro-batch), this very Predictor: the same computation, row for row
         assert np.array_equal(decode_rle(result["instances"][0]["mask_rle"]), expected.masks[0])
     as_json = client.post("/api/v1/predict/batch", json=[{"image_base64": base64.b64encode(b).decode()} for b in pngs])
     assert [r["num_instances"] for r in as_json.get_json()["results"]] == [r["num_instances"] for r in results]

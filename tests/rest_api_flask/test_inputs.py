@@ -105,7 +105,7 @@ def test_url_images_are_fetched_with_the_test_switch(url_client, client, http_se
     body = url_client.post("/api/v1/predict", json={"url": url}).get_json()
     expected = predictor(np.array(Image.open(io.BytesIO(sample_png)).convert("RGB")), threshold=0.0)
     assert body["image"]["filename"] == "pic.png" and body["num_instances"] == len(expected)
-    assert np.array_equal(decode_rle(body["instances"][0]["mask_rle"]), expected.masks[0])
+    assert np.array_equal(decode_rle(body["instances"][0]["mask_rle"]), expected.masks[0])  # this Predictor: row for row
     # by default loopback is refused, and the local server is never contacted
     before = http_server.count("/pic.png")
     assert "loopback" in _error(client.post("/api/v1/predict", json={"url": url}), 400)

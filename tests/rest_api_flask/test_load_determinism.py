@@ -57,5 +57,5 @@ def test_the_same_image_gets_the_same_answer_alone_and_under_load(served, sample
     for _ in range(2):  # repeated: 8 clients x 3 requests at once, twice
         with ThreadPoolExecutor(8) as pool:
             loaded = list(pool.map(client, range(8)))
-        for k in range(8):
+        for k in range(8):  # one process, one path, the same pixels: the claim is bit for bit, order included
             assert loaded[k] == [alone[k]] * 3, f"image {k} answered differently under load"
