@@ -78,7 +78,8 @@ def results_table(rows: dict) -> str:
     """The section's table from the measured ``rows`` (see :func:`main`)."""
     return markdown_table(
         ["step", "command", "wall time (min)", "what it left"],
-        [["set-up: the kit into `.venv`", "`make .venv/.installed` (`make demo`'s first step)", f"{rows['venv_s'] / 60:.1f}", f"`.venv` {gigabytes(rows['venv_bytes'])}"],
+        [["set-up: the kit into `.venv`", "`make .venv/.installed` (`make demo`'s first step)",
+          f"{rows['venv_s'] / 60:.1f}", f"`.venv` {gigabytes(rows['venv_bytes'])}"],
          ["the demo job", "`make demo DEMO_SERVE=0`", f"{rows['demo_s'] / 60:.1f}",
           f"saved model: val mask AP50 {rows['mask_ap50']:.3f}, box AP50 {rows['box_ap50']:.3f} (`scripts/evaluate.py`)"],
          ["`make demo` from a fresh clone", "the two rows above", f"{(rows['venv_s'] + rows['demo_s']) / 60:.1f}", ""],
