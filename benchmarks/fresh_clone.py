@@ -81,7 +81,8 @@ def results_table(rows: dict) -> str:
         [["set-up: the kit into `.venv`", "`make .venv/.installed` (`make demo`'s first step)",
           f"{rows['venv_s'] / 60:.1f}", f"`.venv` {gigabytes(rows['venv_bytes'])}"],
          ["the demo job", "`make demo DEMO_SERVE=0`", f"{rows['demo_s'] / 60:.1f}",
-          f"saved model: val mask AP50 {rows['mask_ap50']:.3f}, box AP50 {rows['box_ap50']:.3f} (`scripts/evaluate.py`)"],
+          f"saved model: val mask AP50 {rows['mask_ap50']:.3f}, box AP50 {rows['box_ap50']:.3f} "
+          "(`scripts/evaluate.py`)"],
          ["`make demo` from a fresh clone", "the two rows above", f"{(rows['venv_s'] + rows['demo_s']) / 60:.1f}", ""],
          ["the tests", "`make test`", f"{rows['test_s'] / 60:.1f}",
           f"{rows['tests']}; `.venv` {gigabytes(rows['test_venv_bytes'])} with the test tools"]],
