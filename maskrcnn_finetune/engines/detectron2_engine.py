@@ -48,7 +48,7 @@ from maskrcnn_finetune.evaluate import evaluate_predictor  # noqa: E402
 from maskrcnn_finetune.model_format import CONFIG_YAML  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.checkpoints import TrustedCheckpointer  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
-from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
+from maskrcnn_finetune.modeling.detectron2.model_config import build_config, detectron2_backbone  # noqa: E402
 from maskrcnn_finetune.errors import WeightsUnavailableError  # noqa: E402
 from maskrcnn_finetune.devices import resolve_device  # noqa: E402
 from maskrcnn_finetune.predictor import Predictor  # noqa: E402
@@ -229,6 +229,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         TrainingError: the loss diverged; the last checkpoint is kept.
     """
     check_config(cfg)
+    detectron2_backbone(cfg.backbone)  # a backbone of the torchvision engine only: refused before anything runs
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("the detectron2 engine trains in one process; use --engine torchvision with torchrun, "
                           "or detectron2's own launch() for several GPUs")
