@@ -182,6 +182,33 @@ def test_no_module_imports_itself_back():
     assert cycle is None, "an import circle: " + " -> ".join(cycle)
 
 
+def duplicate_keys(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line key`` for each key a dict literal of ``path`` repeats (Python keeps the last one silently)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Dict):
+            seen = set()
+            for key in node.keys:
+                if isinstance(key, ast.Constant):
+                    if key.value in seen:
+                        found.append(f"{path.relative_to(root)}:{key.lineno} {key.value!r}")
+                    seen.add(key.value)
+    return found
+
+
+def test_no_table_names_an_entry_twice():
+    """The registries refuse a second entry (maskrcnn_finetune.registries); the tables written as dict
+    literals (presets, export formats, the server's defaults, the detectron2 families...) get the same rule here."""
+    twice = [hit for path in kit_modules().values() for hit in duplicate_keys(path)]
+    assert not twice, "a dict literal with a key written twice (the first entry is lost):\n" + "\n".join(twice)
+
+
+def test_a_key_written_twice_is_found(tmp_path):
+    path = tmp_path / "presets.py"
+    path.write_text("PRESETS = {\n    'demo': 1,\n    'tiny': 2,\n    'demo': 3,\n}\nOTHER = {'demo': 1}\n")
+    assert duplicate_keys(path, tmp_path) == ["presets.py:4 'demo'"]
+
+
 # The reader itself, on a package written for the purpose.
 
 def _write(root: Path, files: dict[str, str]) -> None:
