@@ -14,6 +14,7 @@ from pathlib import Path
 
 from maskrcnn_finetune.cli import add_device_argument, add_with_aliases
 from maskrcnn_finetune.devices import check_device
+from maskrcnn_finetune.engine_names import ENGINES
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
 
@@ -55,7 +56,7 @@ class TrainConfig:
     train_json: str = _option("", "COCO json to train on (from scripts/labelme_to_coco.py)")
     val_json: str = _option("", "COCO json to evaluate on every --eval-period iterations")
     output_dir: str = _option("", "the model folder to write")
-    engine: str = _option("torchvision", "the training engine", choices=("torchvision", "detectron2"))
+    engine: str = _option(ENGINES[0], "the training engine", choices=ENGINES)
     backbone: str = _option("resnet50_fpn", spec="backbone")
     pretrained: str = _option("default", "default: COCO weights for resnet50_fpn, ImageNet for the others; "
                               "none: from scratch", choices=("default", "none"))

@@ -15,13 +15,19 @@ import torch
 
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
-from maskrcnn_finetune.model_format import (CONFIG_YAML, ENGINES, FORMAT, FORMAT_VERSION, MODEL_JSON, WEIGHTS,
-                                            ModelDirError, load_checked, read_weights)
+from maskrcnn_finetune.engine_names import ENGINES
+from maskrcnn_finetune.model_format import (CONFIG_YAML, FORMAT, FORMAT_VERSION, MODEL_JSON, WEIGHTS, ModelDirError,
+                                            load_checked, read_weights)
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.backbones import freeze_norms
+from maskrcnn_finetune.modeling.detectron2 import require_detectron2
 from maskrcnn_finetune.modeling.maskrcnn import frozen_norm_eps
+from maskrcnn_finetune.registries import Registry
 
 logger = logging.getLogger(__name__)
+
+LOADERS: Registry = Registry("model-folder loader", names=ENGINES)
+"""How each engine's model folder comes back: ``loader(model_dir, device, info) -> (model, spec, info)``."""
 
 __all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "WEIGHTS", "load_model_dir",
            "read_model_info", "rebuild_model", "write_model_dir"]
@@ -104,10 +110,11 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
     engine = info.get("engine", "torchvision")
     if engine not in LOADERS:
         raise ModelDirError(f"'{model_dir}' holds a model of the unknown engine '{engine}'; "
-                            f"this kit reads {' and '.join(ENGINES)} models")
+                            f"this kit reads {' and '.join(LOADERS)} models")
     return LOADERS[engine](model_dir, device, info)
 
 
+@LOADERS.register("torchvision")
 def _load_torchvision_dir(model_dir: Path, device, info: dict):
     spec = ModelSpec.from_dict(info["model"])
     weights = model_dir / WEIGHTS
@@ -143,16 +150,11 @@ def trained_with_frozen_norms(model: torch.nn.Module, state: dict) -> bool:
                                   for k in counters)
 
 
+@LOADERS.register("detectron2")
 def _load_detectron2_dir(model_dir: Path, device, info: dict):
     """A detectron2 model folder: its model behind torchvision's inference interface (see
     :class:`maskrcnn_finetune.modeling.detectron2.inference.Detectron2Model`)."""
-    from maskrcnn_finetune.modeling.detectron2 import require_detectron2
-
     require_detectron2()  # detectron2 is optional: imported only for its own folders
     from maskrcnn_finetune.modeling.detectron2.checkpoints import load_detectron2_dir
 
     return load_detectron2_dir(model_dir, device, info)
-
-
-LOADERS = {"torchvision": _load_torchvision_dir, "detectron2": _load_detectron2_dir}
-"""How each engine's model folder comes back: ``loader(model_dir, device, info) -> (model, spec, info)``."""

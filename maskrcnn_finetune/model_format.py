@@ -26,9 +26,8 @@ CONFIG_YAML = "detectron2_config.yaml"
 """The detectron2 config of a detectron2 model folder, beside ``model.json`` and the weights."""
 FORMAT = "maskrcnn-finetune/model-dir"
 FORMAT_VERSION = 1
-ENGINES = ("torchvision", "detectron2")
 
-__all__ = ["CONFIG_YAML", "ENGINES", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "WEIGHTS",
+__all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "WEIGHTS",
            "load_checked", "read_weights"]
 
 

@@ -18,7 +18,7 @@ from maskrcnn_finetune.structures import Instances
 from rest_api_flask.encoding import RLE_FORMATS, instances_json, mask_rles
 from rest_api_flask.errors import ApiError
 from rest_api_flask.inference import get_service
-from rest_api_flask.inputs import clean_filename, decode_base64, decode_image, fetch_url
+from rest_api_flask.inputs import clean_filename, decode_base64, decode_image, fetch_url, parse_threshold
 from rest_api_flask.openapi import openapi_spec
 from rest_api_flask.results import get_store
 
@@ -41,19 +41,6 @@ def request_param(name: str, body=None):
     if name in request.form:
         return request.form[name]
     return request.args.get(name)
-
-
-def parse_threshold(value, default: float) -> float:
-    """The score threshold of a request, checked to lie in [0, 1]."""
-    if value is None or value == "":
-        return default
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ApiError(f"'threshold' must be a number between 0 and 1, got {str(value)[:50]!r}", 400) from exc
-    if not 0.0 <= threshold <= 1.0 or threshold != threshold:
-        raise ApiError(f"'threshold' must be between 0 and 1, got {threshold}", 400)
-    return threshold
 
 
 def _from_json_item(item, where: str) -> tuple[bytes, str | None]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import glob
 import html
-import io
 import json
 import logging
 import re
@@ -32,6 +31,8 @@ from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.files import write_bytes_atomic
 from maskrcnn_finetune.structures import Instances
 from maskrcnn_finetune.visualize import draw_instances
+from rest_api_flask import compat_webapp
+from rest_api_flask.encoding import encode_image
 from rest_api_flask.errors import ApiError
 from rest_api_flask.inference import get_service
 from rest_api_flask.inputs import decode_base64, decode_image
@@ -57,8 +58,6 @@ def init_app(app: Flask) -> None:
             raise ConfigError(f"cannot create the --legacy-base64-folder '{folder}' ({exc.strerror}); "
                               "pass a folder you can write to") from exc
         app.config["LEGACY_BASE64_FOLDER"] = str(folder)
-    from rest_api_flask import compat_webapp
-
     app.register_blueprint(bp)
     app.register_blueprint(compat_webapp.bp)
 
@@ -162,16 +161,6 @@ def _folder_images(upload: Path) -> list[Path]:
             continue
         images.append(path)
     return images
-
-
-def encode_image(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.fromarray(array)
-    if fmt in ("JPEG", "BMP") and image.mode == "RGBA":
-        image = image.convert("RGB")
-    # JPEG at quality 95: what OpenCV's imwrite, which the older kits used, writes by default
-    image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 def _crop(image: np.ndarray, box) -> np.ndarray:

@@ -13,11 +13,10 @@ import html
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from maskrcnn_finetune.visualize import draw_instances
-from rest_api_flask.api import parse_threshold
-from rest_api_flask.compat import encode_image
+from rest_api_flask.encoding import encode_image
 from rest_api_flask.errors import ApiError
 from rest_api_flask.inference import get_service
-from rest_api_flask.inputs import decode_image, fetch_url
+from rest_api_flask.inputs import decode_image, fetch_url, parse_threshold
 
 bp = Blueprint("compat_webapp", __name__)
 

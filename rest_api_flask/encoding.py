@@ -1,8 +1,12 @@
-"""Instances as JSON: COCO RLE masks, polygons, per-instance numbers and COCO results."""
+"""What the routes answer, encoded: instances as JSON (COCO RLE masks, polygons, per-instance numbers,
+COCO results) and drawn images as file bytes."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn_finetune.evaluate import encode_rle, instances_to_coco
@@ -97,3 +101,15 @@ def instances_json(instances: Instances, result_id: str, polygons: bool = False,
 def coco_results(instances: Instances, image_id: int = 1, rles: list[dict] | None = None) -> list[dict]:
     """The instances as a COCO results list (what ``COCO.loadRes`` reads); category ids start at 1."""
     return instances_to_coco(instances, image_id, list(range(1, len(instances.class_names) + 1)), rles=rles)
+
+
+def encode_image(array: np.ndarray, fmt: str) -> bytes:
+    """An image as the bytes of a file in ``fmt`` (a PIL format name: ``"JPEG"``, ``"PNG"``, ...), as the
+    older kits' routes answer it."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    if fmt in ("JPEG", "BMP") and image.mode == "RGBA":
+        image = image.convert("RGB")
+    # JPEG at quality 95: what OpenCV's imwrite, which the older kits used, writes by default
+    image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()

@@ -226,7 +226,7 @@ def model_folder_of_weights(args: argparse.Namespace, weights: Path) -> Path:
     from maskrcnn_finetune.modeling.detectron2 import require_detectron2
 
     require_detectron2()
-    from maskrcnn_finetune.modeling.detectron2.checkpoints import import_checkpoint
+    from maskrcnn_finetune.modeling.detectron2.importing import import_checkpoint
 
     weights = Path(weights)
     folder = Path(args.output_folder) / "models" / f"{weights.stem}-{sha256_of(weights)[:12]}"

@@ -248,3 +248,16 @@ def fetch_url(url, *, max_bytes: int, timeout: float, allow_loopback: bool = Fal
             return body
         url = urljoin(url, location)
     raise ApiError(f"the image URL redirects more than {max_redirects} times; give the final address", 422)
+
+
+def parse_threshold(value, default: float) -> float:
+    """The score threshold of a request, checked to lie in [0, 1]."""
+    if value is None or value == "":
+        return default
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(f"'threshold' must be a number between 0 and 1, got {str(value)[:50]!r}", 400) from exc
+    if not 0.0 <= threshold <= 1.0 or threshold != threshold:
+        raise ApiError(f"'threshold' must be between 0 and 1, got {threshold}", 400)
+    return threshold

@@ -7,6 +7,9 @@ response schemas.
 
 from __future__ import annotations
 
+from maskrcnn_finetune.engine_names import ENGINES
+from rest_api_flask.encoding import RLE_FORMATS
+
 
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -53,7 +56,7 @@ _QUERY = [
     {"name": "threshold", "in": "query", "schema": _THRESHOLD},
     {"name": "polygons", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
     {"name": "rle", "in": "query", "description": "mask_rle as COCO's compressed string (default) or plain run lengths",
-     "schema": {"type": "string", "enum": ["compressed", "uncompressed"]}},
+     "schema": {"type": "string", "enum": list(RLE_FORMATS)}},
     {"name": "remove_colors", "in": "query", "description": "overlay.png on a grey copy of the image (default: the "
      "server's --remove-colors)", "schema": {"type": "string", "enum": ["0", "1"]}},
 ]
@@ -126,7 +129,7 @@ SCHEMAS = {
         "results": {"type": "array", "items": _ref("Result")}}},
     "Model": {"type": "object", "required": ["engine", "backbone", "classes", "device", "inference",
                                              "default_threshold"], "properties": {
-        "engine": {"type": "string", "enum": ["torchvision", "detectron2"]},
+        "engine": {"type": "string", "enum": list(ENGINES)},
         "backbone": {"type": "string", "nullable": True},
         "classes": {"type": "array", "items": {"type": "string"}},
         "device": {"type": "string"},

@@ -58,6 +58,24 @@ def test_choices_live_with_their_field_in_the_checks_and_the_flags():
     assert "--amp {auto,on,off}" in parser.format_help()
 
 
+def test_every_list_of_engines_reads_the_one_list():
+    from maskrcnn_finetune.engine_names import ENGINES
+    from maskrcnn_finetune.engines import TRAINERS, train
+    from maskrcnn_finetune.model_dir import LOADERS
+    from rest_api_flask.openapi import openapi_spec
+
+    assert ENGINES == ("torchvision", "detectron2")
+    assert TrainConfig.__dataclass_fields__["engine"].metadata["choices"] == ENGINES
+    assert tuple(TRAINERS) == tuple(LOADERS) == ENGINES  # each engine trains, and its folders load
+    assert openapi_spec()["components"]["schemas"]["Model"]["properties"]["engine"]["enum"] == list(ENGINES)
+    help_text = add_config_arguments(argparse.ArgumentParser()).format_help()
+    assert "--engine {torchvision,detectron2}" in help_text
+    with pytest.raises(ConfigError, match="--engine must be one of torchvision, detectron2, got 'mmdet'"):
+        resolve_config(None, train_json="t.json", output_dir="o", max_iter=1, engine="mmdet")
+    with pytest.raises(ConfigError, match=r"unknown engine 'mmdet'; choose one of: detectron2, torchvision \(--engine\)"):
+        train(dataclasses.replace(TrainConfig(), engine="mmdet"))
+
+
 def test_the_tiny_preset_is_what_smoke_mode_trains():
     from maskrcnn_finetune.forms import SMOKE_TRAINING
 

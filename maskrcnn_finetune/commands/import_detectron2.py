@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
     require_detectron2()
-    from maskrcnn_finetune.modeling.detectron2.checkpoints import import_checkpoint
+    from maskrcnn_finetune.modeling.detectron2.importing import import_checkpoint
 
     classes = [name for item in args.classes for name in item.split(",")]
     out = import_checkpoint(args.weights, args.config, classes, args.output_dir,

@@ -48,7 +48,8 @@ from maskrcnn_finetune.evaluate import evaluate_predictor  # noqa: E402
 from maskrcnn_finetune.model_format import CONFIG_YAML  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.checkpoints import TrustedCheckpointer  # noqa: E402
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model  # noqa: E402
-from maskrcnn_finetune.modeling.detectron2.model_config import build_config  # noqa: E402
+from maskrcnn_finetune.modeling.detectron2.model_config import (build_config, detectron2_backbone,  # noqa: E402
+                                                                 load_config)
 from maskrcnn_finetune.errors import WeightsUnavailableError  # noqa: E402
 from maskrcnn_finetune.devices import resolve_device  # noqa: E402
 from maskrcnn_finetune.predictor import Predictor  # noqa: E402
@@ -201,8 +202,6 @@ def _d2_config(cfg: TrainConfig, spec, device: torch.device, max_iter: int, data
 def _check_same_model(saved_yaml: Path, d2_cfg: CfgNode) -> None:
     """Refuses to resume with other model options: detectron2's checkpointer would skip the weights
     that no longer fit with a warning, and the run would silently start those parts anew."""
-    from maskrcnn_finetune.modeling.detectron2.model_config import load_config
-
     if not saved_yaml.is_file():
         return
     saved = load_config(saved_yaml)
@@ -229,6 +228,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         TrainingError: the loss diverged; the last checkpoint is kept.
     """
     check_config(cfg)
+    detectron2_backbone(cfg.backbone)  # a backbone of the torchvision engine only: refused before anything runs
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("the detectron2 engine trains in one process; use --engine torchvision with torchrun, "
                           "or detectron2's own launch() for several GPUs")

@@ -38,8 +38,7 @@ def build_model(spec: ModelSpec, pretrained: str = "none", train_min_sizes: list
     """
     if pretrained not in PRETRAINED_CHOICES:
         raise ConfigError(f"--pretrained must be one of {', '.join(PRETRAINED_CHOICES)}, got '{pretrained}'")
-    if spec.backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone '{spec.backbone}'; choose one of: {', '.join(sorted(BACKBONES))}")
+    BACKBONES.lookup(spec.backbone)  # an unknown name: ConfigError listing the known ones
     if not spec.class_names:
         raise ConfigError("the model needs at least one class name")
     if len(spec.anchor_sizes) != spec.rpn_levels:

@@ -23,7 +23,9 @@ from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.evaluate import evaluate_predictor
 from maskrcnn_finetune.model_dir import ModelDirError
-from maskrcnn_finetune.modeling.detectron2.checkpoints import CheckpointError, import_checkpoint
+from maskrcnn_finetune.modeling.backbones import BACKBONES, Backbone
+from maskrcnn_finetune.errors import CheckpointError
+from maskrcnn_finetune.modeling.detectron2.importing import import_checkpoint
 from maskrcnn_finetune.modeling.detectron2.inference import from_detectron2
 from maskrcnn_finetune.modeling.maskrcnn import WeightsUnavailableError
 from maskrcnn_finetune.predictor import Predictor
@@ -171,12 +173,29 @@ def test_rpn_levels_and_fpn_norm_become_detectron2s_config_and_come_back():
         build_config(ModelSpec("vovnet19_fpn", ["a"], anchor_sizes=[8, 16, 32, 64, 128], rpn_levels=4))
 
 
-def test_unsupported_options_are_refused_before_training(tiny_coco, tmp_path):
+def test_unsupported_options_are_refused_before_training(tiny_coco, tmp_path, monkeypatch):
     base = dict(train_json=str(tiny_coco["train"]), output_dir=str(tmp_path / "x"))
-    with pytest.raises(ConfigError, match="not available with --engine detectron2.*vovnet19_fpn"):
-        train(resolve_config(None, **base, **{**D2_TINY, "backbone": "resnet18_fpn"}))
+    only = Backbone("only_torchvision_fpn", builder=lambda backbone, pretrained: None)
+    monkeypatch.setitem(BACKBONES._entries, only.name, only)  # a torchvision-only entry, for this test only
+    with pytest.raises(ConfigError, match="'only_torchvision_fpn' is built by the torchvision engine only; use "
+                                          "--engine torchvision, or one of these with --engine detectron2: .*vovnet19_fpn"):
+        train(resolve_config(None, **base, **{**D2_TINY, "backbone": "only_torchvision_fpn"}))
     with pytest.raises(ConfigError, match="one width"):
         train(resolve_config(None, **base, **{**D2_TINY, "backbone": "vovnet19_fpn", "mask_head_layers": [32, 16]}))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_the_demo_backbone_trains_with_detectron2(tiny_coco, tmp_path):
+    """resnet18_fpn (the demo preset's) is timm's ResNet-18 under detectron2's FPN of 128 channels."""
+    out = train(resolve_config(None, train_json=str(tiny_coco["train"]), output_dir=str(tmp_path / "r18"),
+                               **{**D2_TINY, "backbone": "resnet18_fpn"}))
+    info = json.loads((out / "model.json").read_text())
+    assert info["engine"] == "detectron2" and info["backbone"] == "resnet18_fpn"
+    cfg_yaml = (out / "detectron2_config.yaml").read_text()
+    assert "build_timm_fpn_backbone" in cfg_yaml and "TIMM_NAME: resnet18" in cfg_yaml
+    result = Predictor.from_dir(out, score_threshold=0.0)(_val_image(tiny_coco))
+    assert 0 < len(result) <= 20 and result.masks.dtype == bool
 
 
 @pytest.mark.slow

@@ -12,13 +12,49 @@ import torch
 
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model
+from maskrcnn_finetune.modeling.backbones import register_backbone
 from maskrcnn_finetune.modeling.maskrcnn import WeightsUnavailableError
 from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.registries import Registry
 
 
 def test_registry_has_the_promised_backbones():
     assert set(BACKBONES) >= {"resnet50_fpn", "resnet101_fpn", "mobilenetv2_fpn", "mobilenetv2_fpnlite",
                               "vovnet19_fpn", "vovnet39_fpn", "resnet18_fpn"}
+    # both engines build every one of them, with one FPN width
+    assert all(b.detectron2 is not None for b in BACKBONES.values())
+    assert {n: b.fpn_channels for n, b in BACKBONES.items() if b.fpn_channels != 256} == {
+        "resnet18_fpn": 128, "mobilenetv2_fpnlite": 128}
+
+
+def another_resnet18(backbone, pretrained):
+    raise AssertionError("never built: its registration is refused")
+
+
+def test_a_backbone_name_registered_twice_is_refused_naming_both_places():
+    before = dict(BACKBONES)
+    with pytest.raises(ValueError, match=r"the backbone 'resnet18_fpn' is registered twice: first by "
+                                         r"maskrcnn_finetune\.modeling\.backbones\.resnet18_fpn, then by "
+                                         r"test_backbones\.another_resnet18; give the second one another name"):
+        register_backbone("resnet18_fpn", another_resnet18)
+    with pytest.raises(ValueError, match=r"first by maskrcnn_finetune\.modeling\.backbones\.resnet18_fpn, then by "
+                                         r"test_backbones\.test_a_backbone_name_registered_twice_is_refused_naming_"
+                                         r"both_places\.<locals>\.resnet18"):
+        @register_backbone("resnet18_fpn")
+        def resnet18(backbone, pretrained):
+            raise AssertionError("never built")
+    assert dict(BACKBONES) == before  # the first registration stands
+    assert BACKBONES["resnet18_fpn"].build(False).out_channels == 128
+
+
+def test_a_registry_with_a_list_of_names_refuses_others():
+    registry = Registry("engine", names=("torchvision", "detectron2"))
+    registry.register("torchvision", another_resnet18)
+    assert registry.missing() == ["detectron2"] and registry.place("torchvision").endswith(".another_resnet18")
+    with pytest.raises(ValueError, match="registers the engine 'mmdet', which is not one of torchvision, detectron2"):
+        registry.register("mmdet", another_resnet18)
+    with pytest.raises(ConfigError, match="unknown engine 'mmdet'; choose one of: torchvision"):
+        registry.lookup("mmdet")
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

@@ -13,9 +13,12 @@ from detectron2.structures import Instances as D2Instances
 
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.modeling import ModelSpec
+from maskrcnn_finetune.modeling.backbones import BACKBONES, Backbone
+from maskrcnn_finetune.modeling.detectron2.checkpoints import spec_from_config
 from maskrcnn_finetune.modeling.detectron2.inference import from_detectron2, to_torchvision_output
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config
 from maskrcnn_finetune.modeling.detectron2.timm_backbones import (
+    ADD_CONFIG,
     add_mobilenetv2_config,
     add_vovnet_config,
     create_timm_features,
@@ -36,7 +39,7 @@ def test_each_family_adds_only_its_own_config_keys():
     assert "build_mobilenetv2_fpn_backbone" in BACKBONE_REGISTRY and "build_vovnet_fpn_backbone" in BACKBONE_REGISTRY
 
 
-@pytest.mark.parametrize("name, channels", [("mobilenetv2_fpnlite", 128), ("vovnet19_fpn", 256)])
+@pytest.mark.parametrize("name, channels", [("mobilenetv2_fpnlite", 128), ("vovnet19_fpn", 256), ("resnet18_fpn", 128)])
 def test_registered_backbones_give_the_fpn_levels_they_announce(name, channels):
     cfg = build_config(_spec(name))
     assert cfg.MODEL.PIXEL_MEAN == pytest.approx([123.675, 116.28, 103.53]) and cfg.INPUT.FORMAT == "RGB"
@@ -48,6 +51,31 @@ def test_registered_backbones_give_the_fpn_levels_they_announce(name, channels):
         features = backbone(torch.rand(1, 3, 64, 96))
     for key, shape in shapes.items():  # each level is the input divided by its stride, rounded up
         assert features[key].shape == (1, channels, -(-64 // shape.stride), -(-96 // shape.stride)), key
+
+
+def test_every_backbone_of_the_one_list_has_its_detectron2_config():
+    """The list in modeling/backbones.py is the detectron2 engine's too: each name maps to a config whose
+    summary (the model.json spec) names it back."""
+    for name, backbone in BACKBONES.items():
+        cfg = build_config(_spec(name))
+        assert spec_from_config(cfg, ["a", "b"]).backbone == name
+        assert cfg.MODEL.FPN.OUT_CHANNELS == backbone.fpn_channels
+        if backbone.detectron2.builder:
+            assert backbone.detectron2.family in ADD_CONFIG, name
+            assert cfg.MODEL[backbone.detectron2.family].TIMM_NAME == backbone.detectron2_timm_name, name
+    # timm's ResNet-18, as detectron2's model zoo has none
+    assert build_config(_spec("resnet18_fpn")).MODEL.TIMM.TIMM_NAME == "resnet18"
+
+
+def test_a_backbone_of_the_torchvision_engine_only_is_refused_by_name(monkeypatch):
+    only = Backbone("only_torchvision_fpn", builder=lambda backbone, pretrained: None)
+    monkeypatch.setitem(BACKBONES._entries, only.name, only)  # a registry entry for this test only
+    with pytest.raises(ConfigError, match="backbone 'only_torchvision_fpn' is built by the torchvision engine only; "
+                                          "use --engine torchvision, or one of these with --engine detectron2: "
+                                          "resnet50_fpn, resnet18_fpn"):
+        build_config(_spec("only_torchvision_fpn"))
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet34_fpn'"):
+        build_config(_spec("resnet34_fpn"))
 
 
 def test_a_vovnet_timm_describes_but_does_not_register_is_built():
@@ -67,8 +95,6 @@ def test_config_mapping_carries_the_spec():
     assert (cfg.MODEL.ROI_MASK_HEAD.NUM_CONV, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (1, 32, 64)
     # from scratch: trainable BatchNorm everywhere and no weights to download
     assert cfg.MODEL.RESNETS.NORM == "BN" and cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.WEIGHTS == ""
-    with pytest.raises(ConfigError, match="not available with --engine detectron2"):
-        build_config(_spec("resnet18_fpn"))
     with pytest.raises(ConfigError, match="5 values"):
         build_config(ModelSpec("vovnet19_fpn", ["a"], anchor_sizes=[8, 16]))
 

@@ -27,7 +27,8 @@ import yaml
 
 from maskrcnn_finetune.errors import CheckpointError, ConfigError
 from maskrcnn_finetune.modeling import ModelSpec
-from maskrcnn_finetune.modeling.detectron2.checkpoints import build_for_inference, import_checkpoint
+from maskrcnn_finetune.modeling.detectron2.checkpoints import build_for_inference
+from maskrcnn_finetune.modeling.detectron2.importing import import_checkpoint
 from maskrcnn_finetune.modeling.detectron2.model_config import build_config, load_config
 from maskrcnn_finetune.predictor import Predictor
 

@@ -1,11 +1,9 @@
-"""detectron2 weights in and out of model folders.
+"""detectron2 weights read back: the detectron2 side of the model folder.
 
 * :func:`load_weights_file` reads a ``.pth`` under torch >= 2.6, whose ``torch.load`` reads only
   tensors by default and so refuses detectron2's own training checkpoints (detectron2 issue 5456).
 * :func:`load_detectron2_dir` rebuilds the model of a model folder written by the detectron2
-  engine or by :func:`import_checkpoint`.
-* :func:`import_checkpoint` makes a model folder from a bare ``model_final.pth``, its config
-  yaml (or a model-zoo name) and the class names, as older detectron2 kits served them.
+  engine or by :func:`~maskrcnn_finetune.modeling.detectron2.importing.import_checkpoint`.
 """
 
 from __future__ import annotations
@@ -19,11 +17,11 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from maskrcnn_finetune.errors import CheckpointError, ConfigError, ModelDirError
-from maskrcnn_finetune.model_dir import write_model_dir  # model_dir imports this module only in a function
-from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON, WEIGHTS, load_checked, read_weights
+from maskrcnn_finetune.model_format import CONFIG_YAML, WEIGHTS, load_checked, read_weights
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
-from maskrcnn_finetune.modeling.detectron2.legacy import rename_weights
-from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config, load_config_and_kind
+from maskrcnn_finetune.modeling.backbones import BACKBONES
+from maskrcnn_finetune.modeling.detectron2.model_config import load_config
+from maskrcnn_finetune.modeling.detectron2.timm_backbones import ADD_CONFIG
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -69,9 +67,10 @@ def fit_weights(model: torch.nn.Module, state: dict, source: str, class_names: l
 def spec_from_config(cfg: CfgNode, class_names: list[str]) -> ModelSpec:
     """The :class:`ModelSpec` summary of a detectron2 config (for ``model.json``)."""
     backbone = cfg.MODEL.BACKBONE.NAME
-    for name, choice in D2_BACKBONES.items():
-        if choice.builder and choice.builder == backbone and cfg.MODEL[choice.family].TIMM_NAME == choice.timm_name \
-                and cfg.MODEL.FPN.OUT_CHANNELS == choice.fpn_channels:
+    for name, entry in BACKBONES.items():
+        choice = entry.detectron2
+        if choice and choice.builder == backbone and cfg.MODEL[choice.family].TIMM_NAME == entry.detectron2_timm_name \
+                and cfg.MODEL.FPN.OUT_CHANNELS == entry.fpn_channels:
             backbone = name
     if backbone == "build_resnet_fpn_backbone" and cfg.MODEL.RESNETS.DEPTH in (50, 101):
         backbone = f"resnet{cfg.MODEL.RESNETS.DEPTH}_fpn"
@@ -100,7 +99,7 @@ def build_for_inference(cfg: CfgNode, device) -> tuple[torch.nn.Module, CfgNode]
     cfg.defrost()
     cfg.MODEL.DEVICE = str(torch.device(device))
     cfg.MODEL.WEIGHTS = ""
-    for family in ("MOBILENETV2", "VOVNET"):  # the folder's weights replace ImageNet's: do not fetch them
+    for family in ADD_CONFIG:  # the folder's weights replace ImageNet's: do not fetch them
         cfg.MODEL[family].PRETRAINED = False
     cfg.freeze()
     return build_model(cfg), cfg
@@ -130,54 +129,3 @@ def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model,
         raise ModelDirError(str(exc)) from exc
     wrapped = Detectron2Model(model, cfg).to(device).eval()
     return wrapped, spec, info
-
-
-def import_checkpoint(weights, config, class_names: list[str], out_dir, score_threshold: float = 0.5,
-                      trusted: bool = False) -> Path:
-    """Makes a model folder from a detectron2 checkpoint, so the Predictor and the server load it.
-
-    Args:
-        weights: ``model_final.pth`` of a detectron2 run (a training checkpoint or a state dict).
-        config: the run's config yaml, or the model-zoo name it was trained from unchanged
-            (apart from the number of classes, taken from ``class_names``).
-        class_names: the class names, in the order of the training set's categories.
-        out_dir: the model folder to write (must not hold one already).
-        score_threshold: the default threshold of the Predictor and the server.
-        trusted: read a checkpoint that holds Python objects besides weights (see :func:`load_weights_file`).
-
-    Returns:
-        The model folder.
-
-    Raises:
-        ConfigError: bad class names, config, or an existing folder.
-        CheckpointError: weights that cannot be read or do not fit the config.
-    """
-    out_dir = Path(out_dir)
-    if (out_dir / MODEL_JSON).exists():
-        raise ConfigError(f"'{out_dir}' already holds a model folder; choose another output folder")
-    class_names = [c.strip() for c in class_names if c.strip()]
-    if not class_names:
-        raise ConfigError("give the class names, in the order of the training set's categories (e.g. --classes balloon)")
-    if len(set(class_names)) != len(class_names):
-        raise ConfigError(f"class names must be distinct, got {class_names}")
-    cfg, kind = load_config_and_kind(config)
-    if not Path(config).is_file():
-        # a model-zoo name: runs take it unchanged apart from the number of classes
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
-    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(class_names):
-        raise ConfigError(f"the config says {cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes (MODEL.ROI_HEADS.NUM_CLASSES) "
-                          f"but {len(class_names)} class names were given ({', '.join(class_names)})")
-    if not cfg.MODEL.MASK_ON:
-        raise ConfigError("the config has MODEL.MASK_ON False: it is a box-only model, and this kit serves masks")
-    model, cfg = build_for_inference(cfg, "cpu")
-    state = model_state(load_weights_file(weights, trusted=trusted))
-    if kind:  # an older VoVNet / MobileNetV2 project's weight names, onto the kit's network
-        state = rename_weights(state, model, kind)
-    fit_weights(model, state, str(weights), class_names)
-    spec = spec_from_config(cfg, class_names)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_YAML).write_text(cfg.dump())
-    write_model_dir(out_dir, model, spec, engine="detectron2", score_threshold=score_threshold,
-                    training={"imported_from": str(Path(weights).resolve()), "config": str(config)})
-    logger.info("model folder written: %s", out_dir)
-    return out_dir

@@ -1,14 +1,15 @@
 """The kit's options as a detectron2 config: one :class:`ModelSpec` (and a :class:`TrainConfig`
 for training) in, a detectron2 ``CfgNode`` out.
 
-ResNets come from the model-zoo configs ``COCO-InstanceSegmentation/mask_rcnn_R_{50,101}_FPN_3x.yaml``
-(with their COCO weights for ``--pretrained default``); MobileNetV2 and VoVNet are the timm
-backbones of :mod:`.timm_backbones`, which start from ImageNet weights or from scratch.
+How each backbone is built is in the one list of backbones (``Backbone.detectron2`` in
+:mod:`maskrcnn_finetune.modeling.backbones`): ResNet-50 and -101 come from the model-zoo configs
+``COCO-InstanceSegmentation/mask_rcnn_R_{50,101}_FPN_3x.yaml`` (with their COCO weights for
+``--pretrained default``); the others are the timm backbones of :mod:`.timm_backbones`, which start
+from ImageNet weights or from scratch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from detectron2 import model_zoo
@@ -16,11 +17,11 @@ from detectron2.config import CfgNode, get_cfg
 
 from maskrcnn_finetune.config import TrainConfig
 from maskrcnn_finetune.errors import ConfigError
-from maskrcnn_finetune.modeling.detectron2.timm_backbones import add_mobilenetv2_config, add_vovnet_config
+from maskrcnn_finetune.modeling.backbones import BACKBONES, ZOO_R50, Backbone, Detectron2Build
+from maskrcnn_finetune.modeling.detectron2.legacy import translate_config
+from maskrcnn_finetune.modeling.detectron2.timm_backbones import ADD_CONFIG
 from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
 
-ZOO_R50 = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
-ZOO_R101 = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
 # timm networks expect RGB scaled like ImageNet; detectron2 wants the statistics in 0-255
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -28,35 +29,29 @@ RPN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
 """The FPN levels detectron2's RPN can propose from; a spec's ``rpn_levels`` takes the coarsest."""
 
 
-@dataclass(frozen=True)
-class D2Backbone:
-    """How one of the kit's backbone names is built in detectron2."""
-
-    zoo_config: str = ""  # model-zoo yaml (ResNets)
-    builder: str = ""  # a BACKBONE_REGISTRY name (timm backbones)
-    family: str = ""  # the config node the builder reads
-    timm_name: str = ""
-    fpn_channels: int = 256
+def detectron2_names() -> list[str]:
+    """The backbone names the detectron2 engine can build."""
+    return [name for name, backbone in BACKBONES.items() if backbone.detectron2]
 
 
-D2_BACKBONES: dict[str, D2Backbone] = {
-    "resnet50_fpn": D2Backbone(zoo_config=ZOO_R50),
-    "resnet101_fpn": D2Backbone(zoo_config=ZOO_R101),
-    "mobilenetv2_fpn": D2Backbone(builder="build_mobilenetv2_fpn_backbone", family="MOBILENETV2",
-                                  timm_name="mobilenetv2_100"),
-    "mobilenetv2_fpnlite": D2Backbone(builder="build_mobilenetv2_fpn_backbone", family="MOBILENETV2",
-                                      timm_name="mobilenetv2_100", fpn_channels=128),
-    "vovnet19_fpn": D2Backbone(builder="build_vovnet_fpn_backbone", family="VOVNET", timm_name="ese_vovnet19b_dw"),
-    "vovnet39_fpn": D2Backbone(builder="build_vovnet_fpn_backbone", family="VOVNET", timm_name="ese_vovnet39b"),
-}
-"""The kit's backbone names that the detectron2 engine can train."""
+def detectron2_backbone(name: str) -> tuple[Backbone, Detectron2Build]:
+    """The backbone ``name`` and how detectron2 builds it.
+
+    Raises:
+        ConfigError: an unknown name, or a backbone of the torchvision engine only.
+    """
+    backbone = BACKBONES.lookup(name)
+    if backbone.detectron2 is None:
+        raise ConfigError(f"backbone '{name}' is built by the torchvision engine only; use --engine torchvision, or "
+                          f"one of these with --engine detectron2: {', '.join(detectron2_names())}")
+    return backbone, backbone.detectron2
 
 
 def empty_config() -> CfgNode:
     """detectron2's defaults plus the config keys of this kit's registered backbones."""
     cfg = get_cfg()
-    add_mobilenetv2_config(cfg)
-    add_vovnet_config(cfg)
+    for add_config in ADD_CONFIG.values():
+        add_config(cfg)
     return cfg
 
 
@@ -88,8 +83,6 @@ def load_config_and_kind(path_or_zoo_name) -> tuple[CfgNode, str | None]:
             raise ConfigError(f"config '{path_or_zoo_name}' is neither an existing yaml file nor a detectron2 "
                               f"model-zoo name (e.g. {ZOO_R50}); pass the config.yaml the weights were "
                               "trained with") from exc
-    from maskrcnn_finetune.modeling.detectron2.legacy import translate_config
-
     data, kind = translate_config(path)  # the older VoVNet / MobileNetV2 projects' keys, as the kit's
     cfg = empty_config()
     try:
@@ -119,9 +112,7 @@ def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
     Raises:
         ConfigError: a backbone this engine cannot build, or options detectron2 cannot express.
     """
-    if spec.backbone not in D2_BACKBONES:
-        raise ConfigError(f"backbone '{spec.backbone}' is not available with --engine detectron2; choose one of: "
-                          f"{', '.join(D2_BACKBONES)}")
+    backbone, choice = detectron2_backbone(spec.backbone)
     layers = list(spec.mask_head_layers)
     if len(set(layers)) != 1:
         raise ConfigError(f"detectron2's mask head has convolutions of one width; --mask-head-layers {layers} "
@@ -129,7 +120,6 @@ def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
     if len(spec.anchor_sizes) != spec.rpn_levels:
         raise ConfigError(f"--anchor-sizes needs {spec.rpn_levels} values (one per RPN level, --rpn-levels), got "
                           f"{spec.anchor_sizes}")
-    choice = D2_BACKBONES[spec.backbone]
     pretrained = train is not None and train.pretrained == "default"
     if pretrained and choice.zoo_config and spec.fpn_norm != "none":
         raise ConfigError(f"the COCO weights of {spec.backbone} come with an FPN without norms; keep --fpn-norm none, "
@@ -149,11 +139,11 @@ def build_config(spec: ModelSpec, train: TrainConfig | None = None) -> CfgNode:
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.BACKBONE.NAME = choice.builder
         node = cfg.MODEL[choice.family]
-        node.TIMM_NAME = choice.timm_name
+        node.TIMM_NAME = backbone.detectron2_timm_name
         node.PRETRAINED = pretrained
         node.FREEZE_BN = pretrained
         cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-        cfg.MODEL.FPN.OUT_CHANNELS = choice.fpn_channels
+        cfg.MODEL.FPN.OUT_CHANNELS = backbone.fpn_channels
         cfg.MODEL.PIXEL_MEAN = list(IMAGENET_MEAN)
         cfg.MODEL.PIXEL_STD = list(IMAGENET_STD)
         cfg.INPUT.FORMAT = "RGB"

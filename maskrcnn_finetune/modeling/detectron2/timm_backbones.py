@@ -1,7 +1,8 @@
-"""MobileNetV2 and VoVNet backbones with an FPN, registered in detectron2's ``BACKBONE_REGISTRY``.
+"""timm backbones with an FPN, registered in detectron2's ``BACKBONE_REGISTRY``.
 
-Both are timm networks (``features_only``) under detectron2's own :class:`FPN`; each family owns
-its config keys, added by :func:`add_mobilenetv2_config` / :func:`add_vovnet_config`:
+Each is a timm network (``features_only``) under detectron2's own :class:`FPN`; each family owns
+its config keys, added by :func:`add_mobilenetv2_config` / :func:`add_vovnet_config` /
+:func:`add_timm_config` (any other timm network, e.g. ``resnet18``):
 
     cfg.MODEL.BACKBONE.NAME = "build_mobilenetv2_fpn_backbone"
     cfg.MODEL.MOBILENETV2.TIMM_NAME = "mobilenetv2_100"
@@ -42,6 +43,20 @@ def add_vovnet_config(cfg: CN) -> None:
     cfg.MODEL.VOVNET.PRETRAINED = False
     cfg.MODEL.VOVNET.FREEZE_BN = False
     cfg.MODEL.VOVNET.OUT_FEATURES = list(STAGE_NAMES)
+
+
+def add_timm_config(cfg: CN) -> None:
+    """Adds ``cfg.MODEL.TIMM``: as for MobileNetV2, for any timm network with stride 4-32 features."""
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.TIMM_NAME = "resnet18"
+    cfg.MODEL.TIMM.PRETRAINED = False
+    cfg.MODEL.TIMM.FREEZE_BN = False
+    cfg.MODEL.TIMM.OUT_FEATURES = list(STAGE_NAMES)
+
+
+ADD_CONFIG = {"MOBILENETV2": add_mobilenetv2_config, "VOVNET": add_vovnet_config, "TIMM": add_timm_config}
+"""Each family's config node -> the function that adds it (the families of :class:`~maskrcnn_finetune.modeling.
+backbones.Detectron2Build`)."""
 
 
 def create_timm_features(timm_name: str, pretrained: bool = False) -> torch.nn.Module:
@@ -123,3 +138,9 @@ def build_mobilenetv2_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
 def build_vovnet_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
     """ESE-VoVNet (timm) + FPN, configured by ``cfg.MODEL.VOVNET`` and ``cfg.MODEL.FPN``."""
     return _timm_fpn(cfg, cfg.MODEL.VOVNET)
+
+
+@BACKBONE_REGISTRY.register()
+def build_timm_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
+    """A timm network + FPN, configured by ``cfg.MODEL.TIMM`` and ``cfg.MODEL.FPN``."""
+    return _timm_fpn(cfg, cfg.MODEL.TIMM)
