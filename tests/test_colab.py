@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -239,18 +240,23 @@ def test_kit_source_is_one_placeholder_everywhere():
     """Fails while a notebook, a badge or the README names another source than kit_source.py."""
     root = Path(__file__).resolve().parents[1]
     expected_pip = kit_source.pip_source()
-    for name in kit_source.NOTEBOOKS:
-        text = "".join(c.source for c in nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4).cells)
-        assert f'KIT_SOURCE = "{expected_pip}"' in text, name
-        assert kit_source.colab_url(name) in text, name
-        assert kit_source.rewrite(text) == text, f"{name} names another source"
+    books = kit_source.notebooks(root)
+    assert {p.name for p in books} == {p.name for p in (root / "notebooks").iterdir() if p.suffix == ".ipynb"}
+    assert len(books) >= 5  # the folder decides, not a list that forgets one
+    for path in books:
+        text = "".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert f'KIT_SOURCE = "{expected_pip}"' in text, path.name
+        assert kit_source.colab_url(path.stem) in text, path.name
+        assert kit_source.rewrite(text) == text, f"{path.name} names another source"
     readme = (root / "README.md").read_text()
     assert expected_pip in readme and kit_source.colab_url("00_quickstart") in readme
     assert kit_source.rewrite(readme) == readme
     assert "YOUR-NAME" not in readme and "github.com/OWNER" not in readme
 
 
-def test_set_source_rewrites_every_file(tmp_path, monkeypatch):
+def test_set_source_leaves_no_placeholder(tmp_path, monkeypatch):
+    """`python -m maskrcnn_finetune.kit_source OWNER/REPO` on a copy of the checkout: every notebook the folder
+    holds, its badge, its install cell and the README's `git clone` line name the repository, none the placeholder."""
     root = Path(__file__).resolve().parents[1]
     copy = tmp_path / "kit"
     (copy / "notebooks").mkdir(parents=True)
@@ -259,16 +265,34 @@ def test_set_source_rewrites_every_file(tmp_path, monkeypatch):
     module = tmp_path / "kit_source.py"
     module.write_text(Path(kit_source.__file__).read_text())
     monkeypatch.setattr(kit_source, "__file__", str(module))
+    books = sorted((copy / "notebooks").glob("*.ipynb"))
+    assert [p.name for p in books] == [p.name for p in kit_source.notebooks(root)]
     changed = kit_source.set_source(copy, "someone/maskrcnn-finetune", "v0.2")
-    assert len(changed) == 6
+    assert sorted(changed) == sorted([module, copy / "README.md", *books])
     assert 'REPOSITORY = "someone/maskrcnn-finetune"' in module.read_text() and 'REF = "v0.2"' in module.read_text()
-    book = nbformat.read(copy / "notebooks" / "03_serve.ipynb", as_version=4)
-    assert 'KIT_SOURCE = "git+https://github.com/someone/maskrcnn-finetune.git@v0.2"' in book.cells[1].source
-    assert "github/someone/maskrcnn-finetune/blob/v0.2/notebooks/03_serve.ipynb" in book.cells[0].source
+    for path in books:
+        raw = path.read_text()
+        assert kit_source.PLACEHOLDER not in raw and "github.com/__OWNER__" not in raw, path.name
+        book = nbformat.read(path, as_version=4)
+        assert f"github/someone/maskrcnn-finetune/blob/v0.2/notebooks/{path.name}" in book.cells[0].source, path.name
+        assert 'KIT_SOURCE = "git+https://github.com/someone/maskrcnn-finetune.git@v0.2"' in book.cells[1].source
+        assert "`git+https://github.com/someone/maskrcnn-finetune.git@v0.2`" in book.cells[1].source
     readme = (copy / "README.md").read_text()
-    assert "__OWNER__/__REPO__" not in readme and "git clone https://github.com/someone/maskrcnn-finetune.git" in readme
+    assert kit_source.PLACEHOLDER not in readme and "__OWNER__" not in readme
+    assert "git clone https://github.com/someone/maskrcnn-finetune.git" in readme
+    assert "git+https://github.com/someone/maskrcnn-finetune.git@v0.2" in readme
+    assert kit_source.set_source(copy, "someone/maskrcnn-finetune", "v0.2") == []  # a second run changes nothing
     with pytest.raises(ValueError, match="OWNER/REPO"):
         kit_source.set_source(copy, "not a repo", "main")
+
+
+def test_install_cell_suggests_only_refs_that_exist():
+    """The placeholder's message names `@main` or a commit, never a tag the repository does not have."""
+    root = Path(__file__).resolve().parents[1]
+    for path in kit_source.notebooks(root):
+        cell = nbformat.read(path, as_version=4).cells[1].source
+        assert "@main" in cell and "commit" in cell, path.name
+        assert not re.search(r"@v\d", cell), path.name
 
 
 @pytest.mark.parametrize("kit, expect", [(None, "set KIT_SOURCE to your repository"),

@@ -60,6 +60,12 @@ def test_every_notebook_is_there_and_valid():
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
+def test_metadata_names_the_notebook_by_its_file(name):
+    """Colab shows metadata.colab.name as the notebook's title and saves a copy under it."""
+    assert read(name).metadata.colab.name == name
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_committed_with_outputs_stripped(name):
     book = read(name)
     assert set(book.metadata) <= NOTEBOOK_METADATA, "strip run metadata (widgets state, ...) before committing"
