@@ -163,6 +163,23 @@ def read_ngrok_token(ask: bool = True) -> str | None:
     return token or None
 
 
+def request_ngrok_token() -> bool:
+    """Asks for the ngrok authtoken once, in a notebook's settings cell, so that nobody has to be at the screen later.
+
+    Reads it as :func:`read_ngrok_token` does (environment, Colab secret, then a prompt in Colab)
+    and puts it into this kernel's ``$NGROK_AUTHTOKEN``, which every server the notebook starts
+    inherits (``!python rest_api_flask/flask_app.py`` ones too). The token itself is never
+    returned, so that it never lands in a notebook variable or output.
+
+    Returns:
+        True when a token is there.
+    """
+    token = read_ngrok_token(ask=True)
+    if token:
+        os.environ[NGROK_TOKEN_NAME] = token
+    return token is not None
+
+
 def proxy_url(port: int) -> str | None:
     """Colab's https address for a port of this runtime (for your browser only, while the notebook is open).
 

@@ -4,15 +4,21 @@ In Colab every notebook runs in its own runtime, and a runtime's ``/content`` is
 only Google Drive survives from ``01_prepare_dataset`` to ``02_finetune_and_compare`` to
 ``03_serve``. So the work folder is on Drive by default in Colab, a path under
 ``/content/drive`` mounts Drive by itself, and a path that one notebook needs from another is
-checked before anything runs, with a message that says which notebook writes it.
+checked before anything runs, with a message that says which notebook writes it. A field left
+empty takes what the notebook before left: 02 trains on the newest data set 01 converted, 03 and 04
+start from the newest model trained (:func:`pick_training_data`, :func:`pick_model`), and say which.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from maskrcnn_finetune.colab import in_colab
 from maskrcnn_finetune.forms import WORK_DIR_ENV, smoke_mode
@@ -23,6 +29,10 @@ logger = logging.getLogger(__name__)
 DRIVE_ROOT = Path("/content/drive")
 DRIVE_SUBDIR = "maskrcnn-finetune"
 BIG_UPLOAD_BYTES = 200 * 2**20  # above this the browser upload crawls: Drive is the better way in
+LOCAL_DIR = "outputs"  # the runtime's own folder (relative to the notebook's, /content in Colab): gone with it
+CONVERTED_DIR = "coco"  # 01 writes each data set to work/coco/<its name>/{train,val,test}.json
+MODEL_FOLDERS = ("runs/*", "rounds/*/model")  # where 00 and 02 (runs/) and 04 (rounds/<round>/model) train
+UPLOAD_PREFIX = "upload-"
 
 
 def mount_drive(subdir: str = DRIVE_SUBDIR) -> Path:
@@ -42,12 +52,14 @@ def mount_drive(subdir: str = DRIVE_SUBDIR) -> Path:
     return folder
 
 
-def work_dir(use_drive: bool = True, subdir: str = DRIVE_SUBDIR, local: str | Path = "outputs") -> Path:
+def work_dir(use_drive: bool = True, subdir: str = DRIVE_SUBDIR, local: str | Path = LOCAL_DIR) -> Path:
     """The folder a notebook writes its data, models and results to, created.
 
-    Smoke mode: ``$MRCNN_WORKDIR`` or a new temporary folder. In Colab with ``use_drive``:
-    ``MyDrive/subdir`` on Google Drive, which the next notebook (another runtime) finds again and
-    where a disconnected training run resumes. Otherwise ``local``.
+    In Colab with ``use_drive``: ``MyDrive/subdir`` on Google Drive, which the next notebook
+    (another runtime) finds again and where a disconnected training run resumes; Drive is mounted
+    here, so that its permission dialog comes in the settings cell with the other questions.
+    Smoke mode: ``$MRCNN_WORKDIR`` or a new temporary folder (in Colab, after the same dialog).
+    Otherwise ``local``.
 
     Args:
         use_drive: keep everything on Google Drive (Colab only; elsewhere ``local`` is used).
@@ -57,10 +69,11 @@ def work_dir(use_drive: bool = True, subdir: str = DRIVE_SUBDIR, local: str | Pa
     Returns:
         The absolute folder.
     """
+    drive = mount_drive(subdir) if use_drive and in_colab() else None
     if smoke_mode():
         folder = Path(os.environ.get(WORK_DIR_ENV) or tempfile.mkdtemp(prefix="mrcnn_smoke_"))
-    elif use_drive and in_colab():
-        folder = mount_drive(subdir)
+    elif drive is not None:
+        folder = drive
     else:
         if in_colab():
             logger.warning("USE_DRIVE is off: %s disappears with this runtime, and the next notebook (another "
@@ -68,6 +81,18 @@ def work_dir(use_drive: bool = True, subdir: str = DRIVE_SUBDIR, local: str | Pa
         folder = Path(local)
     folder.mkdir(parents=True, exist_ok=True)
     return folder.resolve()
+
+
+def serve_dir(work: Path, keep_on_drive: bool = False, local: str | Path = LOCAL_DIR) -> Path:
+    """Where a notebook's server keeps what visitors upload and the results it makes, created.
+
+    Anyone with a public URL can upload: in Colab those images stay in the runtime (``local``,
+    gone with it) rather than on your Google Drive, where they would take your quota and sit among
+    your files, unless ``keep_on_drive``. Elsewhere, and with ``keep_on_drive``: ``work``.
+    """
+    folder = Path(work) if keep_on_drive or not in_colab() else Path(local).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def input_path(value: str | Path, work: Path) -> Path:
@@ -147,6 +172,92 @@ def model_input(model_dir: str, work: Path) -> Path:
     return path
 
 
+def _when(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+
+
+def _shown(path: Path, work: Path) -> str:
+    return str(path.relative_to(work)) if path.is_relative_to(work) else str(path)
+
+
+def latest_dataset(work: Path) -> dict[str, Path] | None:
+    """The newest data set 01_prepare_dataset converted into ``work/coco``: ``{"train": json, "val": ..., "test": ...}``
+    (the splits it has), or None when there is none."""
+    found = [p for p in (Path(work) / CONVERTED_DIR).glob("*/train.json") if p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime).parent
+    splits = {split: newest / f"{split}.json" for split in ("train", "val", "test")}
+    return {split: path for split, path in splits.items() if path.is_file()}
+
+
+def pick_training_data(train_json: str, val_json: str, test_json: str, work: Path) -> tuple[str, str, str] | None:
+    """02's ``TRAIN_JSON`` / ``VAL_JSON`` / ``TEST_JSON``, checked: absolute paths as strings ("" for none).
+
+    An empty ``TRAIN_JSON`` takes the newest data set 01_prepare_dataset converted into the work folder,
+    with its val and test splits where those fields are empty too, and says which.
+
+    Returns:
+        The three paths, or None when ``TRAIN_JSON`` is empty and 01 converted nothing here.
+
+    Raises:
+        ConfigError: a file given is missing (the message says which notebook writes it).
+    """
+    work = Path(work)
+    if str(train_json).strip():
+        train, val = coco_inputs(train_json, val_json, work)
+        return train, val, test_input(test_json, work)
+    found = latest_dataset(work)
+    if found is None:
+        logger.info("TRAIN_JSON is empty and 01_prepare_dataset has converted no data set into %s: training on "
+                    "synthetic shapes made here", work / CONVERTED_DIR)
+        return None
+    folder = found["train"].parent
+    given_val = coco_inputs(str(found["train"]), val_json, work)[1] if str(val_json).strip() else ""
+    val = given_val or str(found.get("val", ""))
+    test = test_input(test_json, work) or str(found.get("test", ""))
+    logger.info("TRAIN_JSON is empty: training on the newest data set 01_prepare_dataset converted, %s (%s, "
+                "converted %s); give TRAIN_JSON to choose another", _shown(folder, work),
+                ", ".join(f"{s}.json" for s in found), _when(found["train"]))
+    return str(found["train"]), val, test
+
+
+def latest_model(work: Path, exclude: Path | None = None) -> Path | None:
+    """The newest finished model folder trained in ``work`` (``runs/*`` of 00 and 02, ``rounds/*/model`` of 04;
+    not the demo model or the comparison's), or None. ``exclude``: a folder never to return."""
+    from maskrcnn_finetune.model_dir import MODEL_JSON
+
+    skip = Path(exclude).resolve() if exclude else None
+    found = [p.parent for pattern in MODEL_FOLDERS for p in Path(work).glob(f"{pattern}/{MODEL_JSON}")
+             if p.parent.resolve() != skip]
+    return max(found, key=lambda folder: (folder / MODEL_JSON).stat().st_mtime) if found else None
+
+
+def pick_model(model_dir: str, work: Path, exclude: Path | None = None) -> Path | None:
+    """``MODEL_DIR`` of 03's and 04's forms, checked (as :func:`model_input`); empty: the newest model trained in the
+    work folder (:func:`latest_model`), said which.
+
+    Returns:
+        The model folder, or None when the field is empty and no model was trained here (the
+        notebook then trains a demo model).
+
+    Raises:
+        ConfigError: the folder or its ``model.json`` is missing.
+    """
+    from maskrcnn_finetune.model_dir import MODEL_JSON
+
+    if str(model_dir).strip():
+        return model_input(model_dir, work)
+    found = latest_model(work, exclude)
+    if found is None:
+        logger.info("MODEL_DIR is empty and no finished model was trained in %s (02_finetune_and_compare writes "
+                    "runs/RUN_NAME): a demo model on synthetic shapes comes first", work)
+        return None
+    logger.info("MODEL_DIR is empty: using the newest model trained in the work folder, %s (finished %s); give "
+                "MODEL_DIR to choose another", _shown(found, Path(work)), _when(found / MODEL_JSON))
+    return found
+
+
 def run_dir(work: Path, *parts: str) -> Path:
     """A training run's folder named by what makes it different (``runs/synthetic_demo``): a changed dataset or
     preset starts a new run instead of being refused as a resume of another one."""
@@ -155,13 +266,17 @@ def run_dir(work: Path, *parts: str) -> Path:
 
 
 def dataset_source(source: str, path_or_url: str, work: Path) -> str | Path:
-    """What 01's ``SOURCE`` form field points at: a folder, a ``.zip`` or a zip URL, or the uploaded file(s).
+    """What 01's ``SOURCE`` form field points at: ``"synthetic"`` or ``"balloon"`` as they are, a folder, a ``.zip``
+    or a zip URL, or the uploaded data (asked for here: the browser's file picker, in a fresh folder of
+    ``work/label_uploads`` each time).
 
     Raises:
         ConfigError: ``path or URL`` with an empty ``PATH_OR_URL``, or an empty upload.
     """
+    if source in ("synthetic", "balloon"):
+        return source
     if source == "upload":
-        return upload_files(Path(work) / "uploads")
+        return upload_files(Path(work) / "label_uploads")
     if not str(path_or_url).strip():
         raise ConfigError("PATH_OR_URL is empty: give a labelme folder (e.g. /content/drive/MyDrive/my_labels), "
                           "a .zip path or a zip URL; or choose SOURCE 'upload' or 'synthetic'")
@@ -169,23 +284,53 @@ def dataset_source(source: str, path_or_url: str, work: Path) -> str | Path:
     return text if "://" in text else input_path(text, work)
 
 
-def upload_files(dest) -> Path:
-    """Asks the browser for files (Colab's upload button) and keeps them in ``dest``.
+def dataset_name(data: str | Path) -> str:
+    """The name of a data set's folder under ``coco/``: the zip's or folder's name (or the URL's last part), made
+    safe (``My labels.zip`` -> ``My-labels``); ``synthetic`` and ``balloon`` as they are."""
+    text = str(data).strip().rstrip("/")
+    name = Path(unquote(urlparse(text).path) if "://" in text else text).name
+    name = name[:-4] if name.lower().endswith(".zip") else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "dataset"
 
-    Colab writes the files itself (``files.upload(target_dir=...)``). Returns the one ``.zip``
-    when a zip was picked, else the folder (labelme ``.json`` files picked with their images).
+
+def fresh_folder(parent, prefix: str = UPLOAD_PREFIX) -> Path:
+    """A new, empty folder in ``parent`` named by the time (``upload-2025-01-31_14-05-09``), created."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for n in range(1000):
+        folder = Path(parent) / f"{prefix}{stamp}{f'_{n}' if n else ''}"
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free folder name for {prefix}{stamp} in {parent}")
+
+
+def upload_files(parent) -> Path:
+    """Asks the browser for files (Colab's upload button) and keeps them in a fresh folder of ``parent``.
+
+    Each upload gets its own folder (:func:`fresh_folder`), so that files uploaded again (corrected
+    labels) are never read together with an earlier upload's. Colab writes the files itself
+    (``files.upload(target_dir=...)``). One ``.zip`` is unpacked beside itself.
+
+    Returns:
+        The folder with the data: the zip's contents (its single top folder when it has one), or
+        the uploaded files (labelme ``.json`` files picked with their images).
 
     Raises:
         ConfigError: outside Colab, or nothing was uploaded (the dialog was cancelled).
+        DatasetError: the zip is broken or unsafe.
     """
     if not in_colab():
         raise ConfigError("uploading from the browser works in Colab only; give a folder or .zip in PATH_OR_URL")
     from google.colab import files  # only exists in Colab
 
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    from maskrcnn_finetune.data.download import fetch_source
+
+    dest = fresh_folder(parent)
     saved = [Path(name) for name in files.upload(target_dir=str(dest))]
     if not saved:
+        dest.rmdir()
         raise ConfigError("nothing was uploaded (the dialog was cancelled or no file was picked): run the cell again "
                           "and pick a .zip of your labelme folder, or put the folder on Google Drive and give its "
                           "path in PATH_OR_URL")
@@ -195,7 +340,7 @@ def upload_files(dest) -> Path:
                        "folder in PATH_OR_URL (much faster, and it stays for the next runtime)", size / 2**20)
     zips = [p for p in saved if p.suffix.lower() == ".zip"]
     if len(zips) == 1 and len(saved) == 1:
-        return zips[0]
+        return fetch_source(zips[0], dest)
     if zips:
         raise ConfigError(f"{len(saved)} files were uploaded, {len(zips)} of them .zip: upload one .zip of the labelme "
                           "folder, or the .json files with their images (no zip)")

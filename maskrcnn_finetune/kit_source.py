@@ -3,7 +3,7 @@
 A notebook opened in Colab has no checkout of the repository, so its first cell must name the
 kit's source itself; the badges ("Open in Colab") and the README name it too. :data:`REPOSITORY`
 and :data:`REF` are the one place to change it: ``python -m maskrcnn_finetune.kit_source
-OWNER/REPO --ref v0.1`` writes them here and into the notebooks and the README, and a test fails
+OWNER/REPO --ref REF`` writes them here and into the notebooks and the README, and a test fails
 while any of them disagrees.
 
 Until it is set, the repository is :data:`PLACEHOLDER`, which no GitHub account can own (GitHub
@@ -11,7 +11,8 @@ names have no underscores): pip can never fetch someone else's code from it, and
 cell stops with what to do before pip runs.
 
 Usage:
-    python -m maskrcnn_finetune.kit_source OWNER/REPO [--ref REF]     # a tag (v0.1), branch or commit
+    python -m maskrcnn_finetune.kit_source OWNER/REPO [--ref REF]     # main (default), another branch, a commit
+                                                                      # or a tag that you have pushed
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ PLACEHOLDER = "__OWNER__/__REPO__"
 REPOSITORY = "__OWNER__/__REPO__"  # "owner/name" on GitHub
 REF = "main"  # pin a tag or a commit for users: what they install does not move under them
 
-NOTEBOOKS = ("00_quickstart", "01_prepare_dataset", "02_finetune_and_compare", "03_serve")
 _REPO_RE = re.compile(r"(?:__OWNER__/__REPO__|[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100})")
 _REF_RE = re.compile(r"[A-Za-z0-9._/-]+")
 
@@ -56,10 +56,14 @@ def rewrite(text: str, repository: str = REPOSITORY, ref: str = REF) -> str:
     return _COLAB_LINK.sub(lambda m: colab_url(m.group(3), repository, ref), text)
 
 
+def notebooks(root) -> list[Path]:
+    """Every notebook of the checkout ``root`` (``notebooks/*.ipynb``), by name."""
+    return sorted((Path(root) / "notebooks").glob("*.ipynb"))
+
+
 def files(root) -> list[Path]:
-    """The files that name the kit's source: the notebooks and the README."""
-    root = Path(root)
-    return [root / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS] + [root / "README.md"]
+    """The files that name the kit's source: every notebook and the README."""
+    return notebooks(root) + [Path(root) / "README.md"]
 
 
 def set_source(root, repository: str, ref: str) -> list[Path]:
@@ -96,7 +100,7 @@ def _rewrite_notebook(text: str, repository: str, ref: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repository", help="OWNER/REPO on GitHub")
-    parser.add_argument("--ref", default=REF, help="a tag (v0.1), branch or commit to install (default: %(default)s)")
+    parser.add_argument("--ref", default=REF, help="the branch, commit or pushed tag to install (default: %(default)s)")
     parser.add_argument("--root", default=Path(__file__).resolve().parents[1], type=Path,
                         help="the checkout whose notebooks and README to rewrite")
     args = parser.parse_args(argv)

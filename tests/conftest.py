@@ -96,7 +96,8 @@ def fake_colab(monkeypatch, tmp_path):
         monkeypatch.delitem(sys.modules, name)
     importlib.invalidate_caches()
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
-    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER", "FAKE_COLAB_DOWNLOADS"):
+    for var in ("FAKE_COLAB_UPLOAD", "FAKE_COLAB_SECRETS", "FAKE_COLAB_BROWSER", "FAKE_COLAB_DOWNLOADS",
+                "FAKE_COLAB_CALLS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FAKE_COLAB_DRIVE", str(tmp_path / "google_drive"))
     from maskrcnn_finetune import handover

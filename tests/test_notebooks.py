@@ -9,6 +9,7 @@ are checked, as a user would look at them.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from PIL import Image
 from maskrcnn_finetune import forms
 from maskrcnn_finetune.data.synthetic import SHAPES
 from maskrcnn_finetune.modeling.backbones import BACKBONES
+
+from colab_stand_in import FAKE_COLAB
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -57,6 +60,12 @@ def test_every_notebook_is_there_and_valid():
     for name in NOTEBOOKS:
         nbformat.validate(read(name))
         assert read(name).metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_metadata_names_the_notebook_by_its_file(name):
+    """Colab shows metadata.colab.name as the notebook's title and saves a copy under it."""
+    assert read(name).metadata.colab.name == name
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -92,8 +101,43 @@ def test_no_token_in_cell_source(name):
                 names = [t.id for t in node.targets if isinstance(t, ast.Name)]
                 assert not any("token" in n.lower() for n in names), f"cell {k} of {name} holds a token in its source"
         assert "--ngrok-authtoken" not in source
-    if any("start_server" in s for s in sources):
-        assert any("colab.read_ngrok_token()" in s for s in sources)
+    if any("start_server" in s for s in sources):  # asked once, up front, into the environment
+        assert "colab.request_ngrok_token()" in sources[settings_cell(name)]
+        assert not any("read_ngrok_token" in s or "getpass" in s for s in sources)
+
+
+def settings_cell(name) -> int:
+    """The index (among code cells) of a notebook's settings cell: the one that picks the work folder."""
+    found = [k for k, s in enumerate(code_cells(name)) if "handover.work_dir(" in s]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def called(source: str) -> set[str]:
+    """The names of the functions a cell calls (``train``, ``request_ngrok_token``, ...)."""
+    calls = [n.func for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)]
+    return {f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "") for f in calls}
+
+
+# what needs someone at the screen (a dialog, a prompt, the file picker), and what takes a while
+QUESTIONS = {"work_dir", "request_ngrok_token", "dataset_source", "upload_files", "mount_drive"}
+LONG_STEPS = {"train", "demo_model", "demo_data", "prepare_balloon", "convert_labelme", "convert_labelme_splits",
+              "install_detectron2", "prepare_engine", "predict_images", "compare_backbones", "start_server"}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_run_all_asks_its_questions_before_the_long_steps(name):
+    """Run all needs someone at the screen once, at the start: every question is asked in or before the settings
+    cell, and every long step comes after it (04's corrected labels, which come back after the user corrected the
+    predictions, are the one exception)."""
+    sources = code_cells(name)
+    settings = settings_cell(name)
+    corrected = {k for k, s in enumerate(sources) if "CORRECTED = " in s}
+    asks = [k for k, s in enumerate(sources) if called(s) & QUESTIONS and k not in corrected]
+    long = [k for k, s in enumerate(sources) if called(s) & LONG_STEPS]
+    assert max(asks) == settings and min(long) > settings, (asks, long)
+    if "start_server" in "".join(sources):
+        assert "request_ngrok_token" in called(sources[settings])
 
 
 def test_first_cell_installs_the_kit_without_torch():
@@ -158,22 +202,73 @@ def run_notebook(name: str, work_dir: Path, path: Path | None = None, cwd: Path 
     return proc
 
 
-def run_all_keep_kernel(path: Path, work_dir: Path, cwd: Path):
+KIT_SOURCE = "git+https://github.com/someone/maskrcnn-finetune.git@main"  # set, as a user's copy has it
+
+
+@dataclasses.dataclass
+class StandInColab:
+    """A notebook kernel that runs as in Colab, with the stand-in ``google.colab`` of tests/fake_colab (mocked:
+    it exists only in Colab) imported, as Colab's kernel has it.
+
+    Its Drive is ``folder/google_drive``, mounted at ``folder/content/drive`` (``/content/drive`` cannot exist
+    here); ``secrets`` are the Colab secrets; a prompt (``getpass``) gets ``answer``. ``events`` lists, in order,
+    ``(code cell index, what)`` for every question the notebook asked: a dialog the stand-in recorded
+    (``drive.mount``, ``userdata.get NAME``, ``files.upload``) or a prompt (``prompt: ...``).
+    """
+
+    folder: Path
+    secrets: dict = dataclasses.field(default_factory=dict)
+    answer: str = ""
+    events: list = dataclasses.field(default_factory=list)
+
+    def env(self) -> dict:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = [str(FAKE_COLAB)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        return {"PYTHONPATH": os.pathsep.join(path), "FAKE_COLAB_DRIVE": str(self.folder / "google_drive"),
+                "FAKE_COLAB_CALLS": str(self.calls), "FAKE_COLAB_SECRETS": json.dumps(self.secrets)}
+
+    @property
+    def calls(self) -> Path:
+        return self.folder / "calls.txt"
+
+    def preamble(self) -> str:
+        return ("import pathlib, google.colab\nfrom maskrcnn_finetune import handover\n"
+                f"handover.DRIVE_ROOT = pathlib.Path({str(self.folder / 'content' / 'drive')!r})")
+
+    def prompted(self, cell: int, kc, msg) -> None:
+        self.collect(cell)  # the dialogs before it come first
+        self.events.append((cell, f"prompt: {msg['content']['prompt']}"))
+        kc.input(self.answer)
+
+    def collect(self, cell: int) -> None:
+        lines = self.calls.read_text().splitlines() if self.calls.exists() else []
+        seen = sum(1 for event in self.events if not event[1].startswith("prompt: "))
+        self.events.extend((cell, line) for line in lines[seen:])
+
+
+def run_all_keep_kernel(path: Path, work_dir: Path, cwd: Path, colab: StandInColab | None = None):
     """Runs every code cell as Colab's Run all does; returns (kernel manager, kernel client, printed text).
 
-    The kernel stays alive afterwards, as a Colab runtime does, until :func:`shutdown`.
+    The kernel stays alive afterwards, as a Colab runtime does, until :func:`shutdown`. With ``colab``
+    it runs as in Colab, and ``colab.events`` tells which cell asked what.
     """
     from jupyter_client.manager import start_new_kernel
 
-    km, kc = start_new_kernel(kernel_name="python3", env=smoke_env(work_dir), cwd=str(cwd))
+    env = {**smoke_env(work_dir), **(colab.env() if colab else {})}
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(cwd))
     printed = []
 
     def keep(msg):
         content = msg["content"]
         printed.append(content.get("text", "") + str(content.get("data", {}).get("text/plain", "")))
 
+    if colab:
+        assert kc.execute_interactive(colab.preamble(), timeout=300)["content"]["status"] == "ok"
     for k, source in enumerate(code_cells(path.name if path.parent == NOTEBOOK_DIR else path)):
-        reply = kc.execute_interactive(source, timeout=900, output_hook=keep)
+        answer = (lambda msg, k=k: colab.prompted(k, kc, msg)) if colab else None
+        reply = kc.execute_interactive(source, timeout=900, output_hook=keep, stdin_hook=answer)
+        if colab:
+            colab.collect(k)
         if reply["content"]["status"] != "ok":
             text = "\n".join(printed)[-4000:]
             shutdown((km, kc))
@@ -233,9 +328,40 @@ def test_00_quickstart_run_all_leaves_the_server_up(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1600)
+def test_00_asks_everything_in_its_settings_cell(tmp_path):
+    """Run all as in Colab, the token in a Colab secret: Drive's dialog and the secret's access come in the settings
+    cell and nothing asks after it; the token reaches the server through the kernel's environment, never an output;
+    what the server receives stays in the runtime, not on Drive."""
+    token = "secret-token-4f1c"
+    colab = StandInColab(tmp_path / "colab", secrets={"NGROK_AUTHTOKEN": token})
+    runtime, work = tmp_path / "content", tmp_path / "work"
+    runtime.mkdir()
+    nb00 = with_form("00_quickstart.ipynb", tmp_path / "nb", KIT_SOURCE=KIT_SOURCE)
+    client, text = run_all_keep_kernel(nb00, work, runtime, colab=colab)
+    try:
+        settings = settings_cell("00_quickstart.ipynb")
+        assert colab.events == [(settings, "drive.mount"), (settings, "userdata.get NGROK_AUTHTOKEN")]
+        assert "ngrok token: found" in text and token not in text
+        km, kc = client
+        seen = []
+        check = ("import os\nwith open(f'/proc/{server.process.pid}/environ', 'rb') as fh:\n"
+                 f"    print(b'NGROK_AUTHTOKEN={token}' in fh.read().split(b'\\0'))")
+        kc.execute_interactive(check, timeout=60, output_hook=lambda msg: seen.append(msg["content"].get("text", "")))
+        assert "".join(seen).strip() == "True"  # the server process has it in its environment
+        served_port(runtime / "outputs" / "served")  # a visitor's upload and its results: in the runtime
+        assert not (work / "served").exists() and not (work / "uploads").exists()
+        assert (work / "runs" / "synthetic_demo" / "model.json").is_file()  # the work folder (Drive) has the model
+    finally:
+        shutdown(client)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
-    """Each notebook in its own process and its own /content; the shared work folder stands for Drive."""
+    """Each notebook in its own process and its own /content; the shared work folder stands for Drive. 02 and 03
+    run with every field left empty: each takes what the notebook before left, and says which. 03 runs as in Colab
+    (the stand-in google.colab, no ngrok secret): its questions all come in its settings cell."""
     drive = tmp_path / "drive"
     runtimes = [tmp_path / f"runtime{i}" for i in range(3)]
     for folder in runtimes:
@@ -251,12 +377,14 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
     assert splits["test"]["categories"] == splits["train"]["categories"]
     assert_png(coco_dir / "samples.png")
 
-    nb02 = with_form("02_finetune_and_compare.ipynb", runtimes[1] / "nb", TRAIN_JSON="coco/synthetic/train.json",
-                     VAL_JSON="coco/synthetic/val.json", TEST_JSON="coco/synthetic/test.json")
-    run_notebook("02_finetune_and_compare.ipynb", drive, nb02, cwd=runtimes[1])
+    client, text02 = run_all_keep_kernel(NOTEBOOK_DIR / "02_finetune_and_compare.ipynb", drive, runtimes[1])
+    shutdown(client)
+    assert ("INFO: TRAIN_JSON is empty: training on the newest data set 01_prepare_dataset converted, coco/synthetic "
+            "(train.json, val.json, test.json") in text02
     run = drive / "runs" / "run1"
     config = json.loads((run / "config.json").read_text())
     assert config["train_json"] == str(coco_dir / "train.json")  # 01's output, not data made here
+    assert config["val_json"] == str(coco_dir / "val.json")
     assert config["max_iter"] == forms.SMOKE_TRAINING["max_iter"]
     assert not (drive / "synthetic").exists()
     assert_png(run / "training_curves.png")
@@ -273,12 +401,20 @@ def test_01_02_03_hand_over_through_the_work_folder_only(tmp_path):
     assert len(list((predictions / "labelme").glob("*.json"))) == summary["images_done"]
     assert len((predictions / "review_order.txt").read_text().splitlines()) == summary["images_done"] + 1
 
-    nb03 = with_form("03_serve.ipynb", runtimes[2] / "nb", MODEL_DIR="runs/run1", STOP_SERVER=True)
-    client, text = run_all_keep_kernel(nb03, drive, runtimes[2])
+    colab = StandInColab(tmp_path / "colab")  # no secret: the settings cell asks, and the user skips
+    nb03 = with_form("03_serve.ipynb", runtimes[2] / "nb", KIT_SOURCE=KIT_SOURCE, STOP_SERVER=True)
+    client, text = run_all_keep_kernel(nb03, drive, runtimes[2], colab=colab)
     try:
-        port = served_port(drive / "served")
+        assert "INFO: MODEL_DIR is empty: using the newest model trained in the work folder, runs/run1 (" in text
+        assert f"serving {run} - engine: torchvision" in text  # 02's run, not the comparison's nor a demo
+        settings = settings_cell("03_serve.ipynb")
+        assert [what for _, what in colab.events][:2] == ["drive.mount", "userdata.get NGROK_AUTHTOKEN"]
+        assert colab.events[2][1].startswith("prompt: ngrok authtoken") and len(colab.events) == 3
+        assert {cell for cell, _ in colab.events} == {settings}  # before the model, the server, the request
+        port = served_port(runtimes[2] / "outputs" / "served")  # uploads and results stay in the runtime
+        assert not (drive / "served").exists() and not (drive / "uploads").exists()
         assert not port_open(port), "STOP_SERVER stops it in the last cell"
-        assert "exit code 0" in text and "engine: torchvision" in text
+        assert "exit code 0" in text
         val_names = {img["file_name"] for img in splits["val"]["images"]}
         assert any(f"sending {coco_dir / name}" in text for name in val_names)  # an image of the model's own val set
         assert not (drive / "demo").exists()
@@ -304,6 +440,22 @@ def test_04_prelabel_runs_the_labelling_loop(tmp_path):
     assert info["training"]["init_from"] == str(drive / "demo" / "model")
     assert info["class_names"] == sorted(SHAPES)
     assert_png(round_dir / "rounds.png")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_02_errors_name_the_form_fields(tmp_path):
+    """A training error inside the notebook names its field, RUN_NAME, where the command line's says --output-dir."""
+    drive = tmp_path / "drive"
+    run = drive / "runs" / "run1"
+    run.mkdir(parents=True)
+    (run / "last_checkpoint.pth").write_bytes(b"cut off when the runtime stopped")  # a checkpoint that cannot be read
+    with pytest.raises(AssertionError) as failed:
+        run_all_keep_kernel(NOTEBOOK_DIR / "02_finetune_and_compare.ipynb", drive, tmp_path)
+    message = str(failed.value).splitlines()[0]  # "cell K of NAME failed: <the error's message>"
+    assert "cannot resume: no checkpoint in" in message and "train into another RUN_NAME" in message, message
+    assert "--output-dir" not in message
+    assert (run / "last_checkpoint.pth").read_bytes() == b"cut off when the runtime stopped"  # kept as it was
 
 
 @pytest.mark.slow

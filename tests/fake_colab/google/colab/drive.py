@@ -2,6 +2,8 @@
 
 import os
 
+from google.colab._record import record
+
 
 def mount(mountpoint, force_remount=False, timeout_ms=120000, readonly=False):
     drive = os.environ["FAKE_COLAB_DRIVE"]
@@ -9,6 +11,7 @@ def mount(mountpoint, force_remount=False, timeout_ms=120000, readonly=False):
     if os.path.islink(mountpoint) and not force_remount:
         print(f"Drive already mounted at {mountpoint}; to attempt to forcibly remount, call drive.mount(\"{mountpoint}\", force_remount=True).")
         return
+    record("drive.mount")  # Colab's permission dialog
     os.makedirs(os.path.dirname(mountpoint.rstrip("/")), exist_ok=True)
     if not os.path.islink(mountpoint):
         os.symlink(drive, mountpoint)

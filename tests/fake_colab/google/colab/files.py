@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from google.colab._record import record
+
 
 def _get_unique_filename(filename):
     if not os.path.lexists(filename):
@@ -15,6 +17,7 @@ def _get_unique_filename(filename):
 
 
 def upload(target_dir=""):
+    record("files.upload")  # the browser's file picker
     picked = os.environ.get("FAKE_COLAB_UPLOAD")
     chosen = sorted(p for p in Path(picked).iterdir() if p.is_file()) if picked else []  # none: cancelled
     if target_dir:

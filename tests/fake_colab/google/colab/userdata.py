@@ -4,6 +4,7 @@ import json
 import os
 
 from google.colab import errors
+from google.colab._record import record
 
 
 class NotebookAccessError(Exception):
@@ -24,6 +25,7 @@ class TimeoutException(errors.Error):
 def get(key):
     if not key or not isinstance(key, str):
         raise ValueError("Please enter a valid secret name")
+    record(f"userdata.get {key}")  # a notebook's first access to a secret asks the user to grant it
     if os.environ.get("FAKE_COLAB_BROWSER") == "absent":
         raise TimeoutException(key)
     secrets = json.loads(os.environ.get("FAKE_COLAB_SECRETS") or "{}")
