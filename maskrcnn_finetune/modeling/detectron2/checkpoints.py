@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 from maskrcnn_finetune.errors import CheckpointError, ConfigError, ModelDirError
 from maskrcnn_finetune.model_dir import write_model_dir  # model_dir imports this module only in a function
 from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON, WEIGHTS, load_checked, read_weights
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling.detectron2.inference import Detectron2Model
 from maskrcnn_finetune.modeling.detectron2.legacy import rename_weights
 from maskrcnn_finetune.modeling.detectron2.model_config import D2_BACKBONES, load_config, load_config_and_kind
@@ -132,7 +133,7 @@ def load_detectron2_dir(model_dir, device, info: dict) -> tuple[Detectron2Model,
     return wrapped, spec, info
 
 
-def import_checkpoint(weights, config, class_names: list[str], out_dir, score_threshold: float = 0.5,
+def import_checkpoint(weights, config, class_names: list[str], out_dir, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                       trusted: bool = False) -> Path:
     """Makes a model folder from a detectron2 checkpoint, so the Predictor and the server load it.
 
