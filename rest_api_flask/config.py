@@ -275,6 +275,7 @@ def build_parser(description: str | None = None, epilog: str | None = None) -> a
         meta = f.metadata
         where = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"])) if "group" in meta else parser
         default = _default(f)
+        kind = meta.get("type") or (type(default) if default is not None else str)
         if "env" in meta:  # read when the parser is built, so a test or a program may set it first
             default = os.environ.get(meta["env"]) or default
         help_text = argparse.SUPPRESS if meta.get("hidden") else _help(meta.get("help"), default)
@@ -292,8 +293,7 @@ def build_parser(description: str | None = None, epilog: str | None = None) -> a
             where.add_argument(option_flag(f.name), dest=f.name, action="append", default=None,
                                metavar=meta.get("metavar"), help=help_text)
         else:
-            options = dict(dest=f.name, type=meta.get("type") or (type(default) if default is not None else str),
-                           default=default, metavar=meta.get("metavar"), choices=meta.get("choices"), help=help_text)
+            options = dict(dest=f.name, type=kind, default=default, metavar=meta.get("metavar"), choices=meta.get("choices"), help=help_text)
             if "aliases" in meta:
                 add_with_aliases(where, option_flag(f.name), meta["aliases"], **options)
             else:
