@@ -198,8 +198,8 @@ class ServeConfig:
         values, problems = {}, []
         for f in fields(cls):
             value = getattr(args, f.name)
-            if isinstance(_default(f), list) and value is None:
-                value = []
+            if value is None:  # the flag's default (None where the parser leaves it to the field)
+                value = _default(f)
             for switch, (const, _) in f.metadata.get("switches", {}).items():
                 if getattr(args, _switch_dest(switch), None) is None:
                     continue
@@ -280,7 +280,9 @@ def build_parser(description: str | None = None, epilog: str | None = None) -> a
             default = os.environ.get(meta["env"]) or default
         help_text = argparse.SUPPRESS if meta.get("hidden") else _help(meta.get("help"), default)
         if f.name == "device":
-            add_device_argument(where, default=default)
+            # no default on the parser: argparse would check it as given (device_flag imports torch for that), in
+            # every process, the one that starts --workers included
+            add_device_argument(where, default=None)
         elif f.name == "runtime":
             add_runtime_arguments(where)  # --runtime and --calibration-images, as scripts/predict.py takes them
         elif f.name == "calibration_images":
