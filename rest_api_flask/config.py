@@ -165,7 +165,8 @@ class ServeConfig:
         "one; on a CPU batching paid nothing)", key="MICRO_BATCH", metavar="N", check=_POSITIVE)
     micro_batch_wait_ms: float = _option(
         5.0, "with --micro-batch: how long a request may wait for others to join its call",
-        key="MICRO_BATCH_WAIT_MS", metavar="MS", check=(lambda value: value >= 0, "{flag} must be 0 or more, got {value}"))
+        key="MICRO_BATCH_WAIT_MS", metavar="MS",
+        check=(lambda value: value >= 0, "{flag} must be 0 or more, got {value}"))
     worker_start_timeout: float = _option(
         600.0, "with --workers: seconds the processes have to load the model and serve; past it they are stopped and "
         "the server exits saying so", metavar="SECONDS", check=_POSITIVE)
@@ -270,10 +271,12 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser(description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
     """The server's command line: one flag (and its other spellings) per :class:`ServeConfig` field."""
     parser = OneLineParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups: dict = {}  # --help's sections, by title
     for f in fields(ServeConfig):
         meta = f.metadata
-        where = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"])) if "group" in meta else parser
+        if "group" in meta and meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        where = groups[meta["group"]] if "group" in meta else parser
         default = _default(f)
         kind = meta.get("type") or (type(default) if default is not None else str)
         if "env" in meta:  # read when the parser is built, so a test or a program may set it first
@@ -295,7 +298,8 @@ def build_parser(description: str | None = None, epilog: str | None = None) -> a
             where.add_argument(option_flag(f.name), dest=f.name, action="append", default=None,
                                metavar=meta.get("metavar"), help=help_text)
         else:
-            options = dict(dest=f.name, type=kind, default=default, metavar=meta.get("metavar"), choices=meta.get("choices"), help=help_text)
+            options = dict(dest=f.name, type=kind, default=default, metavar=meta.get("metavar"),
+                           choices=meta.get("choices"), help=help_text)
             if "aliases" in meta:
                 add_with_aliases(where, option_flag(f.name), meta["aliases"], **options)
             else:
