@@ -11,7 +11,8 @@ What it does, in order:
    seed 0) resized to ``--size`` pixels on its short side (800 -> 1067x800), encoded once as JPEG;
    or ``--image FILE``, sent as it is.
 2. Starts the real server (``python -m rest_api_flask``, waitress, via
-   :func:`rest_api_flask.launcher.start_server`) on a free loopback port, and from this
+   :func:`rest_api_flask.launcher.start_server`) on a free loopback port, timing its start-up (from
+   the process's start to ``/health`` answering with the model loaded and warmed up), and from this
    process sends ``--requests-per-level`` multipart ``POST /api/v1/predict`` requests for each
    number of concurrent clients in ``--clients`` (one thread and one keep-alive connection per
    client). Per level: throughput, p50/p95 client latency, errors (any status but 200, 429
@@ -262,8 +263,12 @@ def load_test(args, data: bytes, name: str, work: Path, workers: int = 1, micro_
     extra += ["--workers", str(workers)] if workers > 1 else []
     extra += ["--micro-batch", str(micro_batch)] if micro_batch > 1 else []
     progress = not args.no_progress
+    started = time.perf_counter()
     server = start_server(args.model_dir, work / "uploads", work / "outputs", infer_with_cpu=True,
                           threshold=args.threshold, extra_args=extra, log_path=work / "server.log")
+    # from the process's start to /health answering with the model loaded and warmed up (start_server
+    # polls every 0.1 to 0.2 s)
+    startup_s = time.perf_counter() - started
     try:
         info = requests.get(server.url + "/api/v1/model", timeout=10).json()
         warm, _ = run_clients(server.url, data, name, args.warmup, 1, args.threshold, progress=False)
@@ -281,7 +286,8 @@ def load_test(args, data: bytes, name: str, work: Path, workers: int = 1, micro_
                                 every=args.rss_every, progress=progress)
     finally:
         server.stop()
-    return {"workers": workers, "micro_batch": micro_batch, "model": info, "levels": levels, "memory": memory}
+    return {"workers": workers, "micro_batch": micro_batch, "startup_s": startup_s, "model": info, "levels": levels,
+            "memory": memory}
 
 
 # ---------------------------------------------------------------- the server's own work, stage by stage
@@ -437,6 +443,12 @@ def markdown(report: dict, with_stages: bool = True) -> str:
                          f"{lv['throughput_per_s']:.2f} | {lv['latency_p50_ms']:.0f} | {lv['latency_p95_ms']:.0f} | "
                          f"{lv['model_ms_median']:.0f} | {lv['overhead_ms_median']:.0f} | "
                          f"{lv['overhead_pct_of_model']:.0f} % |")
+    started = [load for load in loads if "startup_s" in load]
+    if started:
+        lines += ["", "| workers | micro-batch | start-up (s): from the server process's start to /health answering "
+                  "with the model loaded |", "|---|---|---|"]
+        lines += [f"| {load.get('workers', 1)} | {load.get('micro_batch', 1)} | {load['startup_s']:.1f} |"
+                  for load in started]
     memories = [load for load in loads if load.get("memory")]
     if memories:
         lines += ["", "| workers | micro-batch | memory run: requests | clients | errors | RSS after the first sample (MiB) "

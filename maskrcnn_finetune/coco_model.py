@@ -58,7 +58,7 @@ def coco_model_dir(parent) -> Path:
             f"internet once (they are cached in torch's hub folder afterwards), or put {Path(weights.url).name} "
             "into $TORCH_HOME/hub/checkpoints, or pass --model-dir with a model folder of your own") from exc
     spec = ModelSpec("resnet50_fpn", coco_class_names())  # torchvision's own sizes: 800 / 1333 px, 100 detections
-    write_model_dir(folder, model, spec, engine="torchvision", score_threshold=0.5,
+    write_model_dir(folder, model, spec, engine="torchvision",
                     training={"source": f"torchvision {weights}", "weights_url": weights.url},
                     metrics={"coco_val2017_box_AP": weights.meta["_metrics"]["COCO-val2017"]["box_map"] / 100,
                              "coco_val2017_mask_AP": weights.meta["_metrics"]["COCO-val2017"]["mask_map"] / 100})

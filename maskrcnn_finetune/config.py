@@ -16,7 +16,7 @@ from maskrcnn_finetune.cli import add_device_argument, add_with_aliases
 from maskrcnn_finetune.devices import check_device
 from maskrcnn_finetune.engine_names import ENGINES
 from maskrcnn_finetune.errors import ConfigError
-from maskrcnn_finetune.model_spec import ModelSpec, default_anchor_sizes
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD, ModelSpec, default_anchor_sizes
 
 
 def _option(default, help: str | None = None, choices: tuple | None = None, spec: str | None = None,
@@ -104,8 +104,9 @@ class TrainConfig:
                                            spec="rpn_post_nms_top_n_test")
     box_head_dim: int = _option(SPEC_DEFAULT, spec="box_head_dim")
     mask_head_layers: list[int] = _option(SPEC_DEFAULT, spec="mask_head_layers")
-    score_threshold: float = _option(0.5, "the score threshold the model folder keeps: the default of the Predictor, "
-                                     "batch prediction and the server (default: 0.5)", flag="--threshold",
+    score_threshold: float = _option(DEFAULT_SCORE_THRESHOLD, "the score threshold the model folder keeps: the default "
+                                     "of the Predictor, batch prediction and the server (default: "
+                                     f"{DEFAULT_SCORE_THRESHOLD})", flag="--threshold",
                                      aliases=("--score-threshold",))
     init_from: str = _option("", "start from a trained model folder (the next round of labelling): every weight "
                              "reused, new classes added (torchvision engine)")

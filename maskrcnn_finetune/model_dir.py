@@ -18,6 +18,7 @@ from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.engine_names import ENGINES
 from maskrcnn_finetune.model_format import (CONFIG_YAML, FORMAT, FORMAT_VERSION, MODEL_JSON, WEIGHTS, ModelDirError,
                                             load_checked, read_weights)
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.backbones import freeze_norms
 from maskrcnn_finetune.modeling.detectron2 import require_detectron2
@@ -34,7 +35,8 @@ __all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirErr
 
 
 def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine: str = "torchvision",
-                    score_threshold: float = 0.5, training: dict | None = None, metrics: dict | None = None) -> Path:
+                    score_threshold: float = DEFAULT_SCORE_THRESHOLD, training: dict | None = None,
+                    metrics: dict | None = None) -> Path:
     """Writes ``model.json`` and ``model_final.pth`` into ``out_dir``.
 
     Args:

@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, field
 from maskrcnn_finetune.errors import ModelDirError
 
 
+DEFAULT_SCORE_THRESHOLD = 0.5
+"""The score threshold a model folder records (``model.json``'s ``score_threshold``) when its training,
+import or writer gives none: the default of the Predictor, batch prediction and the server."""
+
 TEST_TIME_OPTIONS = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "detections_per_image")
 """ModelSpec fields that only inference reads: a training run may resume with other values."""
 

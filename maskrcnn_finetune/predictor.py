@@ -37,6 +37,7 @@ from PIL import Image
 from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.devices import resolve_device
 from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.modeling.fast_cpu import BF16_PARTS, make_fast, paste_masks_bool, supports_fast
 from maskrcnn_finetune.structures import Instances
@@ -119,7 +120,7 @@ class Predictor:
     converted to channels-last in place.
     """
 
-    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device="cpu", score_threshold: float = 0.5,
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device="cpu", score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  info: dict | None = None, fast: bool | None = None, bf16: bool | None = None,
                  runtime: str = "torch", calibration: list | None = None) -> None:
         if runtime not in RUNTIMES:
@@ -176,7 +177,7 @@ class Predictor:
 
         device = resolve_device(device)
         model, spec, info = load_model_dir(model_dir, device)
-        threshold = info.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+        threshold = info.get("score_threshold", DEFAULT_SCORE_THRESHOLD) if score_threshold is None else score_threshold
         return cls(model, spec, device, threshold, info, fast=fast, bf16=bf16, runtime=runtime, calibration=calibration)
 
     @property

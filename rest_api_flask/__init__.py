@@ -26,7 +26,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Builds the app: loads and warms up the model, prepares the folders, registers the blueprints.
 
     Args:
-        test_config: settings overriding :data:`rest_api_flask.config.DEFAULTS` (the CLI passes its flags here).
+        test_config: settings overriding :data:`rest_api_flask.config.DEFAULTS` (the server program passes
+            :meth:`ServeConfig.app_config() <rest_api_flask.config.ServeConfig.app_config>` here).
 
     Returns:
         The Flask app.

@@ -28,6 +28,7 @@ from flask import Flask, current_app
 
 from maskrcnn_finetune.predictor import Predictor
 from maskrcnn_finetune.structures import Instances
+from rest_api_flask.config import DEFAULTS
 from rest_api_flask.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class InferenceService:
             on the delay batching adds); 0 batches only requests that already wait.
     """
 
-    def __init__(self, predictor: Predictor, max_waiting: int = 32, micro_batch: int = 1,
-                 micro_batch_wait_ms: float = 0.0) -> None:
+    def __init__(self, predictor: Predictor, max_waiting: int = DEFAULTS["MAX_WAITING"],
+                 micro_batch: int = DEFAULTS["MICRO_BATCH"],
+                 micro_batch_wait_ms: float = DEFAULTS["MICRO_BATCH_WAIT_MS"]) -> None:
         self.predictor = predictor
         self.max_waiting = max_waiting
         self.micro_batch, self.micro_batch_wait_ms = micro_batch, micro_batch_wait_ms
@@ -236,10 +238,16 @@ def load_predictor(model_dir, device: str = "auto", fast: bool | None = None, ru
 
 
 def init_app(app: Flask) -> None:
-    """Loads (or takes ``app.config["PREDICTOR"]``), warms up and attaches the model to the app."""
+    """Loads (or takes ``app.config["PREDICTOR"]``), warms up and attaches the model to the app.
+
+    ``THRESHOLD`` None (no ``--threshold``) becomes the model folder's own (``model.json``'s
+    ``score_threshold``, the Predictor's): the default of the requests, the page's slider and ``/api/v1/model``.
+    """
     predictor = app.config.get("PREDICTOR") or load_predictor(app.config["MODEL_DIR"], app.config["DEVICE"],
                                                                      app.config.get("FAST"), app.config["RUNTIME"],
                                                                      app.config["CALIBRATION_IMAGES"])
+    if app.config["THRESHOLD"] is None:
+        app.config["THRESHOLD"] = float(predictor.score_threshold)
     service = InferenceService(predictor, max_waiting=app.config["MAX_WAITING"], micro_batch=app.config["MICRO_BATCH"],
                                micro_batch_wait_ms=app.config["MICRO_BATCH_WAIT_MS"])
     if service.micro_batch > 1 and predictor.device.type == "cpu":

@@ -28,6 +28,7 @@ from pathlib import Path
 import requests
 
 from maskrcnn_finetune.errors import KitError, ServerStartError
+from rest_api_flask.config import to_argv
 from rest_api_flask.ready import read_ready
 from rest_api_flask.registry import forget_server, remember_server, signal_group, stop_previous_servers
 
@@ -39,24 +40,18 @@ TUNNELS = ("none", "ngrok")
 def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.0.0.1", port: int = 5000,
                    tunnel: str = "none", infer_with_cpu: bool = False, threshold: float | None = None,
                    ready_file=None, extra_args: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """The command line that starts the server (the ngrok token travels in the environment, never here)."""
+    """The command line that starts the server (the ngrok token travels in the environment, never here).
+
+    The flags come from :class:`~rest_api_flask.config.ServeConfig` (:func:`~rest_api_flask.config.to_argv`);
+    ``model_dir`` None: the model comes from ``extra_args`` (e.g. ``--weights ... --config-file ...``).
+    """
     if tunnel not in TUNNELS:
         raise KitError(f"tunnel must be one of {', '.join(TUNNELS)}, got '{tunnel}' "
                        "(in Colab without ngrok, use maskrcnn_finetune.colab.proxy_url)")
-    cmd = [sys.executable, "-u", "-m", "rest_api_flask"]
-    if model_dir is not None:  # None: the model comes from extra_args (e.g. --weights ... --config-file ...)
-        cmd += ["--model-dir", str(model_dir)]
-    cmd += ["--upload-folder", str(upload_folder), "--output-folder", str(output_folder), "--host", host,
-            "--port", str(port)]
-    if tunnel == "ngrok":
-        cmd.append("--use-ngrok")
-    if infer_with_cpu:
-        cmd.append("--infer-with-cpu")
-    if threshold is not None:
-        cmd += ["--threshold", str(threshold)]
-    if ready_file is not None:
-        cmd += ["--ready-file", str(ready_file)]
-    return cmd + [str(a) for a in extra_args]
+    options = {"model_dir": model_dir, "upload_folder": upload_folder, "output_folder": output_folder, "host": host,
+               "port": port, "tunnel": tunnel, "device": "cpu" if infer_with_cpu else None, "threshold": threshold,
+               "ready_file": ready_file}
+    return [sys.executable, "-u", "-m", "rest_api_flask", *to_argv(options), *map(str, extra_args)]
 
 
 @dataclass

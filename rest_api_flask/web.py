@@ -19,11 +19,8 @@ _CSP = ("default-src 'self'; img-src 'self' blob: data: https: http:; style-src 
 
 
 def _default_threshold() -> float:
-    """The server's default score threshold (``--threshold``), where the slider starts."""
-    try:
-        return min(1.0, max(0.0, float(current_app.config.get("THRESHOLD", 0.5))))
-    except (TypeError, ValueError):  # a test config may leave it unset or odd; the slider still works
-        return 0.5
+    """The server's default score threshold (``--threshold``, else the model folder's), where the slider starts."""
+    return min(1.0, max(0.0, float(current_app.config["THRESHOLD"])))
 
 
 @bp.route("/")

@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import json
 
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
-from waitress.task import ErrorTask
+from waitress.server import MultiSocketServer, TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import RequestEntityTooLarge
 
 DRAIN_LIMIT = 2**30
@@ -100,8 +102,16 @@ class _JsonErrorTask(ErrorTask):
 
 
 class KitChannel(HTTPChannel):
+    """waitress's connection with the draining parser and the JSON error pages."""
+
     parser_class = _DrainingParser
     error_task_class = _JsonErrorTask
+
+
+class KitServer(TcpWSGIServer):
+    """waitress's TCP server whose connections are :class:`KitChannel` s (as ``webtest`` subclasses it)."""
+
+    channel_class = KitChannel
 
 
 def create_server(app, host: str, port: int, threads: int, max_body_bytes: int, sock=None):
@@ -109,16 +119,25 @@ def create_server(app, host: str, port: int, threads: int, max_body_bytes: int, 
     (the app's ``MAX_CONTENT_LENGTH``): ``(port, serve_forever, close)``.
 
     ``sock``: an already listening socket to serve on (a ``--workers`` worker's) instead of ``host:port``.
-    """
-    from waitress import create_server as waitress_server
-    from waitress.server import BaseWSGIServer
 
-    socket_map: dict = {}
-    where = dict(sockets=[sock]) if sock is not None else dict(host=host, port=port)
+    It is waitress's ``create_server`` for TCP with :class:`KitServer` in place of ``TcpWSGIServer``:
+    one server per address (a name can give IPv4 and IPv6) or per given socket, all on one socket
+    map and one pool of threads, run together by a ``MultiSocketServer`` when there are several.
+    """
     # waitress refuses a body of max_request_body_size bytes or more; the app accepts max_body_bytes
-    server = waitress_server(app, map=socket_map, threads=threads, max_request_body_size=max_body_bytes + 1, **where)
-    for dispatcher in socket_map.values():  # one listener per address (a name can give IPv4 and IPv6)
-        if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = KitChannel
-    bound = getattr(server, "effective_port", None) or server.effective_listen[0][1]
-    return bound, server.run, server.close
+    where = dict(sockets=[sock]) if sock is not None else dict(host=host, port=port)
+    adj = Adjustments(threads=threads, max_request_body_size=max_body_bytes + 1, **where)
+    socket_map: dict = {}
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    if sock is not None:  # waitress's own create_server hands a given socket to the server the same way
+        servers = [KitServer(app, socket_map, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
+                             sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))]
+    else:
+        servers = [KitServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
+    if len(servers) == 1:
+        server = servers[0]
+        return server.effective_port, server.run, server.close
+    listening = [(server.effective_host, server.effective_port) for server in servers]
+    group = MultiSocketServer(socket_map, adj, listening, dispatcher, servers[-1].log_info)
+    return listening[0][1], group.run, group.close

@@ -18,7 +18,7 @@ from maskrcnn_finetune.config import PRESETS, TrainConfig, option_flag, resolve_
 from maskrcnn_finetune.devices import resolve_device
 from maskrcnn_finetune.errors import ConfigError
 from rest_api_flask import flask_app
-from rest_api_flask.config import config_from_args
+from rest_api_flask.config import ServeConfig, check_config
 from training_options import TINY_MODEL
 
 REQUIRED = {  # the least each command's parser takes
@@ -85,7 +85,7 @@ def test_the_older_spellings_still_work_and_two_at_once_are_refused(capsys):
     assert str(_parse("evaluate", "--out", "m.json").output) == "m.json"
     assert str(_parse("evaluate", "--output", "m.json").output) == "m.json"
     server = _parse("server", "--infer-with-cpu")
-    assert config_from_args(server)["DEVICE"] == "cpu"
+    assert ServeConfig.from_args(server).app_config()["DEVICE"] == "cpu"
     assert "not allowed with argument" in _refused("train", capsys, "--threshold", "0.3", "--score-threshold", "0.4")
     assert "not allowed with argument" in _refused("evaluate", capsys, "--out", "a.json", "--output", "b.json")
     with pytest.raises(SystemExit):
@@ -141,14 +141,17 @@ def test_the_training_config_takes_a_gpu_by_its_number():
 
 
 def test_the_server_takes_device_and_keeps_infer_with_cpu_as_its_short_form(tiny_model_dir):
-    assert config_from_args(_parse("server"))["DEVICE"] == "auto"
-    assert config_from_args(_parse("server", "--device", "cpu"))["DEVICE"] == "cpu"
+    def served(*flags: str) -> ServeConfig:
+        return ServeConfig.from_args(_parse("server", *flags))
+
+    assert served().app_config()["DEVICE"] == "auto"
+    assert served("--device", "cpu").app_config()["DEVICE"] == "cpu"
     both = _parse("server", "--device", "cpu", "--infer-with-cpu")
-    flask_app.check_args(argparse.Namespace(**{**vars(both), "model_dir": str(tiny_model_dir)}))
+    check_config(ServeConfig.from_args(argparse.Namespace(**{**vars(both), "model_dir": str(tiny_model_dir)})))
     clash = argparse.Namespace(**{**vars(both), "device": "cuda", "model_dir": str(tiny_model_dir)})
     with pytest.raises(ConfigError, match="--infer-with-cpu is --device cpu, and --device cuda was given too"):
-        flask_app.check_args(clash)
-    app = flask_app._create_app(_parse("server", "--device", "cpu"), tiny_model_dir, WARMUP=False)
+        ServeConfig.from_args(clash)
+    app = flask_app._create_app(served("--device", "cpu"), tiny_model_dir, WARMUP=False)
     assert app.extensions["inference"].predictor.device == torch.device("cpu")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from maskrcnn_finetune.cli import add_with_aliases, run_cli
 from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling.detectron2 import require_detectron2
 
 
@@ -35,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="the run's config yaml, or a model-zoo config name")
     parser.add_argument("--classes", nargs="+", required=True, help="class names in category order")
     parser.add_argument("--output-dir", type=Path, required=True, help="the model folder to write")
-    add_with_aliases(parser, "--threshold", ["--score-threshold"], type=float, default=0.5,
+    add_with_aliases(parser, "--threshold", ["--score-threshold"], type=float, default=DEFAULT_SCORE_THRESHOLD,
                      help="the score threshold the model folder keeps: the default of the Predictor, batch "
-                          "prediction and the server (default: 0.5)")
+                          f"prediction and the server (default: {DEFAULT_SCORE_THRESHOLD})")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="read a checkpoint that holds Python objects (only for files you trust)")
     return parser

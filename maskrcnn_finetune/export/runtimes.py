@@ -14,6 +14,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from maskrcnn_finetune.errors import ExportError, first_line
 from maskrcnn_finetune.export.formats import ONNX_MASKS_KEY, ONNX_MASKS_UNPASTED, ONNX_OPSET, ONNX_OUTPUTS
 from maskrcnn_finetune.model_dir import MODEL_JSON
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling import ModelSpec
 from maskrcnn_finetune.predictor import Predictor
 
@@ -159,6 +160,6 @@ def read_export_info(path) -> tuple[ModelSpec, dict]:
 def load_exported_predictor(path, device="cpu", score_threshold: float | None = None) -> Predictor:
     """A :class:`Predictor` around an exported TorchScript file (spec from the ``model.json`` next to it)."""
     spec, info = read_export_info(path)
-    threshold = info.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    threshold = info.get("score_threshold", DEFAULT_SCORE_THRESHOLD) if score_threshold is None else score_threshold
     module = load_torchscript(path, device) if Path(path).suffix != ".onnx" else load_onnx(path)
     return Predictor(module, spec, device, threshold, info, fast=False)

@@ -392,15 +392,13 @@ def test_remove_colors_draws_the_overlay_on_a_grey_image(predictor, folders, sam
 
 def test_cors_is_off_by_default_and_allows_only_the_given_origins(predictor, folders, app, sample_png):
     from rest_api_flask import create_app
-    from rest_api_flask.config import config_from_args
-    from rest_api_flask.flask_app import build_parser
+    from rest_api_flask.config import ServeConfig
 
     plain = app.test_client().post("/api/v1/predict", headers={"Origin": "https://app.example.com"},
                                    data={"image": (io.BytesIO(sample_png), "a.png")}, content_type="multipart/form-data")
     assert plain.status_code == 200 and "Access-Control-Allow-Origin" not in plain.headers
-    args = build_parser().parse_args(["--model-dir", "m", "--cors-origin", "https://app.example.com",
-                                      "--api-key", "k3y"])
-    settings = config_from_args(args)
+    settings = ServeConfig.from_argv(["--model-dir", "m", "--cors-origin", "https://app.example.com",
+                                      "--api-key", "k3y"]).app_config()
     assert settings["CORS_ORIGINS"] == ["https://app.example.com"]
     settings.update(MODEL_DIR=None, PREDICTOR=predictor, UPLOAD_FOLDER=str(folders[0]),
                     OUTPUT_FOLDER=str(folders[1]), WARMUP=False, THRESHOLD=0.0)

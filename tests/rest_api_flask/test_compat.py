@@ -19,7 +19,7 @@ from PIL import Image
 from maskrcnn_finetune.visualize import draw_instances
 from maskrcnn_finetune.errors import ConfigError
 from rest_api_flask import create_app
-from rest_api_flask.flask_app import build_parser, check_args
+from rest_api_flask.config import ServeConfig, check_config
 
 from detections import assert_same_detections
 from server_helpers import png_of, start_server, stop_server
@@ -263,7 +263,7 @@ def test_detect_bad_input_names_the_fix(client):
 ])
 def test_legacy_flags_are_checked(model_dir, flags, words):
     with pytest.raises(ConfigError, match=words):
-        check_args(build_parser().parse_args(["--model-dir", str(model_dir), *flags]))
+        check_config(ServeConfig.from_argv(["--model-dir", str(model_dir), *flags]))
 
 
 def test_an_unwritable_base64_folder_is_refused_at_start(app_with, tmp_path):

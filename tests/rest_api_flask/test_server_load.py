@@ -65,6 +65,7 @@ def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
     assert all(s["rss_kb"] > 50_000 for s in memory["samples"])  # a Python process with torch: tens of MiB at least
     assert memory["rss_max_mb"] >= memory["rss_first_mb"] > 0
 
+    assert all(load["startup_s"] > 0 for load in report["loads"])  # process start to /health with the model
     runs = [(load["workers"], load["micro_batch"], load["model"]["micro_batch"]["max_images"]) for load in report["loads"]]
     assert runs == [(1, 1, 1), (1, 2, 2), (2, 1, 1), (2, 2, 2)] and report["loads"][0] == report["load"]
     two = report["loads"][2]
@@ -77,6 +78,8 @@ def test_server_load_benchmark_runs_end_to_end(model_dir, tmp_path):
     assert "| 2 | 1 | 2 | 4 | 0 |" in table and "| 1 | 2 | 2 | 4 | 0 |" in table
     assert "| 1 | 1 | 1 | 4 | 0 |" in table and "| 2 | 2 | 1 | 4 | 0 |" in table  # every run, every level
     assert "| 2 | 1 | 20 | 4 | 0 |" in table  # the memory run of two workers
+    assert "| workers | micro-batch | start-up (s)" in table
+    assert f"| 2 | 2 | {report['loads'][3]['startup_s']:.1f} |" in table
     assert "<!-- results:server-load -->" not in results.read_text()
 
     breakdown = report["breakdown"]

@@ -100,8 +100,8 @@ def test_workers_not_serving_in_time_are_stopped_and_the_server_says_so(model_di
 
 
 def test_workers_must_be_positive(model_dir, tmp_path):
-    from rest_api_flask.flask_app import build_parser, check_args
+    from rest_api_flask.config import ServeConfig, check_config
     from maskrcnn_finetune.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--workers must be positive"):
-        check_args(build_parser().parse_args(["--model-dir", str(model_dir), "--workers", "0"]))
+        check_config(ServeConfig.from_argv(["--model-dir", str(model_dir), "--workers", "0"]))

@@ -26,6 +26,7 @@ from maskrcnn_finetune.modeling.maskrcnn import ModelSpec
 
 logger = logging.getLogger(__name__)
 
+
 def load_weights_file(path, trusted: bool = False) -> dict:
     """The content of a ``.pth`` file (see :func:`maskrcnn_finetune.model_format.read_weights`).
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.model_dir import write_model_dir
 from maskrcnn_finetune.model_format import CONFIG_YAML, MODEL_JSON
+from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling.detectron2.checkpoints import (build_for_inference, fit_weights, load_weights_file,
                                                                 model_state, spec_from_config)
 from maskrcnn_finetune.modeling.detectron2.legacy import rename_weights
@@ -22,7 +23,8 @@ from maskrcnn_finetune.modeling.detectron2.model_config import load_config_and_k
 logger = logging.getLogger(__name__)
 
 
-def import_checkpoint(weights, config, class_names: list[str], out_dir, score_threshold: float = 0.5,
+def import_checkpoint(weights, config, class_names: list[str], out_dir,
+                      score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                       trusted: bool = False) -> Path:
     """Makes a model folder from a detectron2 checkpoint, so the Predictor and the server load it.
 
