@@ -2,7 +2,7 @@
 
 Usage:
     python rest_api_flask/flask_app.py --model-dir outputs/demo/model --upload-folder uploads \\
-        --output-folder served [--use-ngrok | --tunnel colab] [--auth user:password]
+        --output-folder served [--use-ngrok | --tunnel cloudflared|colab|auto] [--auth user:password]
         [--device auto|cpu|cuda|cuda:N | --infer-with-cpu]
     python -m rest_api_flask ...                      # the same
 
@@ -70,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="received images are kept here; the legacy routes read images from here")
     parser.add_argument("--output-folder", default="outputs/served", help="result files are written here")
     parser.add_argument("--use-ngrok", action="store_true", help="the same as --tunnel ngrok")
-    parser.add_argument("--tunnel", choices=["none", "ngrok", "colab"], default="none",
-                        help="a public URL: an ngrok tunnel, or Colab's own proxy (default: none)")
+    from rest_api_flask.tunnel import TUNNELS
+
+    parser.add_argument("--tunnel", choices=TUNNELS, default="none",
+                        help="a public URL: an ngrok tunnel (an account's authtoken), a cloudflared quick tunnel "
+                             "(TryCloudflare: no account, no uptime promise), Colab's own proxy, or auto: ngrok when "
+                             "an authtoken is set, else cloudflared (default: none)")
     parser.add_argument("--ngrok-authtoken", default=None,
                         help="ngrok authtoken (default: env NGROK_AUTHTOKEN or the Colab secret NGROK_AUTHTOKEN)")
     add_device_argument(parser)
@@ -252,21 +256,22 @@ def say(text: str) -> None:
 
 def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, opened: list, ready) -> None:
     from maskrcnn_finetune.errors import TunnelError
-    from rest_api_flask.tunnel import open_tunnel
+    from rest_api_flask.tunnel import NO_ACCOUNT_NOTE, open_tunnel
 
     try:
         tunnel = open_tunnel(kind, port, token, auth)
     except TunnelError as exc:
-        say(f"WARNING: no public URL: {exc}")
-        say("The server keeps serving locally.")
+        say(f"WARNING: no public URL: {exc}; the server keeps serving locally.")
         if ready:
             ready.write(tunnel_state="failed", tunnel_error=str(exc))
         return
     opened.append(tunnel)
     line = "=" * max(40, len(tunnel.public_url) + 12)
     say(f"{line}\nPublic URL: {tunnel.public_url}\n{line}")
+    if tunnel.kind == "cloudflared":
+        say(f"It is {NO_ACCOUNT_NOTE}.")
     if ready:
-        ready.write(tunnel_state="open", public_url=tunnel.public_url)
+        ready.write(tunnel_state="open", public_url=tunnel.public_url, public_via=tunnel.kind)
 
 
 def _make_server(app, args: argparse.Namespace):
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_worker(args)
     tunnel_kind = "ngrok" if args.use_ngrok else args.tunnel
     token = None
-    if tunnel_kind == "ngrok":
+    if tunnel_kind in ("ngrok", "auto"):
         from rest_api_flask.tunnel import resolve_authtoken
 
         if args.auth and not 8 <= len(args.auth.partition(":")[2]) <= 128:
@@ -329,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         ready.write(url=connectable_url(args.host, port), port=int(port), pid=os.getpid(), device=device,
                     model=mode, tunnel=tunnel_kind, tunnel_state="none" if tunnel_kind == "none" else "opening",
                     public_url=None, tunnel_error=None, **extra)
-    if tunnel_kind == "ngrok" and not (args.auth or args.api_key):  # Colab's proxy is the notebook user's only
+    if tunnel_kind not in ("none", "colab") and not (args.auth or args.api_key):  # Colab's proxy: its user's only
         say("WARNING: the public URL is open to anyone who has it; protect it with --auth USER:PASSWORD or --api-key KEY")
     opened: list = []
     if tunnel_kind != "none":
