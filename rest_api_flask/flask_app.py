@@ -300,11 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     if tunnel_kind in ("ngrok", "auto"):
         from rest_api_flask.tunnel import resolve_authtoken
 
-        if args.auth and not 8 <= len(args.auth.partition(":")[2]) <= 128:
-            raise ConfigError("ngrok's basic auth needs a password of 8 to 128 characters; "
-                              "choose a longer one in --auth USER:PASSWORD")
         # no token: the tunnel thread says how to get one (ERR_NGROK_4018's advice), the server serves locally
         token = resolve_authtoken(args.ngrok_authtoken)
+        if args.auth and (tunnel_kind == "ngrok" or token) and not 8 <= len(args.auth.partition(":")[2]) <= 128:
+            raise ConfigError("ngrok's basic auth needs a password of 8 to 128 characters; "
+                              "choose a longer one in --auth USER:PASSWORD")
 
     from rest_api_flask.ready import ReadyFile, connectable_url, read_ready
 
