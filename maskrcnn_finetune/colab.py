@@ -125,6 +125,20 @@ def prepare_engine(model_dir, wheel_dir=None) -> str:
     return engine
 
 
+def in_notebook_kernel() -> bool:
+    """True in the notebook's own kernel, where Colab's browser tab answers requests (secrets, ``eval_js``).
+
+    False in a process the notebook started (a ``!python`` cell, a server in the background, a
+    terminal): colabtools sends its requests through ``get_ipython().kernel``, which only the
+    kernel has (``google.colab._ipython.in_ipython`` tests the same).
+    """
+    try:
+        import IPython
+    except ImportError:
+        return False
+    return hasattr(IPython.get_ipython(), "kernel")
+
+
 def _secret_errors() -> tuple[type[BaseException], ...]:
     from google.colab import userdata  # only exists in Colab
 
@@ -133,9 +147,13 @@ def _secret_errors() -> tuple[type[BaseException], ...]:
 
 
 def colab_secret(name: str) -> str | None:
-    """A Colab secret's value (key icon in the left bar), or None outside Colab, when it is missing,
-    empty, or the notebook has no access to it."""
+    """A Colab secret's value (key icon in the left bar), or None outside Colab, outside the notebook's
+    kernel (where colabtools cannot reach the browser tab), when it is missing, empty, or the notebook
+    has no access to it."""
     if not in_colab():
+        return None
+    if not in_notebook_kernel():
+        logger.debug("Colab secret %s not read: secrets can only be read in the notebook's kernel", name)
         return None
     from google.colab import userdata  # only exists in Colab
 
@@ -146,38 +164,36 @@ def colab_secret(name: str) -> str | None:
         return None
 
 
-def read_ngrok_token(ask: bool = True) -> str | None:
-    """The ngrok authtoken, never from a cell's source: the environment, a Colab secret, or a prompt.
-
-    Looks at ``$NGROK_AUTHTOKEN``, then the Colab secret ``NGROK_AUTHTOKEN`` (key icon in the
-    left bar, with notebook access on), then asks with ``getpass`` when ``ask`` and in Colab.
-
-    Returns:
-        The token, or None when there is none (the web page is then shown inside the notebook
-        through Colab's proxy, and there is no public URL).
-    """
-    token = os.environ.get(NGROK_TOKEN_NAME, "").strip() or colab_secret(NGROK_TOKEN_NAME)
-    if not token and ask and in_colab():
-        token = getpass.getpass("ngrok authtoken (https://dashboard.ngrok.com/get-started/your-authtoken; "
-                                "Enter to skip: no public URL, the page shows in the notebook): ").strip()
-    return token or None
+_asked_for_token = False  # request_ngrok_token prompts at most once per kernel
 
 
-def request_ngrok_token() -> bool:
-    """Asks for the ngrok authtoken once, in a notebook's settings cell, so that nobody has to be at the screen later.
+def request_ngrok_token(ask: bool = True) -> bool:
+    """Makes the ngrok authtoken available to every server this notebook starts; True when there is one.
 
-    Reads it as :func:`read_ngrok_token` does (environment, Colab secret, then a prompt in Colab)
-    and puts it into this kernel's ``$NGROK_AUTHTOKEN``, which every server the notebook starts
-    inherits (``!python rest_api_flask/flask_app.py`` ones too). The token itself is never
-    returned, so that it never lands in a notebook variable or output.
+    Looks at ``$NGROK_AUTHTOKEN``, then the Colab secret ``NGROK_AUTHTOKEN`` (key icon in the left
+    bar, with notebook access on), then asks with ``getpass`` when ``ask``, in Colab, and not asked
+    before in this kernel (Enter skips). The token goes into this kernel's ``os.environ``, which the
+    processes it starts inherit (``start_server``, ``!python rest_api_flask/flask_app.py --use-ngrok``):
+    it never lands in a notebook variable or output.
 
     Returns:
-        True when a token is there.
+        Whether a token exists now (without one, the notebooks' servers use a no-account cloudflared
+        tunnel, or show the page inside the notebook).
     """
-    token = read_ngrok_token(ask=True)
-    if token:
-        os.environ[NGROK_TOKEN_NAME] = token
-    return token is not None
+    global _asked_for_token
+    token, source = os.environ.get(NGROK_TOKEN_NAME, "").strip(), "the environment"
+    if not token:
+        token, source = colab_secret(NGROK_TOKEN_NAME), f"the Colab secret {NGROK_TOKEN_NAME}"
+    if not token and ask and in_colab() and not _asked_for_token:
+        _asked_for_token = True
+        token, source = getpass.getpass(
+            "ngrok authtoken (https://dashboard.ngrok.com/get-started/your-authtoken; Enter to skip: a no-account "
+            "cloudflared URL instead): ").strip(), "your answer"
+    if not token:
+        return False
+    os.environ[NGROK_TOKEN_NAME] = token
+    logger.info("ngrok authtoken from %s: servers started from this notebook get a public ngrok URL", source)
+    return True
 
 
 def proxy_url(port: int) -> str | None:
@@ -196,32 +212,55 @@ def proxy_url(port: int) -> str | None:
     return str(url).rstrip("/") if url else None
 
 
+_PUBLIC_NOTES = {
+    "ngrok": ("anyone who has this URL can use the model (protect it with extra_args=['--api-key', KEY] or "
+              "['--auth', 'USER:PASSWORD']). ngrok's free plan shows a browser warning page once ('Visit Site'); API "
+              "clients skip it with the header 'ngrok-skip-browser-warning: 1'. It lives as long as this runtime: "
+              "for short demos, not for hosting."),
+    "cloudflared": ("a TryCloudflare quick tunnel: no account, and no uptime promise (it may stop or be slow; "
+                    "Cloudflare's terms for account-less tunnels apply). Anyone who has the link can use the model "
+                    "(protect it with extra_args=['--api-key', KEY] or ['--auth', 'USER:PASSWORD']). It lives as long "
+                    "as this runtime: for short demos, not for hosting. An ngrok authtoken gives an ngrok URL instead."),
+}
+
+
 def show_server(server, height: int = 720) -> str:
     """Says where the server can be reached, and shows its web page in the notebook when there is no public URL.
 
-    * a public (ngrok) URL: printed, with the warnings that belong to it;
-    * Colab without one: the page in an iframe of the cell's output (Colab's port proxy; the
-      page's uploads work there, unlike in a new tab), and the proxy address for your browser;
-    * elsewhere: the local address.
+    * a public URL (ngrok with a token, else a no-account cloudflared quick tunnel): printed once,
+      with what comes with it;
+    * Colab without one: the page in an iframe of the cell's output (Colab's port proxy: for the
+      notebook's user only, and only inside the notebook, so no address is printed);
+    * elsewhere: the local address, which works on this machine.
 
     Returns:
-        The URL to use: public, Colab's proxy, or local.
+        The URL to use from this kernel: public, or local.
     """
     if server.public_url:
-        print(f"Public URL: {server.public_url}\n"
-              "WARNING: anyone who has this URL can use the model (protect it with extra_args=['--api-key', KEY] "
-              "or ['--auth', 'USER:PASSWORD']). ngrok's free plan shows a browser warning page once ('Visit Site'); "
-              "API clients skip it with the header 'ngrok-skip-browser-warning: 1'. It lives as long as this "
-              "runtime: for short demos, not for hosting.")
+        via = server.info.get("public_via") or server.info.get("tunnel") or "ngrok"
+        print(f"Public URL: {server.public_url}\nWARNING: " + _PUBLIC_NOTES.get(via, _PUBLIC_NOTES["ngrok"]))
         return server.public_url
+    why = f" ({server.tunnel_error})" if server.tunnel_error else ""
     if not in_colab():
-        print(f"Open {server.url} (this machine only; a public URL needs an ngrok authtoken)")
+        print(f"Open {server.url} (on this machine only; no public URL{why})")
         return server.url
     from google.colab.output import serve_kernel_port_as_iframe  # only exists in Colab
 
     serve_kernel_port_as_iframe(server.port, height=str(height))
-    url = proxy_url(server.port)
-    print("The web page is shown above, inside the notebook (Colab's proxy: for you only, while this notebook is "
-          "open). A public URL needs an ngrok authtoken (Colab secret NGROK_AUTHTOKEN)." +
-          (f" Proxy address: {url}" if url else ""))
-    return url or server.url
+    print(f"No public URL{why}. The web page is shown above, inside the notebook (Colab's proxy): for you only, "
+          "while this notebook is open; its address does not work in another tab.")
+    return server.url
+
+
+def keep_or_stop(server, stop: bool) -> None:
+    """The notebooks' last cell: stops the server when ``stop``, else says that it keeps running, and where."""
+    if stop:
+        print("exit code", server.stop())
+        return
+    if server.public_url:
+        where = "at the public URL printed above"
+    elif in_colab():
+        where = "in the page shown above (inside this notebook)"
+    else:
+        where = f"at {server.url} (on this machine)"
+    print(f"The server keeps running {where} - tick STOP_SERVER and run this cell to stop it.")

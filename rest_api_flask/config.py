@@ -24,6 +24,7 @@ from maskrcnn_finetune.cli import RUNTIME_CHOICES, add_device_argument, add_runt
 from maskrcnn_finetune.coco_model import COCO_MODEL
 from maskrcnn_finetune.devices import check_device
 from maskrcnn_finetune.errors import ConfigError
+from rest_api_flask.tunnel import TUNNELS
 
 LEGACY = "the older kits' routes (/api/detect-area-*, /detect)"
 """The ``--help`` section of the options of the older kits' routes."""
@@ -115,8 +116,10 @@ class ServeConfig:
     output_folder: str = _option("outputs/served", "result files are written here",
                                  key="OUTPUT_FOLDER")
     # a public URL
-    tunnel: str = _option("none", "a public URL: an ngrok tunnel, or Colab's own proxy (default: none)",
-                          choices=("none", "ngrok", "colab"),
+    tunnel: str = _option("none", "a public URL: an ngrok tunnel (an account's authtoken), a cloudflared quick tunnel "
+                          "(TryCloudflare: no account, no uptime promise), Colab's own proxy, or auto: ngrok when an "
+                          "authtoken is set, else cloudflared (default: none)",
+                          choices=TUNNELS,
                           switches={"--use-ngrok": ("ngrok", "the same as --tunnel ngrok")})
     ngrok_authtoken: str | None = _option(
         None, "ngrok authtoken (default: env NGROK_AUTHTOKEN or the Colab secret NGROK_AUTHTOKEN)")

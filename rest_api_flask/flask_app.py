@@ -2,7 +2,7 @@
 
 Usage:
     python rest_api_flask/flask_app.py --model-dir outputs/demo/model --upload-folder uploads \\
-        --output-folder served [--use-ngrok | --tunnel colab] [--auth user:password]
+        --output-folder served [--use-ngrok | --tunnel cloudflared|colab|auto] [--auth user:password]
         [--device auto|cpu|cuda|cuda:N | --infer-with-cpu]
     python -m rest_api_flask ...                      # the same
 
@@ -111,21 +111,22 @@ def say(text: str) -> None:
 
 def _start_tunnel(kind: str, port: int, token: str | None, auth: str | None, opened: list, ready) -> None:
     from maskrcnn_finetune.errors import TunnelError
-    from rest_api_flask.tunnel import open_tunnel
+    from rest_api_flask.tunnel import NO_ACCOUNT_NOTE, open_tunnel
 
     try:
         tunnel = open_tunnel(kind, port, token, auth)
     except TunnelError as exc:
-        say(f"WARNING: no public URL: {exc}")
-        say("The server keeps serving locally.")
+        say(f"WARNING: no public URL: {exc}; the server keeps serving locally.")
         if ready:
             ready.write(tunnel_state="failed", tunnel_error=str(exc))
         return
     opened.append(tunnel)
     line = "=" * max(40, len(tunnel.public_url) + 12)
     say(f"{line}\nPublic URL: {tunnel.public_url}\n{line}")
+    if tunnel.kind == "cloudflared":
+        say(f"It is {NO_ACCOUNT_NOTE}.")
     if ready:
-        ready.write(tunnel_state="open", public_url=tunnel.public_url)
+        ready.write(tunnel_state="open", public_url=tunnel.public_url, public_via=tunnel.kind)
 
 
 def _make_server(app, cfg: ServeConfig):
@@ -150,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.worker_fd is not None:
         return _serve_worker(cfg)
     token = None
-    if cfg.tunnel == "ngrok":
+    if cfg.tunnel in ("ngrok", "auto"):
         from rest_api_flask.tunnel import resolve_authtoken
 
         # no token: the tunnel thread says how to get one (ERR_NGROK_4018's advice), the server serves locally
         token = resolve_authtoken(cfg.ngrok_authtoken)
+        if cfg.tunnel == "auto" and token and cfg.auth and not 8 <= len(cfg.auth.partition(":")[2]) <= 128:
+            raise ConfigError("ngrok's basic auth needs a password of 8 to 128 characters; "
+                              "choose a longer one in --auth USER:PASSWORD")
 
     from rest_api_flask.ready import ReadyFile, connectable_url, read_ready
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         ready.write(url=connectable_url(cfg.host, port), port=int(port), pid=os.getpid(), device=device,
                     model=mode, tunnel=cfg.tunnel, tunnel_state="none" if cfg.tunnel == "none" else "opening",
                     public_url=None, tunnel_error=None, **extra)
-    if cfg.tunnel == "ngrok" and not (cfg.auth or cfg.api_key):  # Colab's proxy is the notebook user's only
+    if cfg.tunnel not in ("none", "colab") and not (cfg.auth or cfg.api_key):  # Colab's proxy: its user's only
         say("WARNING: the public URL is open to anyone who has it; protect it with --auth USER:PASSWORD or --api-key KEY")
     opened: list = []
     if cfg.tunnel != "none":

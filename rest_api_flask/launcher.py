@@ -34,7 +34,7 @@ from rest_api_flask.registry import forget_server, remember_server, signal_group
 
 logger = logging.getLogger(__name__)
 
-TUNNELS = ("none", "ngrok")
+TUNNELS = ("none", "ngrok", "cloudflared", "auto")  # Colab's proxy is asked for from the kernel: colab.show_server
 
 
 def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.0.0.1", port: int = 5000,
@@ -47,7 +47,7 @@ def server_command(model_dir, upload_folder, output_folder, *, host: str = "127.
     """
     if tunnel not in TUNNELS:
         raise KitError(f"tunnel must be one of {', '.join(TUNNELS)}, got '{tunnel}' "
-                       "(in Colab without ngrok, use maskrcnn_finetune.colab.proxy_url)")
+                       "(Colab's own proxy: maskrcnn_finetune.colab.show_server shows the page in the notebook)")
     options = {"model_dir": model_dir, "upload_folder": upload_folder, "output_folder": output_folder, "host": host,
                "port": port, "tunnel": tunnel, "device": "cpu" if infer_with_cpu else None, "threshold": threshold,
                "ready_file": ready_file}
@@ -166,7 +166,7 @@ class ServerProcess:
 def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none", ngrok_token: str | None = None,
                  infer_with_cpu: bool = False, threshold: float | None = None, host: str = "127.0.0.1",
                  port: int | None = None, extra_args: list[str] | tuple[str, ...] = (), log_path=None,
-                 env: dict | None = None, cwd=None, timeout: float = 180.0, tunnel_timeout: float = 45.0,
+                 env: dict | None = None, cwd=None, timeout: float = 180.0, tunnel_timeout: float = 90.0,
                  stop_previous: bool = True) -> ServerProcess:
     """Starts the server in the background and returns once ``/health`` says the model is loaded.
 
@@ -174,7 +174,9 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
         model_dir: a model folder written by training, ``"coco"`` (torchvision's COCO model), or None
             when ``extra_args`` name the model (``--weights FILE_OR_URL --config-file CONFIG``).
         upload_folder, output_folder: where the server keeps uploads and results.
-        tunnel: ``"none"`` (this machine only) or ``"ngrok"`` (a public https URL).
+        tunnel: ``"none"`` (this machine only), ``"ngrok"`` (a public https URL; an account's authtoken),
+            ``"cloudflared"`` (a public https URL without an account) or ``"auto"`` (ngrok when a token is
+            set, else cloudflared).
         ngrok_token: passed to the server as ``$NGROK_AUTHTOKEN``; None keeps the environment's.
         infer_with_cpu: run the model on the CPU even when a GPU is there.
         threshold: the default score threshold (None: the model folder's).
@@ -232,10 +234,12 @@ def start_server(model_dir, upload_folder, output_folder, *, tunnel: str = "none
     except BaseException:
         server.stop()
         raise
-    if tunnel == "ngrok" and not server.wait_for_tunnel(tunnel_timeout):
+    if tunnel != "none" and not server.wait_for_tunnel(tunnel_timeout):
         logger.warning("no public URL (%s); the server keeps serving on %s", server.tunnel_error or
                        f"none within {tunnel_timeout:.0f} s, see {log_path}", server.url)
-    logger.info("server ready at %s%s", server.url, f" (public: {server.public_url})" if server.public_url else "")
+    # the public URL itself is the caller's to print (once): colab.show_server, or the server's own log
+    logger.info("server ready at %s%s", server.url,
+                f" (a public URL through {server.info.get('public_via')} too)" if server.public_url else "")
     return server
 
 
@@ -264,3 +268,30 @@ def _failure(what: str, server: ServerProcess, timeout: float) -> str:
         state = f"{state} ({what})"
     return (f"the server {state}. The end of its log ({server.log_path}):\n{server.log_tail()}\n"
             "Fix the problem it names (often --model-dir), then run the cell again.")
+
+
+def start_notebook_server(model_dir, upload_folder, output_folder, *, public: bool = True, use_ngrok: bool = True,
+                          **options) -> ServerProcess:
+    """The notebooks' start cell: the server in the background, with the best public URL that can be had.
+
+    The order: ngrok when ``use_ngrok`` and an authtoken exists (``colab.request_ngrok_token``: the
+    environment, the Colab secret, or one question per runtime); otherwise, or when ngrok fails, a
+    TryCloudflare quick tunnel (no account). When neither opens, or ``public`` is False, there is no
+    public URL and :func:`maskrcnn_finetune.colab.show_server` shows the page inside the notebook.
+
+    Args:
+        model_dir, upload_folder, output_folder: as :func:`start_server`.
+        public: open a public URL at all.
+        use_ngrok: try ngrok first (when a token exists).
+        options: more :func:`start_server` arguments (``infer_with_cpu``, ``threshold``, ``extra_args``...).
+    """
+    from maskrcnn_finetune import colab
+
+    if not public:
+        tunnel = "none"
+    elif use_ngrok:
+        colab.request_ngrok_token()
+        tunnel = "auto"
+    else:
+        tunnel = "cloudflared"
+    return start_server(model_dir, upload_folder, output_folder, tunnel=tunnel, **options)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from colab_stand_in import FAKE_COLAB
+from colab_stand_in import FAKE_COLAB, notebook_shell
 from http_helpers import local_server
 from labelme_examples import examples_or_fail
 
@@ -90,7 +90,11 @@ def fake_colab(monkeypatch, tmp_path):
 
     It behaves as colabtools does today (see tests/fake_colab/README.md); what the browser does is
     set with ``FAKE_COLAB_*`` variables. Drive is a temporary folder mounted at ``tmp_path/content/drive``.
+    The test runs as the notebook's kernel (``IPython.get_ipython()`` has a ``.kernel``); a test that
+    stands for a process the notebook started sets ``IPython.get_ipython`` back to return None.
     """
+    import IPython
+
     monkeypatch.syspath_prepend(str(FAKE_COLAB))
     for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -103,8 +107,37 @@ def fake_colab(monkeypatch, tmp_path):
     from maskrcnn_finetune import handover
 
     monkeypatch.setattr(handover, "DRIVE_ROOT", tmp_path / "content" / "drive")
+    shell = notebook_shell()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
     import google.colab  # noqa: F401 - as Colab's kernel has it imported
 
     yield tmp_path
     for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def cloudflared_site(tmp_path_factory):
+    """A folder holding a copy of pycloudflared whose cloudflared program is the stand-in of
+    tests/cloudflared_stand_in.py (mocked: TryCloudflare cannot be reached, nor the program downloaded)."""
+    import cloudflared_stand_in
+
+    return cloudflared_stand_in.install(tmp_path_factory.mktemp("cloudflared"))
+
+
+@pytest.fixture
+def fake_cloudflared(cloudflared_site, monkeypatch, tmp_path):
+    """This process and the processes it starts find the stand-in cloudflared (mode ``ok``; set
+    ``FAKE_CLOUDFLARED`` to change it); returns the file where the stand-in notes what it did."""
+    import cloudflared_stand_in
+
+    log = tmp_path / "cloudflared.log"
+    for name, value in cloudflared_stand_in.environment(cloudflared_site, log).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(cloudflared_site))
+    for name in [m for m in sys.modules if m == "pycloudflared" or m.startswith("pycloudflared.")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+    yield log
+    for name in [m for m in sys.modules if m == "pycloudflared" or m.startswith("pycloudflared.")]:
         sys.modules.pop(name, None)

@@ -260,7 +260,8 @@ def test_comparison_backbones(monkeypatch, no_smoke):
 
 def test_outside_colab_nothing_colab_only_happens(no_smoke, tmp_path):
     assert not colab.in_colab()
-    assert colab.read_ngrok_token() is None  # no prompt: there is nobody to answer it
+    assert colab.request_ngrok_token() is False  # no prompt: there is nobody to answer it
+    assert "NGROK_AUTHTOKEN" not in os.environ
     assert colab.proxy_url(5000) is None
     with pytest.raises(ConfigError, match="Colab only"):
         handover.upload_files(tmp_path / "up")
@@ -268,33 +269,64 @@ def test_outside_colab_nothing_colab_only_happens(no_smoke, tmp_path):
     assert "torch" in text and "local Python" in text
 
 
-def test_token_from_the_environment_first(monkeypatch, fake_colab):
+@pytest.fixture
+def not_asked_yet(monkeypatch):
+    """request_ngrok_token asks once per kernel: each test starts as a fresh kernel."""
+    monkeypatch.setattr(colab, "_asked_for_token", False)
+
+
+def test_token_from_the_environment_first(monkeypatch, fake_colab, not_asked_yet):
     monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": "from-secret"}))
     monkeypatch.setenv("NGROK_AUTHTOKEN", " from-env ")
-    assert colab.read_ngrok_token() == "from-env"
+    assert colab.request_ngrok_token() is True
+    assert os.environ["NGROK_AUTHTOKEN"] == "from-env"
 
 
 @pytest.mark.parametrize("secrets, browser", [({}, None), ({"NGROK_AUTHTOKEN": None}, None), ({}, "absent")])
-def test_missing_secret_then_a_prompt(monkeypatch, fake_colab, secrets, browser):
-    """SecretNotFoundError, NotebookAccessError and TimeoutException (colabtools' own classes) all lead to the prompt."""
+def test_missing_secret_then_one_prompt(monkeypatch, fake_colab, not_asked_yet, capsys, secrets, browser):
+    """SecretNotFoundError, NotebookAccessError and TimeoutException (colabtools' own classes) all lead to the prompt,
+    asked once per kernel; the token goes into the kernel's environment, never into an output."""
     monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps(secrets))
     if browser:
         monkeypatch.setenv("FAKE_COLAB_BROWSER", browser)
+    assert colab.request_ngrok_token(ask=False) is False
     prompts = []
     # getpass needs a terminal, which a test does not have: answer for the user
     monkeypatch.setattr(colab.getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed-token\n")
-    assert colab.read_ngrok_token() == "typed-token"
-    assert "dashboard.ngrok.com" in prompts[0]
-    assert colab.read_ngrok_token(ask=False) is None
-    monkeypatch.setattr(colab.getpass, "getpass", lambda prompt: "")
-    assert colab.read_ngrok_token() is None  # Enter skips: no public URL
+    assert colab.request_ngrok_token() is True
+    assert os.environ["NGROK_AUTHTOKEN"] == "typed-token" and "dashboard.ngrok.com" in prompts[0]
+    assert "typed-token" not in capsys.readouterr().out
+    # a later call finds it in the environment: no second question
+    assert colab.request_ngrok_token() is True and len(prompts) == 1
 
 
-def test_token_from_the_colab_secret(monkeypatch, fake_colab):
+def test_enter_skips_and_is_not_asked_again(monkeypatch, fake_colab, not_asked_yet):
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", "{}")
+    prompts = []
+    monkeypatch.setattr(colab.getpass, "getpass", lambda prompt: prompts.append(prompt) or "")
+    assert colab.request_ngrok_token() is False  # Enter skips: a no-account tunnel instead
+    assert colab.request_ngrok_token() is False and len(prompts) == 1  # the start cell does not ask again
+    assert "NGROK_AUTHTOKEN" not in os.environ
+
+
+def test_token_from_the_colab_secret(monkeypatch, fake_colab, not_asked_yet):
     monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": "secret-token"}))
-    assert colab.in_colab() and colab.read_ngrok_token() == "secret-token"
+    assert colab.in_colab() and colab.in_notebook_kernel() and colab.request_ngrok_token() is True
+    assert os.environ["NGROK_AUTHTOKEN"] == "secret-token"  # for the servers this kernel starts
     assert "Google Colab" in colab.describe_runtime()
     assert "Runtime > Change runtime type" in colab.describe_runtime()  # no GPU here, and how to get one
+
+
+def test_a_process_the_notebook_started_reads_no_secret(monkeypatch, fake_colab, not_asked_yet):
+    """In a !python child, colabtools' userdata.get fails with AttributeError: colab_secret does not call it."""
+    import IPython
+
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"NGROK_AUTHTOKEN": "secret-token"}))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    monkeypatch.setattr(colab.getpass, "getpass", lambda prompt: pytest.fail("asked"))
+    assert colab.in_colab() and not colab.in_notebook_kernel()
+    assert colab.colab_secret("NGROK_AUTHTOKEN") is None
+    assert colab.request_ngrok_token(ask=False) is False
 
 
 def test_proxy_url_never_hangs(monkeypatch, fake_colab):
@@ -381,19 +413,44 @@ def test_converted_data_sets_are_named_after_their_source(data, name):
     assert handover.dataset_name(data) == name
 
 
-def test_show_server_in_colab_shows_the_page_in_the_notebook(fake_colab, no_smoke, capsys):
+def _server(public_url=None, via=None, error=None):
     from types import SimpleNamespace
 
-    server = SimpleNamespace(public_url=None, url="http://127.0.0.1:8123", port=8123)
-    url = colab.show_server(server)
+    info = {"public_via": via} if via else {}
+    return SimpleNamespace(public_url=public_url, url="http://127.0.0.1:8123", port=8123, info=info,
+                           tunnel_error=error, stop=lambda: 0)
+
+
+def test_show_server_in_colab_without_a_public_url_shows_the_page_and_prints_no_address(fake_colab, no_smoke,
+                                                                                         capsys):
+    url = colab.show_server(_server(error="cloudflared stopped (exit code 1) before the tunnel opened"))
     out = capsys.readouterr().out
-    assert url == "https://8123-m-s-fake.colab.googleusercontent.com"
+    assert url == "http://127.0.0.1:8123"  # what this kernel uses; the page is in the iframe
     assert "Javascript" in out or "8123" in out  # the iframe output (IPython's display outside a kernel)
-    assert "A public URL needs an ngrok authtoken" in out
-    public = SimpleNamespace(public_url="https://abc.ngrok-free.app", url=server.url, port=8123)
-    assert colab.show_server(public) == "https://abc.ngrok-free.app"
+    assert "No public URL (cloudflared stopped" in out and "inside the notebook" in out
+    assert "googleusercontent" not in out  # the proxy's address fails in another tab: never printed
+    colab.keep_or_stop(_server(), False)
+    assert "keeps running in the page shown above" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("via, words", [("ngrok", "ngrok-skip-browser-warning"),
+                                        ("cloudflared", "no account, and no uptime promise")])
+def test_show_server_prints_a_public_url_once_with_what_comes_with_it(fake_colab, no_smoke, capsys, via, words):
+    public = _server("https://abc.example", via)
+    assert colab.show_server(public) == "https://abc.example"
     out = capsys.readouterr().out
-    assert "anyone who has this URL" in out and "ngrok-skip-browser-warning" in out and "short demos" in out
+    assert out.count("https://abc.example") == 1 and words in out and "can use the model" in out
+    colab.keep_or_stop(public, False)
+    out = capsys.readouterr().out
+    assert "keeps running at the public URL printed above" in out and "https://abc.example" not in out
+    colab.keep_or_stop(public, True)
+    assert capsys.readouterr().out == "exit code 0\n"
+
+
+def test_show_server_outside_colab_prints_the_local_address(no_smoke, capsys):
+    assert colab.show_server(_server(error="no ngrok authtoken")) == "http://127.0.0.1:8123"
+    assert "Open http://127.0.0.1:8123 (on this machine only; no public URL (no ngrok authtoken))" in \
+        capsys.readouterr().out
 
 
 def test_show_logs_prints_the_kits_messages(capsys):

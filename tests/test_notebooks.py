@@ -2,8 +2,12 @@
 
 Each notebook is executed by nbval (``pytest --nbval-lax``, the tool the issue chose) in a child
 pytest with ``MRCNN_SMOKE=1``: synthetic data, a few iterations of a tiny model, the server on
-loopback without a tunnel. A cell that raises fails the test; then the files the notebook wrote
-are checked, as a user would look at them.
+loopback. A cell that raises fails the test; then the files the notebook wrote are checked, as a
+user would look at them.
+
+Without an ngrok token, the notebooks' servers open a TryCloudflare quick tunnel: the tests put a
+stand-in ``cloudflared`` program where pycloudflared looks for it (tests/cloudflared_stand_in.py;
+mocked, as TryCloudflare cannot be reached), which forwards a local port to the server.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import requests
 import torch
 from PIL import Image
 
+import cloudflared_stand_in
 from maskrcnn_finetune import forms
 from maskrcnn_finetune.data.synthetic import SHAPES
 from maskrcnn_finetune.modeling.backbones import BACKBONES
@@ -100,8 +105,8 @@ def test_no_token_in_cell_source(name):
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value:
                 names = [t.id for t in node.targets if isinstance(t, ast.Name)]
                 assert not any("token" in n.lower() for n in names), f"cell {k} of {name} holds a token in its source"
-        assert "--ngrok-authtoken" not in source
-    if any("start_server" in s for s in sources):  # asked once, up front, into the environment
+        assert "--ngrok-authtoken" not in source and "ngrok_token" not in source
+    if any("start_notebook_server" in s for s in sources):  # asked once, up front, into the environment
         assert "colab.request_ngrok_token()" in sources[settings_cell(name)]
         assert not any("read_ngrok_token" in s or "getpass" in s for s in sources)
 
@@ -122,7 +127,8 @@ def called(source: str) -> set[str]:
 # what needs someone at the screen (a dialog, a prompt, the file picker), and what takes a while
 QUESTIONS = {"work_dir", "request_ngrok_token", "dataset_source", "upload_files", "mount_drive"}
 LONG_STEPS = {"train", "demo_model", "demo_data", "prepare_balloon", "convert_labelme", "convert_labelme_splits",
-              "install_detectron2", "prepare_engine", "predict_images", "compare_backbones", "start_server"}
+              "install_detectron2", "prepare_engine", "predict_images", "compare_backbones", "start_server",
+              "start_notebook_server"}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -136,7 +142,7 @@ def test_run_all_asks_its_questions_before_the_long_steps(name):
     asks = [k for k, s in enumerate(sources) if called(s) & QUESTIONS and k not in corrected]
     long = [k for k, s in enumerate(sources) if called(s) & LONG_STEPS]
     assert max(asks) == settings and min(long) > settings, (asks, long)
-    if "start_server" in "".join(sources):
+    if "start_notebook_server" in "".join(sources):
         assert "request_ngrok_token" in called(sources[settings])
 
 
@@ -170,6 +176,12 @@ def test_form_fields_match_the_kit():
 
 
 # --- running them -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def stand_in_cloudflared(fake_cloudflared):
+    """Every notebook run here (its kernel and the servers it starts) finds the stand-in cloudflared."""
+    return fake_cloudflared
 
 
 def smoke_env(work_dir: Path) -> dict:
@@ -291,8 +303,20 @@ def served_port(served: Path) -> int:
     results = [json.loads(p.read_text()) for p in served.rglob("result.json")]
     assert len(results) == 1 and results[0]["num_instances"] == len(results[0]["instances"])
     log = (served / "server.log").read_text()
-    assert "Public URL" not in log  # smoke mode never opens a tunnel
     return int(re.search(r"Serving on http://127\.0\.0\.1:(\d+)", log).group(1))
+
+
+def assert_public_through_cloudflared(text: str, served: Path, cloudflared_log: Path, port: int) -> None:
+    """No ngrok token: the notebook printed the quick tunnel's URL once, and the server answers through it."""
+    started, opened = cloudflared_stand_in.notes(cloudflared_log)[-2:]
+    url = opened["url"]
+    assert re.fullmatch(r"https://[a-z-]+\.trycloudflare\.com", url)
+    assert text.count(url) == 1 and f"Public URL: {url}" in text, text[-3000:]
+    assert "no account, and no uptime promise" in text and "can use the model" in text
+    assert started["argv"][-2:] == ["--url", f"http://127.0.0.1:{port}"]  # the tunnel points at the server
+    assert f"Public URL: {url}" in (served / "server.log").read_text()
+    # the stand-in forwards from a local port as Cloudflare's edge would from the public name
+    assert requests.get(opened["forward"] + "/health", timeout=30).json()["status"] == "ok"
 
 
 def port_open(port: int) -> bool:
@@ -302,7 +326,7 @@ def port_open(port: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1600)
-def test_00_quickstart_run_all_leaves_the_server_up(tmp_path):
+def test_00_quickstart_run_all_leaves_the_server_up(tmp_path, stand_in_cloudflared):
     runtime = tmp_path / "content"
     runtime.mkdir()
     client, text = run_all_keep_kernel(NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path / "work", runtime)
@@ -317,14 +341,21 @@ def test_00_quickstart_run_all_leaves_the_server_up(tmp_path):
         port = served_port(work / "served")
         assert port_open(port), "Run all must leave the server it published running"
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["status"] == "ok"
-        assert "The server keeps running at http://127.0.0.1" in text
+        assert_public_through_cloudflared(text, work / "served", stand_in_cloudflared, port)
+        assert "The server keeps running at the public URL printed above" in text
         assert "INFO: model folder written" in text  # the kit's log messages reach the notebook
     finally:
         shutdown(client)
+    assert_stops_with_the_runtime(port, stand_in_cloudflared)
+
+
+def assert_stops_with_the_runtime(port: int, cloudflared_log: Path) -> None:
+    tunnel_pid = cloudflared_stand_in.notes(cloudflared_log)[-2]["pid"]
     deadline = time.monotonic() + 30
-    while port_open(port) and time.monotonic() < deadline:
+    while (port_open(port) or cloudflared_stand_in.alive(tunnel_pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not port_open(port), "the server stops with the runtime"
+    assert not cloudflared_stand_in.alive(tunnel_pid), "and so does its tunnel"
 
 
 @pytest.mark.slow
@@ -473,9 +504,10 @@ def test_02_refuses_a_missing_handover_early(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_03_serves_the_coco_model_before_any_training(tmp_path, monkeypatch):
+def test_03_serves_the_coco_model_before_any_training(tmp_path, monkeypatch, stand_in_cloudflared):
     """MODEL_DIR = "coco": torchvision's COCO Mask R-CNN, no training. Nothing is downloaded: a weights file of
-    torchvision's shapes sits where torch keeps the download (TORCH_HOME), so the loading path runs for real."""
+    torchvision's shapes sits where torch keeps the download (TORCH_HOME), so the loading path runs for real.
+    No ngrok token: the notebook ends with the no-account tunnel's URL, and the server stays up."""
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 
     from maskrcnn_finetune.coco_model import FOLDER_NAME, coco_class_names
@@ -488,14 +520,105 @@ def test_03_serves_the_coco_model_before_any_training(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # the kernel and the server inherit it
     drive, runtime = tmp_path / "drive", tmp_path / "runtime"
     runtime.mkdir()
-    nb03 = with_form("03_serve.ipynb", tmp_path / "nb", MODEL_DIR="coco", STOP_SERVER=True)
+    nb03 = with_form("03_serve.ipynb", tmp_path / "nb", MODEL_DIR="coco")
     client, text = run_all_keep_kernel(nb03, drive, runtime)
     try:
         assert f"serving {drive / 'models' / FOLDER_NAME} - engine: torchvision" in text
+        port = served_port(drive / "served")
         results = [json.loads(p.read_text()) for p in (drive / "served").rglob("result.json")]
-        assert len(results) == 1 and results[0]["num_instances"] == len(results[0]["instances"])
         assert results[0]["model"]["classes"] == coco_class_names()  # the 80 COCO names (90 ids), person first
-        assert "exit code 0" in text
+        assert_public_through_cloudflared(text, drive / "served", stand_in_cloudflared, port)
+        assert "The server keeps running at the public URL printed above" in text
         assert not (drive / "demo").exists()  # no demo model was trained
     finally:
         shutdown(client)
+    assert_stops_with_the_runtime(port, stand_in_cloudflared)
+
+
+# --- the design's own `!python rest_api_flask/flask_app.py ... --use-ngrok --infer-with-cpu` cell --------------
+
+PYTHON_CELL_NOTEBOOK = ROOT / "tests" / "notebooks" / "flask_app_cell.ipynb"
+
+
+def run_python_cell(tmp_path: Path, model_dir: Path, secrets: dict, agent: Path) -> tuple[str, str]:
+    """Runs tests/notebooks/flask_app_cell.ipynb as Run all does, in a kernel whose ``google.colab`` is the stand-in
+    (working in the kernel, failing in the ``!python`` process as colabtools does), with the stand-in ngrok agent.
+
+    The last cell runs as long as the server: once the server has said how its tunnel went and answered
+    ``/health``, the test presses the stop button (interrupts the kernel). Returns (the cell's output, the
+    server's local URL)."""
+    from jupyter_client.manager import start_new_kernel
+
+    from colab_stand_in import FAKE_COLAB
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NGROK_AUTHTOKEN", "PYTEST_ADDOPTS")}
+    env.update({"PYTHONPATH": os.pathsep.join([str(FAKE_COLAB), env.get("PYTHONPATH", "")]),
+                "FAKE_COLAB_SECRETS": json.dumps(secrets), "PYNGROK_NGROK_PATH": str(agent), "HOME": str(tmp_path),
+                "SERVE_MODEL_DIR": str(model_dir), "SERVE_WORK_DIR": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])})  # `python`: the kernel's
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(ROOT))
+    try:
+        *settings, serving = code_cells(PYTHON_CELL_NOTEBOOK)
+        assert serving.startswith("!python rest_api_flask/flask_app.py ") and "--use-ngrok --infer-with-cpu" in serving
+        for source in settings:  # the question for a token, if asked, gets Enter (skip)
+            reply = kc.execute_interactive(source, timeout=120, allow_stdin=True, stdin_hook=lambda msg: kc.input(""))
+            assert reply["content"]["status"] == "ok", reply["content"]
+        msg_id = kc.execute(serving)
+        text, ended, deadline = "", False, time.monotonic() + 300
+        while not re.search(r"Public URL: \S+|WARNING: no public URL[^\n]*\n", text) and time.monotonic() < deadline:
+            try:
+                msg = kc.get_iopub_msg(timeout=5)
+            except Exception:  # noqa: BLE001 - queue.Empty: nothing printed yet
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                text += msg["content"]["text"]
+            if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "idle":
+                ended = True  # the cell ended by itself: the server stopped
+                break
+        assert not ended, "the server stopped at start-up:\n" + text[-3000:]
+        url = re.search(r"Serving on (http://127\.0\.0\.1:\d+)", text)
+        assert url, text[-3000:]
+        assert requests.get(url.group(1) + "/health", timeout=30).json()["model_loaded"] is True
+        km.interrupt_kernel()  # the stop button
+        reply = kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        port = int(url.group(1).rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not port_open(port), "the stop button stops the server"
+        return text.replace("\r\n", "\n"), url.group(1)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_python_cell_opens_ngrok_with_the_token_the_kernel_handed_down(tmp_path, tiny_model_dir):
+    from ngrok_stand_in import agent_log, fake_ngrok_binary
+
+    agent, log = fake_ngrok_binary(tmp_path, "ok")
+    text, _ = run_python_cell(tmp_path, tiny_model_dir, {"NGROK_AUTHTOKEN": "tok-secret"}, agent)
+    assert "Traceback" not in text and "Public URL: https://fake-tunnel.ngrok-free.app" in text, text[-3000:]
+    started = agent_log(log)[0]["argv"]
+    assert started[started.index("--authtoken") + 1] == "tok-secret"  # read in the kernel, through the environment
+    assert "tok-secret" not in text  # never printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_python_cell_without_a_token_says_in_one_line_how_to_give_it(tmp_path, tiny_model_dir):
+    from ngrok_stand_in import agent_log, fake_ngrok_binary
+
+    agent, log = fake_ngrok_binary(tmp_path, "ok")
+    text, _ = run_python_cell(tmp_path, tiny_model_dir, {}, agent)  # no secret; Enter at the question
+    assert "Traceback" not in text, text[-3000:]
+    warnings = [line for line in text.splitlines() if "no public URL" in line or "NGROK_AUTHTOKEN" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("WARNING: no public URL: no ngrok authtoken: a server started from a notebook cell "
+                                  "cannot read Colab secrets")
+    assert "run the notebook's settings cell again" in warnings[0]
+    assert "NGROK_AUTHTOKEN=... python rest_api_flask/flask_app.py" in warnings[0]
+    assert warnings[0].endswith("the server keeps serving locally.")
+    assert agent_log(log) == []  # ngrok was never started without a token

@@ -22,6 +22,9 @@ from maskrcnn_finetune.errors import KitError
 from rest_api_flask.launcher import ServerStartError, server_command, start_server
 from rest_api_flask.ready import read_ready
 
+import cloudflared_stand_in
+from rest_api_flask.launcher import start_notebook_server
+
 from server_helpers import fake_ngrok_binary
 
 
@@ -37,8 +40,10 @@ def test_command_line():
     assert cmd[4:] == ["--model-dir", "m", "--upload-folder", "u", "--output-folder", "o", "--host", "127.0.0.1",
                        "--port", "5001", "--use-ngrok", "--infer-with-cpu", "--threshold", "0.3", "--api-key", "k"]
     assert server_command("m", "u", "o", ready_file="o/r.json")[-2:] == ["--ready-file", "o/r.json"]
-    assert "--use-ngrok" not in server_command("m", "u", "o")
-    with pytest.raises(KitError, match="proxy_url"):
+    assert "--use-ngrok" not in server_command("m", "u", "o") and "--tunnel" not in server_command("m", "u", "o")
+    for kind in ("cloudflared", "auto"):
+        assert server_command("m", "u", "o", tunnel=kind)[-2:] == ["--tunnel", kind]
+    with pytest.raises(KitError, match="colab.show_server"):  # Colab's proxy is asked for from the kernel
         server_command("m", "u", "o", tunnel="colab")
 
 
@@ -162,3 +167,33 @@ def test_stop_ends_the_server_and_its_agent(model_dir, tmp_path, monkeypatch):
     pgid = server.process.pid
     assert server.stop() == 0
     assert _agents_of(pgid) == []
+
+
+@pytest.mark.slow
+def test_notebook_server_without_a_token_gets_a_no_account_url(model_dir, tmp_path, monkeypatch, fake_cloudflared):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    server = start_notebook_server(model_dir, tmp_path / "up", tmp_path / "out")
+    try:
+        args = server.process.args
+        assert args[args.index("--tunnel") + 1] == "auto"
+        assert server.info["public_via"] == "cloudflared" and server.public_url.endswith(".trycloudflare.com")
+        started, opened = cloudflared_stand_in.notes(fake_cloudflared)
+        assert opened["url"] == server.public_url and started["argv"][-1] == server.url
+        assert requests.get(opened["forward"] + "/health", timeout=10).json()["status"] == "ok"
+    finally:
+        server.stop()
+    assert not cloudflared_stand_in.alive(started["pid"])  # the tunnel goes with the server
+
+
+@pytest.mark.slow
+def test_notebook_server_order_ngrok_first_and_no_public_url_on_request(model_dir, tmp_path, monkeypatch,
+                                                                         fake_cloudflared):
+    _with_fake_agent(monkeypatch, tmp_path)
+    monkeypatch.setenv("NGROK_AUTHTOKEN", "tok-env")  # what request_ngrok_token left in the kernel's environment
+    with start_notebook_server(model_dir, tmp_path / "up", tmp_path / "out") as server:
+        assert server.info["public_via"] == "ngrok" and server.public_url == "https://fake-tunnel.ngrok-free.app"
+    assert cloudflared_stand_in.notes(fake_cloudflared) == []
+    with start_notebook_server(model_dir, tmp_path / "up", tmp_path / "out", use_ngrok=False) as server:
+        assert server.info["public_via"] == "cloudflared"  # USE_NGROK off: the no-account tunnel, token or not
+    with start_notebook_server(model_dir, tmp_path / "up", tmp_path / "out", public=False) as server:
+        assert server.info["tunnel"] == "none" and server.public_url is None

@@ -294,10 +294,53 @@ def test_public_url_is_printed_and_the_tunnel_closes_on_exit(model_dir, tmp_path
         assert not any("open to anyone" in line for line in srv.lines)  # --auth was given
         calls = agent_log(log)
         assert "tok-from-env" in calls[0]["argv"]
-        post = next(c for c in calls if "post" in c)
-        assert post["body"]["basic_auth"] == ["demo:password1"] and str(srv.url.rsplit(":", 1)[1]) in json.dumps(post)
+        post = next(c for c in calls if "post" in c)  # pyngrok 9: a v3 endpoint, basic auth as a traffic policy
+        assert "basic_auth" not in post["body"] and "demo:password1" in post["body"]["traffic_policy"]
+        assert post["body"]["upstream"]["url"] == f"http://localhost:{srv.port}"
         assert requests.get(srv.url + "/api/v1/model", auth=("demo", "password1"), timeout=10).status_code == 200
     finally:
         srv.process.terminate()  # SIGTERM to the server alone: it closes its tunnel on the way out
         assert srv.process.wait(timeout=20) == 0
     assert any("delete" in c for c in agent_log(log))  # the tunnel was closed on exit
+
+
+def test_cloudflared_that_cannot_open_is_one_line_and_the_server_serves_locally(model_dir, tmp_path,
+                                                                                   fake_cloudflared):
+    srv = start_server(model_dir, tmp_path, tunnel="cloudflared", env={"FAKE_CLOUDFLARED": "refused"})
+    try:
+        assert srv.info["tunnel_state"] == "failed" and srv.public_url is None
+        assert srv.tunnel_error.startswith("cloudflared stopped (exit code 1) before the tunnel opened")
+        deadline = time.monotonic() + 10
+        while not any("keeps serving locally" in line for line in srv.lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        warnings = [line for line in srv.lines if "public URL" in line or "cloudflared" in line]
+        assert len(warnings) == 2, warnings  # "open to anyone" (no --auth) and why there is none
+        assert warnings[1].startswith("WARNING: no public URL: cloudflared stopped") and "connection refused" in \
+            warnings[1] and warnings[1].endswith("the server keeps serving locally.")
+        assert requests.get(srv.url + "/health", timeout=10).json()["model_loaded"] is True
+    finally:
+        srv.process.terminate()
+        assert srv.process.wait(timeout=20) == 0
+
+
+def test_cloudflared_url_is_printed_with_what_it_is(model_dir, tmp_path, fake_cloudflared):
+    import cloudflared_stand_in
+
+    srv = start_server(model_dir, tmp_path, "--api-key", "k1", tunnel="cloudflared")
+    try:
+        assert srv.info["public_via"] == "cloudflared" and srv.public_url.endswith(".trycloudflare.com")
+        deadline = time.monotonic() + 10
+        while not any("no uptime promise" in line for line in srv.lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"Public URL: {srv.public_url}" in srv.lines
+        assert any(line.startswith("It is a TryCloudflare quick tunnel: no account, no uptime promise") and
+                   "anyone who has the link" in line for line in srv.lines), srv.lines
+        opened = cloudflared_stand_in.notes(fake_cloudflared)[-1]
+        through = requests.get(opened["forward"] + "/api/v1/model", headers={"X-API-Key": "k1"}, timeout=10)
+        assert through.status_code == 200 and through.json()["engine"] == "torchvision"
+        assert requests.get(opened["forward"] + "/api/v1/model", timeout=10).status_code == 401
+    finally:
+        srv.process.terminate()
+        assert srv.process.wait(timeout=20) == 0
+    started = cloudflared_stand_in.notes(fake_cloudflared)[0]
+    assert not cloudflared_stand_in.alive(started["pid"])  # closed on the way out

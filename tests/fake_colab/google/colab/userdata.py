@@ -1,8 +1,10 @@
-"""As google/colab/userdata.py: the same exception classes and messages."""
+"""As google/colab/userdata.py: the same exception classes and messages, and the same path to the
+browser tab (``_message.blocking_request``), which works only in the notebook's kernel."""
 
-import json
-import os
+import re as _re
+import threading
 
+from google.colab import _message
 from google.colab import errors
 from google.colab._record import record
 
@@ -22,15 +24,21 @@ class TimeoutException(errors.Error):
         super().__init__(f"Requesting secret {key} timed out. Secrets can only be fetched when running from the Colab UI.")
 
 
+_userdata_lock = threading.Lock()
+
+
 def get(key):
     if not key or not isinstance(key, str):
         raise ValueError("Please enter a valid secret name")
+    if _re.search(r"\s", key):
+        raise ValueError("Secret name cannot contain spaces or whitespace")
     record(f"userdata.get {key}")  # a notebook's first access to a secret asks the user to grant it
-    if os.environ.get("FAKE_COLAB_BROWSER") == "absent":
+    with _userdata_lock:
+        resp = _message.blocking_request("GetSecret", request={"key": key}, timeout_sec=10)
+    if not resp:
         raise TimeoutException(key)
-    secrets = json.loads(os.environ.get("FAKE_COLAB_SECRETS") or "{}")
-    if key not in secrets:
+    if not resp.get("exists", False):
         raise SecretNotFoundError(key)
-    if secrets[key] is None:
+    if not resp.get("access", False):
         raise NotebookAccessError(key)
-    return secrets[key]
+    return resp.get("payload", "")

@@ -1,4 +1,5 @@
-"""As google/colab/output: ``eval_js`` (None after ``timeout_sec`` without an answer) and the port iframe."""
+"""As google/colab/output: ``eval_js`` (None after ``timeout_sec`` without an answer; AttributeError outside
+the notebook's kernel, as colabtools' own) and the port iframe."""
 
 import json
 import os
@@ -7,8 +8,11 @@ import time
 
 from IPython import display
 
+from google.colab import _ipython
+
 
 def eval_js(script, ignore_result=False, timeout_sec=None):
+    _ipython.get_kernel().shell.parent_header  # the real one sends the request through the kernel first
     if ignore_result:
         return None
     if os.environ.get("FAKE_COLAB_BROWSER") == "absent":  # no browser tab answers: the real one waits
