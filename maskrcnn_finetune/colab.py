@@ -165,6 +165,12 @@ def colab_secret(name: str) -> str | None:
 
 
 _asked_for_token = False  # request_ngrok_token prompts at most once per kernel
+_token_requested = False  # request_ngrok_token has run in this kernel (a settings cell asked)
+
+
+def token_requested() -> bool:
+    """Whether :func:`request_ngrok_token` ran in this kernel (a notebook's settings cell asks up front)."""
+    return _token_requested
 
 
 def request_ngrok_token(ask: bool = True) -> bool:
@@ -180,7 +186,8 @@ def request_ngrok_token(ask: bool = True) -> bool:
         Whether a token exists now (without one, the notebooks' servers use a no-account cloudflared
         tunnel, or show the page inside the notebook).
     """
-    global _asked_for_token
+    global _asked_for_token, _token_requested
+    _token_requested = True
     token, source = os.environ.get(NGROK_TOKEN_NAME, "").strip(), "the environment"
     if not token:
         token, source = colab_secret(NGROK_TOKEN_NAME), f"the Colab secret {NGROK_TOKEN_NAME}"

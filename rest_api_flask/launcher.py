@@ -290,7 +290,8 @@ def start_notebook_server(model_dir, upload_folder, output_folder, *, public: bo
     if not public:
         tunnel = "none"
     elif use_ngrok:
-        colab.request_ngrok_token()
+        if not colab.token_requested():  # the notebooks' settings cells ask up front; anyone else, here
+            colab.request_ngrok_token()
         tunnel = "auto"
     else:
         tunnel = "cloudflared"

@@ -273,6 +273,7 @@ def test_outside_colab_nothing_colab_only_happens(no_smoke, tmp_path):
 def not_asked_yet(monkeypatch):
     """request_ngrok_token asks once per kernel: each test starts as a fresh kernel."""
     monkeypatch.setattr(colab, "_asked_for_token", False)
+    monkeypatch.setattr(colab, "_token_requested", False)
 
 
 def test_token_from_the_environment_first(monkeypatch, fake_colab, not_asked_yet):

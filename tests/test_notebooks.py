@@ -105,7 +105,7 @@ def test_no_token_in_cell_source(name):
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value:
                 names = [t.id for t in node.targets if isinstance(t, ast.Name)]
                 assert not any("token" in n.lower() for n in names), f"cell {k} of {name} holds a token in its source"
-        assert "--ngrok-authtoken" not in source and "ngrok_token" not in source
+        assert "--ngrok-authtoken" not in source and "ngrok_token=" not in source
     if any("start_notebook_server" in s for s in sources):  # asked once, up front, into the environment
         assert "colab.request_ngrok_token()" in sources[settings_cell(name)]
         assert not any("read_ngrok_token" in s or "getpass" in s for s in sources)
