@@ -20,7 +20,7 @@ LAYERS = [
     ["maskrcnn_finetune.modeling"],
     # the model folder, and its detectron2 side (reading and importing detectron2 checkpoints)
     ["maskrcnn_finetune.model_dir", "maskrcnn_finetune.modeling.detectron2.checkpoints"],
-    ["maskrcnn_finetune.predictor", "maskrcnn_finetune.evaluate", "maskrcnn_finetune.parity",
+    ["maskrcnn_finetune.predictor", "maskrcnn_finetune.loading", "maskrcnn_finetune.evaluate", "maskrcnn_finetune.parity",
      "maskrcnn_finetune.visualize", "maskrcnn_finetune.prelabel", "maskrcnn_finetune.coco_model"],
     ["maskrcnn_finetune.engines", "maskrcnn_finetune.export", "maskrcnn_finetune.predict", "maskrcnn_finetune.compare"],
     # the programs: command lines and the notebooks' helpers
