@@ -229,7 +229,10 @@ class Predictor:
         self.info = info or {}
         options = options or InferenceOptions()
         self.model, self._mode = prepare_model(model, spec, self.device, options)
-        self.choice = {"runtime": self.runtime, "asked": options.runtime, "why": "asked for"}
+        self.choice = {"runtime": self.runtime, "asked": options.runtime,
+                       "why": "asked for" if self.runtime == "torch" else
+                       "asked for, not checked against the plain model (maskrcnn_finetune.loading.load_predictor "
+                       "checks it)"}
         logger.info("inference on %s: %s", self.device, self.describe_mode())
 
     @classmethod
