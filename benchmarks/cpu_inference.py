@@ -61,7 +61,7 @@ from maskrcnn_finetune.modeling import BACKBONES, ModelSpec, build_model
 from maskrcnn_finetune.modeling.complexity import count_gmacs
 from maskrcnn_finetune.modeling.maskrcnn import default_anchor_sizes
 from maskrcnn_finetune.parity import compare_runs
-from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.predictor import InferenceOptions, Predictor
 from maskrcnn_finetune.timing import measure_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_md, beside this file
@@ -222,7 +222,8 @@ def latency_rows(args, gflops: float) -> tuple[list[dict], list[dict]]:
             for name, options in (("eager fp32 through the Predictor", dict(fast=False)),
                                   ("+ fast path in fp32: channels-last, boolean pasting", dict(fast=True, bf16=False)),
                                   ("+ bf16 (the default)", dict(fast=True, bf16=True))):
-                predictor = Predictor(copy.deepcopy(eager_model), spec, "cpu", score_threshold=THRESHOLD, **options)
+                predictor = Predictor(copy.deepcopy(eager_model), spec, "cpu", score_threshold=THRESHOLD,
+                                      options=InferenceOptions(**options))
                 ablation.append({"variant": name, **time_it(predictor, image, args.warmup, args.runs)})
         rows.append(row)
         tqdm.write(f"{backbone} {short}: eager {row['eager']['median_ms']:.0f} ms, kit {row['kit']['median_ms']:.0f} ms"

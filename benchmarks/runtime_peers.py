@@ -60,11 +60,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_inference import standard_spec, tame_random_weights, test_image  # noqa: E402
 
-from maskrcnn_finetune.export.checking import check_images  # noqa: E402
-from maskrcnn_finetune.export.formats import CHECK_VAL_IMAGES  # noqa: E402
+from maskrcnn_finetune.loading import calibration_images  # noqa: E402
 from maskrcnn_finetune.model_dir import read_model_info, write_model_dir  # noqa: E402
 from maskrcnn_finetune.modeling import build_model  # noqa: E402
-from maskrcnn_finetune.parity import compare_runs, SCORE_TOLERANCE  # noqa: E402
+from maskrcnn_finetune.parity import (CHECK_VAL_IMAGES, SCORE_TOLERANCE, check_images, compare_runs,  # noqa: E402
+                                      model_val_images)
 from maskrcnn_finetune.predictor import Predictor  # noqa: E402
 from maskrcnn_finetune.timing import alternating_rounds  # noqa: E402
 from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
@@ -139,7 +139,6 @@ def trained_folder_at(model_dir: Path, short: int, count: int, work: Path) -> tu
     """``model_dir`` resized to a ``short`` px input (anchors scaled), and its first ``count`` val images scaled up."""
     from cpu_inference import resized_model_dir, upscale
 
-    from maskrcnn_finetune.export.checking import model_val_images
     from maskrcnn_finetune.data.images import load_rgb
 
     if not (model_dir / "model.json").is_file():
@@ -164,8 +163,6 @@ def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict
     if paths["kit (torch)"].bf16:  # also the fp32 forms, what a CPU without bf16 units runs
         paths["kit (torch, fp32)"] = Predictor.from_dir(model_dir, bf16=False)
         paths["kit (openvino, f32)"] = Predictor.from_dir(model_dir, bf16=False, runtime="openvino")
-    from maskrcnn_finetune.export.runtime_choice import calibration_images
-
     info = read_model_info(model_dir)
     has_train = Path((info.get("training") or {}).get("train_json") or "/nonexistent").is_file()
     # int8: calibrated on the model's training images (the demo) or, without them, on the timed image itself

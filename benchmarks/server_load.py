@@ -367,13 +367,13 @@ def overhead_breakdown(args, data: bytes, name: str, work: Path) -> dict:
     The full request goes through the app's test client (no network); its parts are timed by
     calling the functions the API calls, on the same image and the instances the model found.
     """
-    from maskrcnn_finetune.predictor import Predictor
+    from maskrcnn_finetune.loading import load_predictor
     from rest_api_flask import create_app
     from rest_api_flask.encoding import instances_json
     from rest_api_flask.inference import get_service
     from rest_api_flask.inputs import decode_image
 
-    predictor = Predictor.from_dir(args.model_dir, device="cpu")
+    predictor = load_predictor(args.model_dir, device="cpu")  # as the server loads it
     config = {"PREDICTOR": predictor, "UPLOAD_FOLDER": str(work / "inproc_uploads"),
               "OUTPUT_FOLDER": str(work / "inproc_outputs"), "WARMUP": True, "TESTING": True}
     if args.threshold is not None:

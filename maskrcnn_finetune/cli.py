@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import Callable
 
+from maskrcnn_finetune.devices import RUNTIME_CHOICES
 from maskrcnn_finetune.errors import KitError
 
 
@@ -37,12 +38,10 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return 130
 
 
-RUNTIME_CHOICES = ("torch", "openvino", "openvino-int8", "auto")
-"""``--runtime``: see :func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`."""
-
-
 def add_runtime_arguments(parser) -> None:
-    """``--runtime`` and ``--calibration-images``, as the server and ``scripts/predict.py`` take them."""
+    """``--runtime`` (:data:`~maskrcnn_finetune.devices.RUNTIME_CHOICES`, see
+    :func:`maskrcnn_finetune.loading.load_predictor`) and ``--calibration-images``, as the server and
+    ``scripts/predict.py`` take them."""
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
                         help="what runs the model on the CPU: torch, OpenVINO's compiled backbone (pip install "
                              "openvino; kept only where it passes the parity check on the model's own val images, "

@@ -13,7 +13,7 @@ from maskrcnn_finetune.engines import train
 from maskrcnn_finetune.evaluate import evaluate_predictor
 from maskrcnn_finetune.model_dir import MODEL_JSON
 from maskrcnn_finetune.modeling.complexity import count_gmacs, count_parameters
-from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.loading import load_predictor
 from maskrcnn_finetune.timing import measure_latency
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def compare_backbones(base: TrainConfig, backbones: list[str], out_dir, test_jso
         else:
             cfg = replace(cfg, resume=True)  # continues an interrupted comparison
             train(cfg)
-        predictor = Predictor.from_dir(model_dir, device=base.device)
+        predictor = load_predictor(model_dir, device=base.device)
         val = load_coco(base.val_json)
         row = {
             "backbone": name,

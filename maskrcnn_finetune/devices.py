@@ -1,5 +1,6 @@
-"""Which device runs a model: the forms ``--device`` takes on every command, and the one resolver
-that turns them into a :class:`torch.device` (training, prediction, evaluation, the server)."""
+"""Which device runs a model and what runs it there: the forms ``--device`` takes on every command, the
+one resolver that turns them into a :class:`torch.device` (training, prediction, evaluation, the
+server), and the names of the CPU runtimes (``--runtime``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
 """What ``--device`` accepts: ``auto`` is the first GPU when there is one, else the CPU."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+RUNTIMES = ("torch", "openvino", "openvino-int8")
+"""What runs a model on the CPU's fast path: torch, or its backbone compiled by OpenVINO (f32 or bf16),
+or quantised to int8 by NNCF (see :class:`~maskrcnn_finetune.predictor.InferenceOptions`)."""
+
+RUNTIME_CHOICES = (*RUNTIMES, "auto")
+"""What ``--runtime`` and :func:`~maskrcnn_finetune.loading.load_predictor` take: one of :data:`RUNTIMES`,
+or ``auto``, the faster of torch and openvino among those that pass the parity check."""
 
 
 def check_device(device) -> str:

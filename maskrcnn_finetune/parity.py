@@ -14,18 +14,38 @@ run and absent from the other: a score allowed to move by 0.05 may cross the thr
     report = compare_instances(reference, candidate, threshold=0.5)
     if not report.ok:
         print(report.describe())
+
+The gate itself runs two Predictors on the same images (:func:`check_images`, :func:`compare_with_eager`):
+the export keeps a file only when it passes, and :func:`maskrcnn_finetune.loading.load_predictor` keeps
+an OpenVINO runtime only when it passes.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from maskrcnn_finetune.data.coco import load_coco
+from maskrcnn_finetune.data.images import IMAGE_SUFFIXES, load_rgb
+from maskrcnn_finetune.data.synthetic import make_synthetic
+from maskrcnn_finetune.errors import DatasetError, ExportError
+from maskrcnn_finetune.model_spec import ModelSpec
 from maskrcnn_finetune.structures import Instances
+
+logger = logging.getLogger(__name__)
 
 MIN_MASK_IOU = 0.95
 SCORE_TOLERANCE = 0.05
+CHECK_IMAGES = 3
+"""How many synthetic images the parity check uses when no images are given and the model's val set is not here."""
+CHECK_VAL_IMAGES = 12
+"""How many of the model's own val images the parity check uses by default (the first ones of its val json)."""
 
 
 def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -181,3 +201,81 @@ def compare_runs(reference: list[Instances], candidate: list[Instances], thresho
     for ref, cand, name in zip(reference, candidate, names):
         report = report.merge(compare_instances(ref, cand, threshold, name=name, **limits))
     return report
+
+
+def model_val_images(info: dict) -> list[Path]:
+    """The first :data:`CHECK_VAL_IMAGES` images of the val json the model was trained with, when it can
+    still be read from here (``model.json``'s ``training.val_json``); else an empty list."""
+    val_json = (info.get("training") or {}).get("val_json")
+    if not val_json or not Path(val_json).is_file():
+        return []
+    try:
+        coco = load_coco(val_json, check_images=False)
+    except (DatasetError, OSError, ValueError) as exc:
+        logger.info("the model's val json %s cannot be read (%s); the parity check uses synthetic images", val_json, exc)
+        return []
+    paths = [coco.image_path(image) for image in coco.images[:CHECK_VAL_IMAGES]]
+    return paths if paths and all(p.is_file() for p in paths) else []
+
+
+def check_images(images, spec: ModelSpec | None, info: dict | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """The images of the parity check as RGB arrays, with names for the report.
+
+    Args:
+        images: image paths, folders (their images, sorted), RGB arrays, PIL images, or ``None`` for
+            the model's own val images (up to :data:`CHECK_VAL_IMAGES`, when ``info``'s training
+            says which and they are here), else :data:`CHECK_IMAGES` synthetic images at the
+            model's size (the same every time).
+        spec: the model's spec (its ``min_size`` sets the synthetic images' size).
+        info: the model folder's ``model.json``.
+
+    Raises:
+        ExportError: a path does not exist, a folder holds no images, or an image cannot be read.
+    """
+    if images is None and info and (own := model_val_images(info)):
+        logger.info("parity check on %d images of the model's val set (%s)", len(own), own[0].parent)
+        images = own
+    if images is None:
+        side = max(64, int(spec.min_size))  # make_synthetic's smallest side
+        with tempfile.TemporaryDirectory(prefix="export-check-") as tmp:
+            jsons = make_synthetic(tmp, CHECK_IMAGES, seed=0, image_size=(side * 4 // 3, side))
+            return [load_rgb(p.with_suffix(".jpg")) for p in jsons], [p.with_suffix(".jpg").name for p in jsons]
+    if isinstance(images, (str, Path, np.ndarray)):
+        images = [images]
+    arrays, names = [], []
+    for k, item in enumerate(images):
+        if isinstance(item, (np.ndarray, Image.Image)):
+            arrays.append(np.array(item.convert("RGB")) if isinstance(item, Image.Image) else item)
+            names.append(f"array {k}")
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ExportError(f"'{path}' holds no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of images "
+                                  "or image files with --images")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise ExportError(f"check image '{path}' does not exist; pass image files or a folder with --images")
+        for file in files:
+            try:
+                arrays.append(load_rgb(file))
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise ExportError(f"'{file}' is not a readable image ({exc}); remove it or pass other images") from exc
+            names.append(file.name)
+    if not arrays:
+        raise ExportError("no check images were given; pass image files or a folder with --images")
+    return arrays, names
+
+
+def compare_with_eager(eager, candidate, images: list[np.ndarray], threshold: float,
+                       names: list[str] | None = None) -> ParityReport:
+    """The parity report of the ``candidate`` :class:`~maskrcnn_finetune.predictor.Predictor` against the fp32
+    ``eager`` one on ``images`` at ``threshold``."""
+    # both runs go below the threshold by the score tolerance: an instance near the threshold may
+    # appear in one run only, and the comparison needs to see it to pair it
+    low = max(0.0, threshold - SCORE_TOLERANCE)
+    reference = [eager(image, threshold=low) for image in tqdm(images, desc="parity check: eager", unit="img")]
+    exported = [candidate(image, threshold=low) for image in tqdm(images, desc="parity check: exported", unit="img")]
+    return compare_runs(reference, exported, threshold, names=names)

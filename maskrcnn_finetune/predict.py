@@ -60,6 +60,7 @@ from maskrcnn_finetune.data.images import IMAGE_SUFFIXES, load_rgb
 from maskrcnn_finetune.errors import ConfigError, first_line
 from maskrcnn_finetune.evaluate import encode_rle, instances_to_coco
 from maskrcnn_finetune.files import atomic_path, write_bytes_atomic, write_json_atomic
+from maskrcnn_finetune.loading import load_predictor
 from maskrcnn_finetune.structures import Instances
 
 logger = logging.getLogger(__name__)
@@ -454,19 +455,18 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         max_pixels: larger images are reported in errors.csv instead of decoded.
         progress: show a tqdm bar (images/s).
         runtime: with ``model_dir``, ``torch``, ``openvino`` or ``auto``
-            (:func:`maskrcnn_finetune.export.runtime_choice.choose_runtime`: OpenVINO only where it
+            (:func:`maskrcnn_finetune.loading.load_predictor`: OpenVINO only where it
             passes the parity check on the model's own val images), or ``openvino-int8`` (calibrated on
             ``calibration``, a folder of images; default: the model's training images).
 
     Returns:
         A summary: images in the input, predicted now, skipped (already done), errors, instances
-        per class, seconds and images per second of this run.
+        per class, seconds and images per second of this run, and how the model ran (``inference``:
+        the Predictor's mode and its runtime ``choice``, as the server's ``/api/v1/model`` reports them).
 
     Raises:
         ConfigError: a bad input, output, format or option; the message says what to pass.
     """
-    from maskrcnn_finetune.predictor import Predictor
-
     formats = set(formats)
     unknown = sorted(formats - set(FORMATS))
     if unknown:
@@ -491,13 +491,7 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
     if predictor is None:
         if distributed and device != "cpu" and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        if runtime == "torch":
-            predictor = Predictor.from_dir(model_dir, device=device)
-        else:
-            from maskrcnn_finetune.export.runtime_choice import choose_runtime
-
-            predictor, choice = choose_runtime(model_dir, runtime, device=device, calibration=calibration)
-            logger.info("runtime %s: %s", choice["runtime"], choice["why"])
+        predictor = load_predictor(model_dir, runtime, device=device, calibration=calibration)
     threshold = predictor.score_threshold if threshold is None else threshold
     writer = _Writer(out, formats, _category_ids(predictor.class_names, categories), min_iou, review_below)
     settings = {"model": _model_identity(predictor), "threshold": threshold, "formats": sorted(formats),
@@ -543,7 +537,8 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
         predicted, skipped, seconds = int(totals[0]), int(totals[1]), float(slowest[0])
     summary = {"images": len(sources), "predicted": predicted, "skipped": skipped, "seconds": round(seconds, 3),
                "images_per_second": round(predicted / seconds, 3) if seconds > 0 and predicted else 0.0,
-               "threshold": threshold, "processes": world}
+               "threshold": threshold, "processes": world,
+               "inference": {**predictor.mode, "choice": predictor.choice}}
     if rank == 0:
         dataset_categories = [{"id": category_id, "name": name, "supercategory": ""}
                               for category_id, name in zip(writer.category_ids, predictor.class_names)]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from flask import Flask, current_app
 
+from maskrcnn_finetune.loading import load_predictor
 from maskrcnn_finetune.predictor import Predictor
 from maskrcnn_finetune.structures import Instances
 from rest_api_flask.config import DEFAULTS
@@ -215,7 +216,7 @@ class InferenceService:
             "backbone": info.get("backbone", getattr(self.predictor.spec, "backbone", None)),
             "classes": self.predictor.class_names,
             "device": str(self.predictor.device),
-            "inference": self.predictor.mode,
+            "inference": {**self.predictor.mode, "choice": self.predictor.choice},
             "default_threshold": current_app.config["THRESHOLD"],
             "image_size": info.get("image_size"),
             "micro_batch": {"max_images": self.micro_batch, "wait_ms": self.micro_batch_wait_ms, **self.batch_counts},
@@ -223,29 +224,17 @@ class InferenceService:
         }
 
 
-def load_predictor(model_dir, device: str = "auto", fast: bool | None = None, runtime: str = "torch",
-                   calibration=None) -> Predictor:
-    """The :class:`Predictor` of a model folder (errors name the fix, see :mod:`maskrcnn_finetune.model_dir`);
-    a ``runtime`` other than torch goes through the parity gate (``choose_runtime``)."""
-    logger.info("loading the model from %s on %s", model_dir, device)
-    if runtime == "torch":
-        return Predictor.from_dir(model_dir, device=device, fast=fast)
-    from maskrcnn_finetune.export.runtime_choice import choose_runtime
-
-    predictor, choice = choose_runtime(model_dir, runtime, device=device, fast=fast, calibration=calibration)
-    logger.info("runtime %s (asked: %s): %s", choice["runtime"], runtime, choice["why"])
-    return predictor
-
-
 def init_app(app: Flask) -> None:
-    """Loads (or takes ``app.config["PREDICTOR"]``), warms up and attaches the model to the app.
+    """Loads the model folder (or takes ``app.config["PREDICTOR"]``), warms it up and attaches it to the app.
 
-    ``THRESHOLD`` None (no ``--threshold``) becomes the model folder's own (``model.json``'s
-    ``score_threshold``, the Predictor's): the default of the requests, the page's slider and ``/api/v1/model``.
+    The model comes from :func:`maskrcnn_finetune.loading.load_predictor`, as in batch prediction: the
+    runtime asked for where the parity gate allows it (errors name the fix). ``THRESHOLD`` None (no
+    ``--threshold``) becomes the model folder's own (``model.json``'s ``score_threshold``, the
+    Predictor's): the default of the requests, the page's slider and ``/api/v1/model``.
     """
-    predictor = app.config.get("PREDICTOR") or load_predictor(app.config["MODEL_DIR"], app.config["DEVICE"],
-                                                                     app.config.get("FAST"), app.config["RUNTIME"],
-                                                                     app.config["CALIBRATION_IMAGES"])
+    predictor = app.config.get("PREDICTOR") or load_predictor(
+        app.config["MODEL_DIR"], app.config["RUNTIME"], device=app.config["DEVICE"], fast=app.config.get("FAST"),
+        calibration=app.config["CALIBRATION_IMAGES"])
     if app.config["THRESHOLD"] is None:
         app.config["THRESHOLD"] = float(predictor.score_threshold)
     service = InferenceService(predictor, max_waiting=app.config["MAX_WAITING"], micro_batch=app.config["MICRO_BATCH"],

@@ -7,6 +7,7 @@ response schemas.
 
 from __future__ import annotations
 
+from maskrcnn_finetune.devices import RUNTIMES
 from maskrcnn_finetune.engine_names import ENGINES
 from rest_api_flask.encoding import RLE_FORMATS
 
@@ -133,9 +134,14 @@ SCHEMAS = {
         "backbone": {"type": "string", "nullable": True},
         "classes": {"type": "array", "items": {"type": "string"}},
         "device": {"type": "string"},
-        "inference": {"type": "object", "properties": {"fast": {"type": "boolean"},
-                                                        "precision": {"type": "string", "enum": ["fp32", "bf16"]},
-                                                        "channels_last": {"type": "boolean"}}},
+        "inference": {"type": "object", "properties": {
+            "fast": {"type": "boolean"}, "precision": {"type": "string", "enum": ["fp32", "bf16"]},
+            "channels_last": {"type": "boolean"},
+            "runtime": {"type": "string", "enum": list(RUNTIMES)},
+            "choice": {"type": "object", "description": "--runtime: the runtime that runs the model, the one asked "
+                       "for and why (for openvino also the parity check's verdict)",
+                       "properties": {"runtime": {"type": "string"}, "asked": {"type": "string"},
+                                      "why": {"type": "string"}}}}},
         "default_threshold": {"type": "number"},
         "image_size": {"nullable": True},
         "micro_batch": {"type": "object", "description": "--micro-batch: the most images in one model call, how "

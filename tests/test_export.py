@@ -26,7 +26,7 @@ from maskrcnn_finetune.export import (
     script_model,
 )
 from maskrcnn_finetune.parity import compare_runs
-from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.predictor import InferenceOptions, Predictor
 
 from detections import assert_same_detections
 
@@ -106,7 +106,7 @@ def test_reloaded_torchscript_predicts_what_eager_predicts(exported, eager, same
     assert isinstance(raw, tuple) and raw[0] == {} and sorted(raw[1][0]) == ["boxes", "labels", "masks", "scores"]
     spec, info = read_export_info(path)
     assert spec == eager.spec
-    scripted = Predictor(load_torchscript(path), spec, fast=False)
+    scripted = Predictor(load_torchscript(path), spec, options=InferenceOptions(fast=False))
     via_helper = load_exported_predictor(path, score_threshold=THRESHOLD)
     assert via_helper.score_threshold == THRESHOLD and not via_helper.fast
     total = 0

@@ -16,7 +16,7 @@ import torch
 
 from benchmark_scripts import results_block
 from maskrcnn_finetune.errors import ConfigError
-from maskrcnn_finetune.export.runtime_choice import choose_runtime
+from maskrcnn_finetune.loading import choose_runtime
 from maskrcnn_finetune.predictor import Predictor
 
 from detections import assert_same_detections

@@ -2,11 +2,12 @@
 
 Usage:
     python scripts/evaluate.py --model-dir DIR --json V [--device auto|cpu|cuda|cuda:N]
-        [--output DIR/metrics.json] [--percent]
+        [--runtime torch|openvino|openvino-int8|auto] [--output DIR/metrics.json] [--percent]
 
 The metrics are scored on every detection (AP needs the low-scoring ones too), whatever the model
 folder's threshold. --output is the file they are added to, under the json's name (older
-spelling: --out).
+spelling: --out). The model is loaded as the server and batch prediction load it (the same
+--runtime choice); the line before the table says how it ran.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from maskrcnn_finetune.cli import add_device_argument, add_with_aliases, run_cli
+from maskrcnn_finetune.cli import add_device_argument, add_runtime_arguments, add_with_aliases, run_cli
 from maskrcnn_finetune.evaluate import evaluate_predictor
-from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.loading import load_predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=Path, required=True, help="a model folder written by scripts/train.py")
     parser.add_argument("--json", type=Path, required=True, help="COCO json to evaluate on")
     add_device_argument(parser)
+    add_runtime_arguments(parser)
     add_with_aliases(parser, "--output", ["--out"], type=Path, default=None, metavar="FILE",
                      help="the json file the metrics are added to (default: DIR/metrics.json)")
     parser.add_argument("--percent", action="store_true",
@@ -51,12 +53,14 @@ def metrics_table(metrics: dict, percent: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    predictor = Predictor.from_dir(args.model_dir, device=args.device)
+    predictor = load_predictor(args.model_dir, args.runtime, device=args.device, calibration=args.calibration_images)
     metrics = evaluate_predictor(predictor, args.json)
     out = args.output or args.model_dir / "metrics.json"
     existing = json.loads(out.read_text()) if out.is_file() else {}
     existing[args.json.stem] = metrics
     out.write_text(json.dumps(existing, indent=2))
+    print(f"evaluated on {predictor.device}: {predictor.describe_mode()}; runtime {predictor.choice['runtime']} "
+          f"({predictor.choice['why']})")
     print(metrics_table(metrics, percent=args.percent))
     print(f"metrics written to {out}")
     return 0

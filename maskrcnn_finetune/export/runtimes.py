@@ -16,7 +16,7 @@ from maskrcnn_finetune.export.formats import ONNX_MASKS_KEY, ONNX_MASKS_UNPASTED
 from maskrcnn_finetune.model_dir import MODEL_JSON
 from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling import ModelSpec
-from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.predictor import InferenceOptions, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ScriptedMaskRCNN(torch.nn.Module):
 def load_torchscript(path, device: str | torch.device = "cpu") -> ScriptedMaskRCNN:
     """Loads an exported TorchScript file as a module usable like the eager model.
 
-    ``Predictor(load_torchscript(path), spec, fast=False)`` predicts as the eager model does.
+    ``Predictor(load_torchscript(path), spec)`` predicts as the eager model does.
 
     Raises:
         ExportError: the file is missing or not a TorchScript file.
@@ -162,4 +162,4 @@ def load_exported_predictor(path, device="cpu", score_threshold: float | None = 
     spec, info = read_export_info(path)
     threshold = info.get("score_threshold", DEFAULT_SCORE_THRESHOLD) if score_threshold is None else score_threshold
     module = load_torchscript(path, device) if Path(path).suffix != ".onnx" else load_onnx(path)
-    return Predictor(module, spec, device, threshold, info, fast=False)
+    return Predictor(module, spec, device, threshold, info, InferenceOptions(fast=False))

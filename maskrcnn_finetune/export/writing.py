@@ -46,7 +46,17 @@ class EagerResizeTransform(GeneralizedRCNNTransform):
     torchvision's ``_resize_image_and_masks``. Scripted and traced (ONNX), torchvision computes the
     scale and the output size in float32, so some images come out a row or column smaller than in
     eager (a 307x361 image at 192 px: 191 rows) and their masks and scores move.
+
+    Built from a model's own transform by :meth:`like`, and given to a copy of the model in its place.
     """
+
+    @classmethod
+    def like(cls, transform: GeneralizedRCNNTransform) -> "EagerResizeTransform":
+        """A new transform of this class with ``transform``'s settings (sizes, normalisation, padding) and mode."""
+        new = cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
+                  size_divisible=transform.size_divisible, fixed_size=transform.fixed_size,
+                  _skip_resize=transform._skip_resize)
+        return new.train(transform.training)
 
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
         if torchvision._is_tracing():
@@ -94,7 +104,7 @@ def script_model(model: torch.nn.Module, eager_resize: bool = True) -> torch.jit
     """
     model = copy.deepcopy(model).eval()
     if eager_resize and type(model.transform) is GeneralizedRCNNTransform:
-        model.transform.__class__ = EagerResizeTransform
+        model.transform = EagerResizeTransform.like(model.transform)  # a submodule of the copy, replaced
     return torch.jit.script(model)
 
 
@@ -197,7 +207,7 @@ def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir:
         image = torch.from_numpy(example).permute(2, 0, 1).float().div(255.0)
         model = copy.deepcopy(model)
         if type(model.transform) is GeneralizedRCNNTransform:
-            model.transform.__class__ = UnpastedMasksTransform
+            model.transform = UnpastedMasksTransform.like(model.transform)  # a submodule of the copy, replaced
         instances = {0: "instances"}
         # the tracer warns about every Python-level branch of torchvision's detection code; whether
         # the trace generalises to other images is what the parity check right after this decides

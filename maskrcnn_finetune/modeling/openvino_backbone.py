@@ -4,9 +4,9 @@ The backbone is most of a Mask R-CNN's work and a plain convolutional graph: Ope
 it (any image size and batch) and runs it faster than torch's CPU kernels, with the same outputs
 to float rounding in f32. The rest of the model (anchors, NMS, RoIAlign, the heads, the mask
 pasting) stays torch's, so the model answers exactly as before but for those roundings, and the
-parity gate decides whether it is kept (:mod:`maskrcnn_finetune.export.runtime_choice`).
+parity gate decides whether it is kept (:mod:`maskrcnn_finetune.loading`).
 
-    model.backbone = compile_backbone(model.backbone, precision="f32")
+    fast = make_fast(model, backbone=compile_backbone(model.backbone, precision="f32"))  # modeling/fast_cpu.py
 
 OpenVINO is an optional extra (``pip install openvino``); without it :func:`openvino_missing`
 says so and the kit runs torch.

@@ -8,7 +8,7 @@ RoIAlign is what it is mathematically, a product with the sparse bilinear sampli
 all cores. The sums are torchvision's, added in another order (differences of float rounding).
 
 Training on the CPU takes this path, and inference on the CPU's fast path (``inference=True``,
-set by :func:`maskrcnn_finetune.modeling.fast_cpu.make_fast`: with many proposals an image, the
+in the poolers of :class:`maskrcnn_finetune.modeling.fast_cpu.FastMaskRCNN`: with many proposals an image, the
 single-threaded kernel is a large share of inference); elsewhere (eval mode of a plain
 model, a GPU, an adaptive sampling ratio) :class:`ParallelRoIAlign` is torchvision's
 ``MultiScaleRoIAlign``. Models are built with torchvision's pooler (what export and the model
@@ -144,10 +144,13 @@ class ParallelRoIAlign(MultiScaleRoIAlign):
     inference = False
 
     @classmethod
-    def like(cls, pooler: MultiScaleRoIAlign) -> "ParallelRoIAlign":
-        """The same pooler (feature maps, output size, sampling ratio, levels), parallel in CPU training."""
-        return cls(pooler.featmap_names, pooler.output_size, pooler.sampling_ratio,
-                   canonical_scale=pooler.canonical_scale, canonical_level=pooler.canonical_level)
+    def like(cls, pooler: MultiScaleRoIAlign, inference: bool = False) -> "ParallelRoIAlign":
+        """The same pooler (feature maps, output size, sampling ratio, levels), parallel in CPU training
+        (and in CPU inference with ``inference``)."""
+        new = cls(pooler.featmap_names, pooler.output_size, pooler.sampling_ratio,
+                  canonical_scale=pooler.canonical_scale, canonical_level=pooler.canonical_level)
+        new.inference = inference
+        return new
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = _filter_input(x, self.featmap_names)
@@ -173,10 +176,7 @@ def use_parallel_roi_align(model: torch.nn.Module, inference: bool = False) -> t
     on the CPU (the fast path). Returns the model.
     """
     heads = model.roi_heads
-    heads.box_roi_pool = ParallelRoIAlign.like(heads.box_roi_pool)
+    heads.box_roi_pool = ParallelRoIAlign.like(heads.box_roi_pool, inference)
     if heads.mask_roi_pool is not None:
-        heads.mask_roi_pool = ParallelRoIAlign.like(heads.mask_roi_pool)
-    for pooler in (heads.box_roi_pool, heads.mask_roi_pool):
-        if pooler is not None:
-            pooler.inference = inference
+        heads.mask_roi_pool = ParallelRoIAlign.like(heads.mask_roi_pool, inference)
     return model

@@ -232,7 +232,7 @@ def test_what_training_scores_is_what_the_model_folder_predicts(tiny_coco, tmp_p
     folder at --image-size. Training must score exactly what Predictor.from_dir runs."""
     from maskrcnn_finetune.data.coco import load_coco
     from maskrcnn_finetune.modeling import ModelSpec, build_model
-    from maskrcnn_finetune.predictor import Predictor
+    from maskrcnn_finetune.predictor import InferenceOptions, Predictor
     from maskrcnn_finetune.engines.torchvision_engine import evaluation_predictor
 
     out = tmp_path / "run"
@@ -252,7 +252,7 @@ def test_what_training_scores_is_what_the_model_folder_predicts(tiny_coco, tmp_p
         assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
         assert np.array_equal(a.masks, b.masks)
     # what the old evaluation ran (the training model in eval mode) resizes to 96 px, not 64
-    naive = Predictor(trained, spec, "cpu", score_threshold=0.0, fast=False)(images, threshold=0.0)
+    naive = Predictor(trained, spec, "cpu", score_threshold=0.0, options=InferenceOptions(fast=False))(images, threshold=0.0)
     assert any(len(a) != len(b) or not np.allclose(a.boxes, b.boxes) for a, b in zip(naive, from_dir))
     # the AP written to model.json is the AP scripts/evaluate.py measures on the folder
     proc = _script("evaluate.py", "--model-dir", out, "--json", tiny_coco["val"], "--device", "cpu",

@@ -1,4 +1,4 @@
-"""make_fast: torchvision's parts as subclasses, the same weights, the threshold an argument of each call."""
+"""make_fast: a module holding torchvision's parts, the same weights, the threshold an argument of each call."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def plain_and_images(tiny_model_dir, tiny_coco):
 def test_the_fast_model_keeps_every_weight_and_key(plain_and_images):
     plain, _ = plain_and_images
     fast = make_fast(copy.deepcopy(plain))
-    assert isinstance(fast, FastMaskRCNN) and supports_fast(fast)
+    assert isinstance(fast, FastMaskRCNN) and supports_fast(plain) and not supports_fast(fast)
     theirs, ours = plain.state_dict(), fast.state_dict()
     assert list(ours) == list(theirs)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
@@ -61,3 +61,25 @@ def test_a_model_of_other_parts_is_refused(plain_and_images):
     assert not supports_fast(other)
     with pytest.raises(TypeError, match="needs a torchvision Mask R-CNN"):
         make_fast(other)
+
+
+@torch.inference_mode()
+def test_the_model_it_is_built_from_stays_torchvisions(plain_and_images):
+    """Composition, not patching: the model keeps its classes and parts, and answers as before."""
+    plain, images = plain_and_images
+    model = copy.deepcopy(plain)
+    parts = {name: (type(part), part) for name, part in model.named_children()}
+    poolers = (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool)
+    fast = make_fast(model, bf16=False)
+    assert type(model) is type(plain) and {name: (type(part), part) for name, part in model.named_children()} == parts
+    assert (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool) == poolers  # the fast path's are its own
+    assert fast.backbone is model.backbone and fast.roi_heads is model.roi_heads and fast.transform is model.transform
+    want, got = plain(images[:2]), model(images[:2])
+    for ref, ours in zip(want, got):
+        assert ours["masks"].dtype == torch.float32  # torchvision's own pasting, not the fast path's booleans
+        # the same detections (as a set: channels-last rounds fp32 a little differently, ties may reorder)
+        assert len(ours["scores"]) == len(ref["scores"]) > 0
+        np.testing.assert_allclose(np.sort(ours["scores"].numpy()), np.sort(ref["scores"].numpy()), atol=1e-4)
+    fast.train()
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast(images[:1])
