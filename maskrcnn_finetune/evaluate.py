@@ -91,6 +91,28 @@ def coco_metrics(gt: COCO, results: list[dict]) -> dict:
     return metrics
 
 
+def predict_dataset(predictor, data: CocoData, progress: bool = True) -> list[Instances]:
+    """Every detection of ``predictor`` (threshold 0: AP needs the low-scoring ones too) on each image of ``data``."""
+    return [predictor(data.image_path(image), threshold=0.0)
+            for image in tqdm(data.images, desc="Evaluating", unit="image", disable=not progress, leave=False)]
+
+
+def score_runs(runs: list[Instances], data: CocoData, class_names: list[str] | None = None) -> dict:
+    """COCOeval's metrics (see :func:`coco_metrics`) of ``runs``, one :class:`Instances` per image of ``data`` in
+    its order, and ``images``: how many."""
+    category_ids = [c["id"] for c in data.categories]
+    if class_names is not None and len(category_ids) != len(class_names):
+        logger.warning("the model has %d classes but %s has %d categories; classes are matched by position",
+                       len(class_names), data.json_path.name, len(category_ids))
+    results = []
+    for image, instances in zip(data.images, runs):
+        results += instances_to_coco(instances, image["id"], category_ids)
+    gt = _quiet(COCO, str(data.json_path))
+    metrics = coco_metrics(gt, results)
+    metrics["images"] = len(data.images)
+    return metrics
+
+
 def evaluate_predictor(predictor, coco, progress: bool = True) -> dict:
     """Runs ``predictor`` on every image of a COCO dataset and scores it with COCOeval.
 
@@ -103,15 +125,4 @@ def evaluate_predictor(predictor, coco, progress: bool = True) -> dict:
         ``{"bbox": {...}, "segm": {...}, "images": N}`` with AP, AP50, AP75 and per-class AP.
     """
     data = coco if isinstance(coco, CocoData) else load_coco(coco)
-    category_ids = [c["id"] for c in data.categories]
-    if len(category_ids) != len(predictor.class_names):
-        logger.warning("the model has %d classes but %s has %d categories; classes are matched by position",
-                       len(predictor.class_names), data.json_path.name, len(category_ids))
-    results = []
-    for image in tqdm(data.images, desc="Evaluating", unit="image", disable=not progress, leave=False):
-        instances = predictor(data.image_path(image), threshold=0.0)
-        results += instances_to_coco(instances, image["id"], category_ids)
-    gt = _quiet(COCO, str(data.json_path))
-    metrics = coco_metrics(gt, results)
-    metrics["images"] = len(data.images)
-    return metrics
+    return score_runs(predict_dataset(predictor, data, progress), data, predictor.class_names)
