@@ -114,6 +114,9 @@ class InferenceOptions:
             :func:`maskrcnn_finetune.loading.load_predictor` keeps OpenVINO only where it answers
             like the plain model, and chooses ``auto``.
         calibration: for ``openvino-int8``, a few of your images (paths, RGB arrays or PIL images).
+        int8_model: for ``openvino-int8``, the backbone quantised before (an OpenVINO model, or the path of the
+            IR :meth:`~maskrcnn_finetune.modeling.openvino_backbone.OpenVINOPart.save` wrote), run instead of
+            quantising on ``calibration`` (the runtime cache of :mod:`maskrcnn_finetune.loading`).
 
     Raises:
         ConfigError: an unknown runtime (the message lists :data:`RUNTIMES`).
@@ -123,6 +126,7 @@ class InferenceOptions:
     bf16: bool | None = None
     runtime: str = "torch"
     calibration: Sequence | None = None
+    int8_model: object | None = None
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -188,10 +192,12 @@ def prepare_model(model: torch.nn.Module, spec: ModelSpec, device: torch.device,
                           "a torchvision model)")
     if why_not:
         raise ConfigError(f"cannot use the openvino runtime: {why_not}; use runtime torch")
-    if int8 and not options.calibration:
+    if int8 and not options.calibration and options.int8_model is None:
         raise ConfigError("the openvino-int8 runtime needs calibration images (a few of your own); pass them")
     plain = make_fast(model, bf16)  # channels-last, as the backbone will run
-    if int8:
+    if int8 and options.int8_model is not None:
+        backbone = openvino_backbone.compile_backbone(plain.backbone, "int8", model=options.int8_model)
+    elif int8:
         # the backbone's inputs: each image as the model's transform resizes and normalises it
         tensors = [model.transform([torch.from_numpy(_to_rgb_array(image)).permute(2, 0, 1).float().div(255.0)])[0]
                    .tensors.numpy() for image in options.calibration]
@@ -240,13 +246,13 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir, device="cpu", score_threshold: float | None = None,
                  fast: bool | None = None, bf16: bool | None = None, runtime: str = "torch",
-                 calibration: Sequence | None = None) -> "Predictor":
+                 calibration: Sequence | None = None, int8_model=None) -> "Predictor":
         """Loads a model folder written by training (see :mod:`maskrcnn_finetune.model_dir`).
 
-        ``fast``, ``bf16``, ``runtime`` and ``calibration``: see :class:`InferenceOptions` (an OpenVINO
-        runtime is used as asked; :func:`maskrcnn_finetune.loading.load_predictor` checks it first).
+        ``fast``, ``bf16``, ``runtime``, ``calibration`` and ``int8_model``: see :class:`InferenceOptions` (an
+        OpenVINO runtime is used as asked; :func:`maskrcnn_finetune.loading.load_predictor` checks it first).
         """
-        options = InferenceOptions(fast, bf16, runtime, calibration)  # a bad runtime fails before the loading
+        options = InferenceOptions(fast, bf16, runtime, calibration, int8_model)  # a bad runtime fails before the loading
         device = resolve_device(device)
         model, spec, info = load_model_dir(model_dir, device)
         threshold = info.get("score_threshold", DEFAULT_SCORE_THRESHOLD) if score_threshold is None else score_threshold

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,13 +47,15 @@ class OpenVINOPart(nn.Module):
         threads: CPU threads for OpenVINO (default: torch's).
         calibration: for int8, inputs of ``part`` (arrays of ``example``'s rank) from which NNCF
             measures the value ranges: a few of the user's own images, as the model sees them.
+        model: the OpenVINO model of ``part`` made before (e.g. quantised, then written by :meth:`save`;
+            the model or its IR path), run instead of quantising again.
 
     It runs one batch at a time (one infer request): the server and the Predictor call it from
     one thread.
     """
 
     def __init__(self, part: nn.Module, example: torch.Tensor, precision: str = "f32",
-                 threads: int | None = None, calibration: list | None = None) -> None:
+                 threads: int | None = None, calibration: list | None = None, model=None) -> None:
         super().__init__()
         import openvino as ov
 
@@ -65,19 +68,26 @@ class OpenVINOPart(nn.Module):
         with torch.no_grad():
             converted = ov.convert_model(part, example_input=example, input=[free])
             reference = part(example)
-        if precision == "int8":
-            import nncf
-
-            if not calibration:
-                raise ValueError("int8 needs calibration inputs")
-            converted = nncf.quantize(converted, nncf.Dataset(list(calibration)), subset_size=len(calibration),
-                                      preset=nncf.QuantizationPreset.MIXED)
+        if model is not None:  # converted and quantised before: an OpenVINO model, or the path of its saved IR
+            converted = ov.Core().read_model(str(model)) if isinstance(model, (str, Path)) else model
+        elif precision == "int8":
+            converted = quantize_int8(converted, calibration)
+        self.model = converted
         self.as_dict = isinstance(reference, dict)
         self.names = list(reference) if self.as_dict else ["out"]  # a dict's outputs keep its order
         config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads())}
         self.compiled = ov.Core().compile_model(converted, "CPU", config)
         self._request = self.compiled.create_infer_request()
+
+    def save(self, path) -> Path:
+        """Writes the OpenVINO model it runs (converted, and quantised for int8) as IR (``path`` .xml and .bin),
+        the float weights kept in f32; ``model=path`` builds it again without converting or quantising."""
+        import openvino as ov
+
+        path = Path(path)
+        ov.save_model(self.model, str(path), compress_to_fp16=False)
+        return path
 
     def forward(self, x: torch.Tensor):
         self._request.infer([x.detach().float().contiguous().numpy()])
@@ -86,6 +96,27 @@ class OpenVINOPart(nn.Module):
 
 
 def compile_backbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None,
-                     calibration: list | None = None) -> OpenVINOPart:
-    """An FPN backbone (``out_channels``, an ordered dict of feature maps) compiled by OpenVINO."""
-    return OpenVINOPart(backbone, torch.zeros(1, 3, 224, 224), precision, threads, calibration)
+                     calibration: list | None = None, model=None) -> OpenVINOPart:
+    """An FPN backbone (``out_channels``, an ordered dict of feature maps) compiled by OpenVINO; ``model``: the
+    one converted (and quantised) before, see :class:`OpenVINOPart`."""
+    return OpenVINOPart(backbone, torch.zeros(1, 3, 224, 224), precision, threads, calibration, model)
+
+
+def quantize_int8(converted, calibration: list, ignored_scope=None):
+    """``converted`` (an OpenVINO model of the backbone) quantised to int8 by NNCF's post-training quantisation.
+
+    Args:
+        converted: the OpenVINO model.
+        calibration: its inputs (arrays) from which NNCF measures the value ranges: a few of the user's
+            images as the model sees them (resized by its transform, normalised).
+        ignored_scope: an :class:`nncf.IgnoredScope` of layers left in float.
+
+    Raises:
+        ValueError: no calibration inputs.
+    """
+    import nncf
+
+    if not calibration:
+        raise ValueError("int8 needs calibration inputs")
+    return nncf.quantize(converted, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+                         preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored_scope)
