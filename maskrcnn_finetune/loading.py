@@ -12,9 +12,19 @@
   (the parity gate of :mod:`maskrcnn_finetune.parity`, as for exports); otherwise torch, saying why;
 - ``"openvino-int8"``: the backbone quantised to int8 by NNCF's post-training quantisation,
   calibrated on a few of the user's images (``calibration``: default, the first
-  :data:`CALIBRATION_IMAGES` of the model's training json), kept only when it passes the same gate;
-- ``"auto"``: OpenVINO (f32/bf16) when it is installed, passes the gate and is faster on those
-  images (timed alternately with torch), else torch.
+  :data:`CALIBRATION_IMAGES` of the model's training json), kept only when its val mask AP and box
+  AP are each within a point of the plain fp32 model's (:mod:`maskrcnn_finetune.ap_check`, on the
+  model's own val json or ``val_json``); otherwise torch, with both figures;
+- ``"auto"`` (:data:`~maskrcnn_finetune.devices.DEFAULT_RUNTIME`, what the server and batch prediction
+  run unless told otherwise): the fastest of torch, openvino and openvino-int8 that passes its
+  check, timed alternately on the same images; where OpenVINO is not installed (or the model does
+  not run on the CPU's fast path), torch, without a warning. int8 takes part where NNCF is installed
+  and its calibration images and val json are here.
+
+The choice costs seconds to minutes (compiling, quantising, the checks, the timings): it is
+remembered per model folder and machine (:mod:`maskrcnn_finetune.runtime_cache`), so the next start
+pays only for building the runtime chosen. ``choice`` says what was chosen, why, its timings and
+checks, how long deciding took (``decision_s``) and, when it came from the cache, ``cached``.
 
 The server, batch prediction, ``scripts/evaluate.py``, the backbone comparison and the benchmarks
 that stand for them load their model here. :meth:`Predictor.from_dir` stays the short form for a
@@ -25,25 +35,31 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from pathlib import Path
 
+from maskrcnn_finetune.ap_check import compare_ap, model_val_json
 from maskrcnn_finetune.data.coco import load_coco
-from maskrcnn_finetune.devices import RUNTIME_CHOICES, RUNTIMES, resolve_device
+from maskrcnn_finetune.devices import DEFAULT_RUNTIME, RUNTIME_CHOICES, RUNTIMES, resolve_device
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.model_dir import read_model_info
 from maskrcnn_finetune.modeling.openvino_backbone import openvino_missing
 from maskrcnn_finetune.parity import check_images, compare_with_eager
 from maskrcnn_finetune.predictor import Predictor
+from maskrcnn_finetune.runtime_cache import RuntimeCache, decision_key, describe_images
 from maskrcnn_finetune.timing import alternating_rounds
 
-__all__ = ["CALIBRATION_IMAGES", "RUNTIMES", "RUNTIME_CHOICES", "calibration_images", "choose_runtime",
-           "load_predictor", "time_alternately"]
+__all__ = ["CALIBRATION_IMAGES", "DEFAULT_RUNTIME", "RUNTIMES", "RUNTIME_CHOICES", "calibration_images",
+           "choose_runtime", "load_predictor", "time_alternately"]
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 32
 TIMED_IMAGES = 3
 TIMED_ROUNDS = 3
+INT8_FILE = ".int8.xml"
+"""The suffix of a cache entry's int8 backbone (OpenVINO IR, with its .bin)."""
+NAMES = {"openvino": "OpenVINO", "openvino-int8": "OpenVINO int8"}
 
 
 def check_runtime(runtime: str) -> str:
@@ -58,27 +74,33 @@ def check_runtime(runtime: str) -> str:
 
 
 def load_predictor(model_dir, runtime: str = "torch", *, device="auto", fast: bool | None = None,
-                   calibration=None, gate_images=None, gate_threshold: float | None = None) -> Predictor:
-    """The :class:`Predictor` of ``model_dir`` on the runtime asked for, where the parity gate allows it.
+                   calibration=None, gate_images=None, gate_threshold: float | None = None, val_json=None,
+                   cache: bool = True) -> Predictor:
+    """The :class:`Predictor` of ``model_dir`` on the runtime asked for, where its check allows it.
 
     Args:
         model_dir: a model folder (errors name the fix, see :mod:`maskrcnn_finetune.model_dir`).
         runtime: one of :data:`~maskrcnn_finetune.devices.RUNTIME_CHOICES` (see the module's text).
         device: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``); OpenVINO is for the CPU only.
         fast: the Predictor's fast path (``None``: on for the CPU; ``False``: the plain fp32 model).
-        calibration: for ``openvino-int8``, its calibration images (see :func:`calibration_images`).
-        gate_images: the gate's images (default: the model's own val images, else synthetic ones; see
-            :func:`maskrcnn_finetune.parity.check_images`).
-        gate_threshold: the gate's score threshold (default: the model folder's).
+        calibration: for int8, its calibration images (see :func:`calibration_images`).
+        gate_images: the parity gate's and the timings' images (default: the model's own val images, else
+            synthetic ones; see :func:`maskrcnn_finetune.parity.check_images`).
+        gate_threshold: the checks' score threshold (default: the model folder's).
+        val_json: for int8, the COCO json its AP is measured on (default: the model's own val json).
+        cache: use and write the cached decision (:mod:`maskrcnn_finetune.runtime_cache`).
 
     Returns:
         The Predictor, with the model folder's threshold. Its ``choice`` says which runtime runs it
-        (``runtime``), what was ``asked`` and ``why``; where the gate ran also ``parity`` (its report)
-        and ``parity_ok``, and for ``auto`` the ``ms_per_image`` of each.
+        (``runtime``), what was ``asked`` and ``why``; where a check ran also ``parity`` (its report)
+        and ``parity_ok`` (openvino), ``ap`` and ``ap_ok`` (int8); for ``auto`` the ``ms_per_image``
+        of each candidate; ``decision_s``, the seconds the choice took, and ``cached`` where it came
+        from the cache.
 
     Raises:
-        ConfigError: an unknown runtime, or ``openvino`` asked for where it cannot run (not
-            installed, not the CPU): the message says how to install it or to use torch.
+        ConfigError: an unknown runtime; an OpenVINO runtime asked for where it cannot run (not
+            installed, not the CPU) or int8 where it cannot be judged (no val json, no calibration
+            images): the message says what to install or pass, or to use torch.
     """
     check_runtime(runtime)
     logger.info("loading the model from %s on %s (runtime %s)", model_dir, device, runtime)
@@ -96,42 +118,178 @@ def load_predictor(model_dir, runtime: str = "torch", *, device="auto", fast: bo
 
     info = read_model_info(model_dir)
     threshold = torch_predictor.score_threshold if gate_threshold is None else gate_threshold
-    candidate = Predictor.from_dir(model_dir, device=device, fast=fast, runtime="openvino-int8" if int8 else "openvino",
-                                   calibration=calibration_images(info, calibration) if int8 else None)
-    eager = Predictor.from_dir(model_dir, device=device, fast=False)
-    arrays, names = check_images(gate_images, eager.spec, info)
-    report = compare_with_eager(eager, candidate, arrays, threshold, names)
-    del eager
-    choice = {"asked": runtime, "parity": report.describe(), "parity_ok": report.ok}
-    if not report.ok:
-        logger.warning("%s does not answer like the plain model on %d images (%s): serving with torch",
-                       candidate.runtime, len(arrays), report.describe())
-        return _chosen(torch_predictor, {**choice, "runtime": "torch",
-                                         "why": f"{'OpenVINO int8' if int8 else 'OpenVINO'} failed the parity check: "
-                                                + report.describe()})
-    if runtime != "auto":
-        return _chosen(candidate, {**choice, "runtime": candidate.runtime,
-                                   "why": "asked for, and it passed the parity check"})
-    ms = time_alternately({"torch": torch_predictor, "openvino": candidate}, arrays[:TIMED_IMAGES])
-    best = min(ms, key=ms.get)
-    why = (f"passed the parity check; {ms['openvino']:.0f} ms an image against torch's {ms['torch']:.0f} ms "
-           f"(median of {TIMED_ROUNDS} rounds on {min(len(arrays), TIMED_IMAGES)} images)")
-    return _chosen(candidate if best == "openvino" else torch_predictor,
-                   {**choice, "runtime": best, "why": why, "ms_per_image": ms})
+    judge = _Judge(model_dir, info, device, fast, threshold, gate_images, calibration, val_json, runtime)
+    store = RuntimeCache.for_model(model_dir, judge.key()) if cache else None
+    cached = store.load() if store is not None else None
+    if cached is not None:
+        predictor = judge.rebuild(cached, torch_predictor, store)
+        if predictor is not None:
+            return _chosen(predictor, cached)
+    start = time.perf_counter()
+    predictor, choice = judge.decide(torch_predictor)
+    choice["decision_s"] = round(time.perf_counter() - start, 2)
+    logger.info("choosing the runtime took %.1f s%s", choice["decision_s"],
+                "" if store is not None else " (not cached: the next start chooses again)")
+    if store is not None:
+        judge.remember(store, predictor, choice)
+    return _chosen(predictor, choice)
 
 
 def _chosen(predictor: Predictor, choice: dict) -> Predictor:
     predictor.choice = choice
-    logger.info("runtime %s (asked: %s): %s", choice["runtime"], choice["asked"], choice["why"])
+    source = f" (decided before, cached in {choice['cached']['file']})" if choice.get("cached") else ""
+    logger.info("runtime %s (asked: %s): %s%s", choice["runtime"], choice["asked"], choice["why"], source)
     return predictor
 
 
+class _Judge:
+    """What one runtime question needs: the candidates, their checks and timings, and their cache entry."""
+
+    def __init__(self, model_dir, info, device, fast, threshold, gate_images, calibration, val_json, asked) -> None:
+        self.model_dir, self.info, self.device, self.fast = model_dir, info, device, fast
+        self.threshold, self.gate_images, self.calibration, self.asked = threshold, gate_images, calibration, asked
+        self.val_json_given = val_json
+        self._eager = None
+        self._calibration = None
+
+    def key(self) -> dict:
+        return decision_key(self.model_dir, asked=self.asked, device=str(resolve_device(self.device)), fast=self.fast,
+                            threshold=self.threshold, gate_images=describe_images(self.gate_images),
+                            calibration=describe_images(self.calibration),
+                            val_json=describe_images(self.val_json_given))
+
+    @property
+    def eager(self) -> Predictor:
+        """The plain fp32 model, the reference of every check (loaded once, when a check needs it)."""
+        if self._eager is None:
+            self._eager = Predictor.from_dir(self.model_dir, device=self.device, fast=False)
+        return self._eager
+
+    def calibration_arrays(self) -> list:
+        if self._calibration is None:
+            self._calibration = calibration_images(self.info, self.calibration)
+        return self._calibration
+
+    def build(self, runtime: str, int8_model=None) -> Predictor:
+        if runtime == "openvino-int8" and int8_model is None:
+            return Predictor.from_dir(self.model_dir, device=self.device, fast=self.fast, runtime=runtime,
+                                      calibration=self.calibration_arrays())
+        return Predictor.from_dir(self.model_dir, device=self.device, fast=self.fast, runtime=runtime,
+                                  int8_model=int8_model)
+
+    def int8_missing(self) -> str | None:
+        """Why int8 cannot be built and judged here (every reason, each with its fix), or None."""
+        why = openvino_missing(int8=True)
+        if why:
+            return why
+        problems = []
+        if model_val_json(self.info, self.val_json_given) is None:
+            problems.append("int8 is judged by its val AP and the model's val json is not here; pass the COCO json "
+                            "of your val images with --val-json FILE")
+        try:
+            self.calibration_arrays()
+        except ConfigError as exc:
+            problems.append(str(exc))
+        return "; ".join(problems) or None
+
+    def parity(self, candidate: Predictor) -> dict:
+        arrays, names = check_images(self.gate_images, self.eager.spec, self.info)
+        report = compare_with_eager(self.eager, candidate, arrays, self.threshold, names)
+        return {"parity": report.describe(), "parity_ok": report.ok}
+
+    def ap(self, candidate: Predictor) -> dict:
+        val_json = model_val_json(self.info, self.val_json_given)
+        report = compare_ap(self.eager, candidate, val_json, self.threshold)
+        logger.info("%s", report.describe())
+        return {"ap": report.to_dict(), "ap_ok": report.ok, "ap_summary": report.describe()}
+
+    def check(self, runtime: str, candidate: Predictor) -> tuple[bool, dict, str]:
+        """``(passed, the check's figures, why in words)`` of a candidate runtime."""
+        if runtime == "openvino-int8":
+            figures = self.ap(candidate)
+            verdict = figures["ap_summary"]
+            return figures["ap_ok"], figures, verdict
+        figures = self.parity(candidate)
+        return figures["parity_ok"], figures, ("passed the parity check" if figures["parity_ok"] else
+                                               f"{NAMES[runtime]} failed the parity check: {figures['parity']}")
+
+    def decide(self, torch_predictor: Predictor) -> tuple[Predictor, dict]:
+        if self.asked == "openvino-int8":
+            why_not = self.int8_missing()
+            if why_not:
+                raise ConfigError(f"cannot use --runtime openvino-int8: {why_not}; or use --runtime torch or auto")
+        if self.asked != "auto":
+            candidate = self.build(self.asked)
+            ok, figures, verdict = self.check(self.asked, candidate)
+            choice = {"asked": self.asked, **figures}
+            if not ok:
+                logger.warning("%s: serving with torch", verdict)
+                return torch_predictor, {**choice, "runtime": "torch", "why": f"{verdict}: kept torch"}
+            return candidate, {**choice, "runtime": candidate.runtime, "why": f"asked for, and it {verdict}"
+                               if self.asked == "openvino" else f"asked for, and kept: {verdict}"}
+        return self.decide_auto(torch_predictor)
+
+    def decide_auto(self, torch_predictor: Predictor) -> tuple[Predictor, dict]:
+        """The fastest candidate that passes its check: all timed alternately, then checked fastest first."""
+        candidates = {"torch": torch_predictor, "openvino": self.build("openvino")}
+        left_out = {}
+        why_not_int8 = self.int8_missing()
+        if why_not_int8:
+            left_out["openvino-int8"] = why_not_int8
+            logger.info("int8 not tried: %s", why_not_int8)
+        else:
+            candidates["openvino-int8"] = self.build("openvino-int8")
+        arrays, _ = check_images(self.gate_images, torch_predictor.spec, self.info)
+        ms = time_alternately(candidates, arrays[:TIMED_IMAGES])
+        timing = f"median of {TIMED_ROUNDS} rounds on {min(len(arrays), TIMED_IMAGES)} images"
+        choice = {"asked": "auto", "ms_per_image": ms, "timed": timing, **({"left_out": left_out} if left_out else {})}
+        refused = []
+        for name in sorted(ms, key=ms.get):
+            if name == "torch":
+                break
+            ok, figures, verdict = self.check(name, candidates[name])
+            choice.update(figures)
+            if ok:
+                why = (f"the fastest that passes its check: {ms[name]:.0f} ms an image against torch's "
+                       f"{ms['torch']:.0f} ms ({timing}); {verdict}")
+                return candidates[name], {**choice, "runtime": name, "why": why}
+            refused.append(verdict)
+            logger.info("%s: not chosen", verdict)
+        faster = f"; faster but refused: {'; '.join(refused)}" if refused else ""
+        why = f"{ms['torch']:.0f} ms an image, the fastest that needs no check ({timing}){faster}"
+        return torch_predictor, {**choice, "runtime": "torch", "why": why}
+
+    def remember(self, store: RuntimeCache, predictor: Predictor, choice: dict) -> None:
+        """Caches the choice, with the int8 backbone it chose (so the next start does not quantise again)."""
+        files = []
+        if choice["runtime"] == "openvino-int8" and store.prepare() is not None:
+            store.clear_files([INT8_FILE, INT8_FILE.replace(".xml", ".bin")])
+            try:
+                predictor.model.backbone.save(store.file(INT8_FILE))
+                files = [store.file(INT8_FILE).name, store.file(INT8_FILE).with_suffix(".bin").name]
+            except (OSError, RuntimeError) as exc:
+                logger.warning("the int8 backbone could not be cached (%s): the next start decides again", exc)
+                return
+        store.store(choice, files)
+
+    def rebuild(self, choice: dict, torch_predictor: Predictor, store: RuntimeCache) -> Predictor | None:
+        """The runtime a cached choice names, built without its checks (None where it cannot be built: logged)."""
+        runtime = choice["runtime"]
+        if runtime == "torch":
+            return torch_predictor
+        try:
+            return self.build(runtime, int8_model=store.file(INT8_FILE) if runtime == "openvino-int8" else None)
+        except (OSError, RuntimeError, ValueError, ConfigError) as exc:
+            logger.warning("the cached runtime %s cannot be built (%s): deciding again", runtime, exc)
+            return None
+
+
 def choose_runtime(model_dir, runtime: str = "auto", device="cpu", images=None, threshold: float | None = None,
-                   fast: bool | None = None, calibration=None) -> tuple[Predictor, dict]:
+                   fast: bool | None = None, calibration=None, val_json=None, cache: bool = True) -> tuple[Predictor, dict]:
     """:func:`load_predictor` in its older form: ``(predictor, predictor.choice)``; ``images`` and
     ``threshold`` are the gate's."""
     predictor = load_predictor(model_dir, runtime, device=device, fast=fast, calibration=calibration,
-                               gate_images=images, gate_threshold=threshold)
+                               gate_images=images, gate_threshold=threshold, val_json=val_json, cache=cache)
     return predictor, predictor.choice
 
 
