@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Callable
 
-from maskrcnn_finetune.devices import RUNTIME_CHOICES
+from maskrcnn_finetune.devices import RUNTIME_CHOICES, RUNTIME_ENV, default_runtime
 from maskrcnn_finetune.errors import KitError
 
 
@@ -38,18 +38,26 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return 130
 
 
-def add_runtime_arguments(parser) -> None:
+def add_runtime_arguments(parser, default: str | None = None) -> None:
     """``--runtime`` (:data:`~maskrcnn_finetune.devices.RUNTIME_CHOICES`, see
-    :func:`maskrcnn_finetune.loading.load_predictor`) and ``--calibration-images``, as the server and
-    ``scripts/predict.py`` take them."""
-    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
-                        help="what runs the model on the CPU: torch, OpenVINO's compiled backbone (pip install "
-                             "openvino; kept only where it passes the parity check on the model's own val images, "
-                             "else torch), openvino-int8 (the backbone quantised by NNCF on --calibration-images, kept "
-                             "only where it passes the same check) or auto (the faster of torch and openvino that passes)")
+    :func:`maskrcnn_finetune.loading.load_predictor`), ``--calibration-images`` and ``--val-json``, as the server
+    and ``scripts/predict.py`` take them (default: :func:`~maskrcnn_finetune.devices.default_runtime`, ``auto``
+    unless ``$MRCNN_RUNTIME`` says otherwise)."""
+    default = default or default_runtime()
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default=default,
+                        help="what runs the model on the CPU: torch; openvino, OpenVINO's compiled backbone (pip "
+                             "install openvino), kept only where it passes the parity check on the model's own val "
+                             "images; openvino-int8, the backbone quantised by NNCF on --calibration-images, kept only "
+                             "where its val mask AP and box AP are each within a point of the plain model's; or auto, "
+                             "the fastest of those that passes its check (torch where OpenVINO is not installed); "
+                             "the choice is cached per model folder and machine "
+                             f"(default: {default}; env {RUNTIME_ENV} sets it)")
     parser.add_argument("--calibration-images", default=None, metavar="DIR",
-                        help="with --runtime openvino-int8: a folder of a few dozen of your images (default: the "
-                             "first 32 of the model's training set, when it is on this machine)")
+                        help="for int8: a folder of a few dozen of your images (default: the first 32 of the model's "
+                             "training set, when it is on this machine)")
+    parser.add_argument("--val-json", default=None, metavar="FILE",
+                        help="for int8: the COCO json of val images its AP is measured on (default: the model's own "
+                             "val json, when it is on this machine)")
 
 
 def add_with_aliases(parser, flag: str, aliases=(), **kwargs) -> argparse.Action:

@@ -4,6 +4,7 @@ server), and the names of the CPU runtimes (``--runtime``)."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,28 @@ or quantised to int8 by NNCF (see :class:`~maskrcnn_finetune.predictor.Inference
 
 RUNTIME_CHOICES = (*RUNTIMES, "auto")
 """What ``--runtime`` and :func:`~maskrcnn_finetune.loading.load_predictor` take: one of :data:`RUNTIMES`,
-or ``auto``, the faster of torch and openvino among those that pass the parity check."""
+or ``auto``, the fastest of them among those that pass their check."""
+
+DEFAULT_RUNTIME = "auto"
+"""What the server and batch prediction run unless told otherwise: the fastest runtime that passes its check,
+which is torch where OpenVINO is not installed or the model runs on a GPU."""
+
+RUNTIME_ENV = "MRCNN_RUNTIME"
+"""The environment variable that replaces :data:`DEFAULT_RUNTIME` as the default of ``--runtime`` (e.g.
+``MRCNN_RUNTIME=torch`` in a container that should never pay for the choice)."""
+
+
+def default_runtime() -> str:
+    """The default of ``--runtime``: ``$MRCNN_RUNTIME`` where it is set, else :data:`DEFAULT_RUNTIME`.
+
+    Raises:
+        ConfigError: ``$MRCNN_RUNTIME`` names no runtime (the message lists them).
+    """
+    value = os.environ.get(RUNTIME_ENV, "").strip()
+    if value and value not in RUNTIME_CHOICES:
+        raise ConfigError(f"{RUNTIME_ENV}={value} is not a runtime; set it to one of {', '.join(RUNTIME_CHOICES)} "
+                          "or unset it")
+    return value or DEFAULT_RUNTIME
 
 
 def check_device(device) -> str:

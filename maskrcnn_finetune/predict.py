@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.data.images import IMAGE_SUFFIXES, load_rgb
+from maskrcnn_finetune.devices import default_runtime
 from maskrcnn_finetune.errors import ConfigError, first_line
 from maskrcnn_finetune.evaluate import encode_rle, instances_to_coco
 from maskrcnn_finetune.files import atomic_path, write_bytes_atomic, write_json_atomic
@@ -435,7 +436,7 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
                    device: str = "auto", formats=FORMATS, workers: int = 0, batch_size: int = 1,
                    overwrite: bool = False, review_below: float | None = None, order: str = "name",
                    min_iou: float | None = None, max_pixels: int = MAX_PIXELS, progress: bool = True,
-                   runtime: str = "torch", calibration=None) -> dict:
+                   runtime: str | None = None, calibration=None, val_json=None) -> dict:
     """Predicts every image of ``source`` and writes the outputs into ``output`` (see the module's text).
 
     Args:
@@ -454,10 +455,12 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
             :data:`~maskrcnn_finetune.prelabel.DEFAULT_MIN_IOU`).
         max_pixels: larger images are reported in errors.csv instead of decoded.
         progress: show a tqdm bar (images/s).
-        runtime: with ``model_dir``, ``torch``, ``openvino`` or ``auto``
-            (:func:`maskrcnn_finetune.loading.load_predictor`: OpenVINO only where it
-            passes the parity check on the model's own val images), or ``openvino-int8`` (calibrated on
-            ``calibration``, a folder of images; default: the model's training images).
+        runtime: with ``model_dir``, one of :data:`~maskrcnn_finetune.devices.RUNTIME_CHOICES`
+            (:func:`maskrcnn_finetune.loading.load_predictor`; default
+            :func:`~maskrcnn_finetune.devices.default_runtime`, ``auto``: the fastest runtime that passes its
+            check, torch where OpenVINO is not installed); int8 is calibrated on ``calibration``
+            (a folder of images; default: the model's training images) and judged on ``val_json``
+            (default: the model's own val json).
 
     Returns:
         A summary: images in the input, predicted now, skipped (already done), errors, instances
@@ -491,7 +494,8 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
     if predictor is None:
         if distributed and device != "cpu" and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        predictor = load_predictor(model_dir, runtime, device=device, calibration=calibration)
+        predictor = load_predictor(model_dir, runtime or default_runtime(), device=device, calibration=calibration,
+                                   val_json=val_json)
     threshold = predictor.score_threshold if threshold is None else threshold
     writer = _Writer(out, formats, _category_ids(predictor.class_names, categories), min_iou, review_below)
     settings = {"model": _model_identity(predictor), "threshold": threshold, "formats": sorted(formats),
@@ -507,8 +511,11 @@ def predict_images(source, output, *, model_dir=None, predictor=None, threshold:
     if skipped:
         logger.info("%d of %d images were done by an earlier run and are skipped (--overwrite predicts them again)",
                     skipped, len(mine))
+    # forking a process whose OpenVINO (and NNCF) threads are running can crash the workers: they start afresh
+    spawn = workers > 0 and predictor.runtime.startswith("openvino")
     loader = torch.utils.data.DataLoader(_DecodedImages(todo, max_pixels), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=_collate)
+                                         num_workers=workers, collate_fn=_collate,
+                                         multiprocessing_context="spawn" if spawn else None)
     start = time.perf_counter()
     predicted = 0
     bar = tqdm(total=len(todo), unit="img", desc="predict", disable=not progress or rank != 0)

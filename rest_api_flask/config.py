@@ -22,7 +22,7 @@ from pathlib import Path
 
 from maskrcnn_finetune.cli import RUNTIME_CHOICES, add_device_argument, add_runtime_arguments, add_with_aliases
 from maskrcnn_finetune.coco_model import COCO_MODEL
-from maskrcnn_finetune.devices import check_device
+from maskrcnn_finetune.devices import DEFAULT_RUNTIME, RUNTIME_ENV, check_device
 from maskrcnn_finetune.errors import ConfigError
 from rest_api_flask.tunnel import TUNNELS
 
@@ -129,8 +129,10 @@ class ServeConfig:
     fast: bool | None = _option(
         None, "run the plain fp32 model on the CPU, without the fast path (bf16 where the CPU has it, channels-last, "
         "threshold before the mask head)", key="FAST", flags=("--no-fast",), const=False)
-    runtime: str = _option("torch", key="RUNTIME", choices=RUNTIME_CHOICES)  # flag and help: cli.add_runtime_arguments
+    runtime: str = _option(DEFAULT_RUNTIME, key="RUNTIME", choices=RUNTIME_CHOICES,
+                           env=RUNTIME_ENV)  # flag and help: cli.add_runtime_arguments
     calibration_images: str | None = _option(None, key="CALIBRATION_IMAGES")  # added with --runtime
+    val_json: str | None = _option(None, key="VAL_JSON")  # added with --runtime
     # what a request gets by default
     threshold: float | None = _option(
         None, "default score threshold of a request (default: the model folder's, model.json's score_threshold)",
@@ -290,8 +292,9 @@ def build_parser(description: str | None = None, epilog: str | None = None) -> a
             # every process, the one that starts --workers included
             add_device_argument(where, default=None)
         elif f.name == "runtime":
-            add_runtime_arguments(where)  # --runtime and --calibration-images, as scripts/predict.py takes them
-        elif f.name == "calibration_images":
+            # --runtime, --calibration-images and --val-json, as scripts/predict.py takes them
+            add_runtime_arguments(where, default=default)
+        elif f.name in ("calibration_images", "val_json"):
             pass
         elif "const" in meta or isinstance(default, bool):
             const = meta.get("const", True)

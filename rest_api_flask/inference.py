@@ -234,7 +234,7 @@ def init_app(app: Flask) -> None:
     """
     predictor = app.config.get("PREDICTOR") or load_predictor(
         app.config["MODEL_DIR"], app.config["RUNTIME"], device=app.config["DEVICE"], fast=app.config.get("FAST"),
-        calibration=app.config["CALIBRATION_IMAGES"])
+        calibration=app.config["CALIBRATION_IMAGES"], val_json=app.config.get("VAL_JSON"))
     if app.config["THRESHOLD"] is None:
         app.config["THRESHOLD"] = float(predictor.score_threshold)
     service = InferenceService(predictor, max_waiting=app.config["MAX_WAITING"], micro_batch=app.config["MICRO_BATCH"],

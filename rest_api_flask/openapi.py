@@ -138,10 +138,17 @@ SCHEMAS = {
             "fast": {"type": "boolean"}, "precision": {"type": "string", "enum": ["fp32", "bf16"]},
             "channels_last": {"type": "boolean"},
             "runtime": {"type": "string", "enum": list(RUNTIMES)},
-            "choice": {"type": "object", "description": "--runtime: the runtime that runs the model, the one asked "
-                       "for and why (for openvino also the parity check's verdict)",
+            "choice": {"type": "object", "description": "--runtime (default auto): the runtime that runs the model, "
+                       "the one asked for and why; the checks that ran (parity: the instance-level check of "
+                       "openvino; ap: int8's val mask AP and box AP against fp32's), for auto the timings, the "
+                       "seconds the choice took, and where it was cached",
                        "properties": {"runtime": {"type": "string"}, "asked": {"type": "string"},
-                                      "why": {"type": "string"}}}}},
+                                      "why": {"type": "string"}, "parity": {"type": "string"},
+                                      "parity_ok": {"type": "boolean"}, "ap": {"type": "object"},
+                                      "ap_ok": {"type": "boolean"},
+                                      "ms_per_image": {"type": "object",
+                                                       "additionalProperties": {"type": "number"}},
+                                      "decision_s": {"type": "number"}, "cached": {"type": "object"}}}}},
         "default_threshold": {"type": "number"},
         "image_size": {"nullable": True},
         "micro_batch": {"type": "object", "description": "--micro-batch: the most images in one model call, how "

@@ -84,6 +84,29 @@ def _own_server_registry(tmp_path_factory):
         os.environ[REGISTRY_ENV] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_runtime_by_default(tmp_path_factory):
+    """The servers and batch predictions the tests start run torch unless a test asks for another runtime
+    (``MRCNN_RUNTIME``; processes inherit it): their answers are compared with the Predictor's, and the
+    default ``auto`` may choose OpenVINO by timing. tests/test_runtimes.py tests the default itself. Runtime
+    decisions are not cached (``MRCNN_RUNTIME_CACHE=0``: the session's model folders are shared, and a decision
+    cached by one test would answer another's question); tests/test_runtime_cache.py turns the cache on, and a
+    read-only model folder's decisions go into a folder of this run (``MRCNN_CACHE_DIR``)."""
+    from maskrcnn_finetune.devices import RUNTIME_ENV
+    from maskrcnn_finetune.runtime_cache import CACHE_ENV, CACHE_ROOT_ENV
+
+    old = {name: os.environ.get(name) for name in (RUNTIME_ENV, CACHE_ENV, CACHE_ROOT_ENV)}
+    os.environ[RUNTIME_ENV] = "torch"
+    os.environ[CACHE_ENV] = "0"
+    os.environ[CACHE_ROOT_ENV] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def fake_colab(monkeypatch, tmp_path):
     """The stand-in ``google.colab`` of tests/fake_colab (mocked: it only exists inside Colab), importable.

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=Path, required=True, help="a model folder written by scripts/train.py")
     parser.add_argument("--json", type=Path, required=True, help="COCO json to evaluate on")
     add_device_argument(parser)
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, default="torch")  # the model's own AP unless another runtime is asked for
     add_with_aliases(parser, "--output", ["--out"], type=Path, default=None, metavar="FILE",
                      help="the json file the metrics are added to (default: DIR/metrics.json)")
     parser.add_argument("--percent", action="store_true",
@@ -53,7 +53,8 @@ def metrics_table(metrics: dict, percent: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    predictor = load_predictor(args.model_dir, args.runtime, device=args.device, calibration=args.calibration_images)
+    predictor = load_predictor(args.model_dir, args.runtime, device=args.device, calibration=args.calibration_images,
+                               val_json=args.val_json)
     metrics = evaluate_predictor(predictor, args.json)
     out = args.output or args.model_dir / "metrics.json"
     existing = json.loads(out.read_text()) if out.is_file() else {}

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                              device=args.device, formats=args.formats, workers=args.workers,
                              batch_size=args.batch_size, overwrite=args.overwrite, review_below=args.review_below,
                              order=args.order, min_iou=args.min_iou, runtime=args.runtime,
-                             calibration=args.calibration_images)
+                             calibration=args.calibration_images, val_json=args.val_json)
     if "images_done" in summary:  # the process that merged the outputs
         print(format_class_counts(summary))
         print(f"{summary['images_done']} of {summary['images']} images done ({summary['predicted']} now, "

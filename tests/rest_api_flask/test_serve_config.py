@@ -28,7 +28,7 @@ REST_API = Path(__file__).resolve().parents[2] / "rest_api_flask"
 NOT_DEFAULT = {
     "model_dir": "models/m", "weights": "w.pth", "d2_config": "c.yaml", "classes": "a,b", "trust_checkpoint": True,
     "upload_folder": "up", "output_folder": "out", "tunnel": "colab", "ngrok_authtoken": "tok", "device": "cpu",
-    "fast": False, "runtime": "openvino", "calibration_images": "calib", "threshold": 0.25, "remove_colors": True,
+    "fast": False, "runtime": "openvino", "calibration_images": "calib", "val_json": "val.json", "threshold": 0.25, "remove_colors": True,
     "host": "0.0.0.0", "port": 5123, "debug": True, "auth": "demo:s3cret-pw", "api_key": "k3y",
     "cors_origins": ["https://a.example", "https://b.example"], "max_upload_mb": 3.5, "max_pixels": 1234,
     "retention_minutes": 0.0, "threads": 3, "workers": 2, "micro_batch": 4, "micro_batch_wait_ms": 0.0,
@@ -43,8 +43,8 @@ def _default(f):
 
 @pytest.fixture
 def plain_env(monkeypatch):
-    """No HOST, PORT or WORKERS in the environment (they change the flags' defaults)."""
-    for name in ("HOST", "PORT", "WORKERS"):
+    """No HOST, PORT, WORKERS or MRCNN_RUNTIME in the environment (they change the flags' defaults)."""
+    for name in ("HOST", "PORT", "WORKERS", "MRCNN_RUNTIME"):
         monkeypatch.delenv(name, raising=False)
 
 
