@@ -33,6 +33,7 @@ notebook: it runs what it is asked to run, unchecked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -120,18 +121,20 @@ def load_predictor(model_dir, runtime: str = "torch", *, device="auto", fast: bo
     threshold = torch_predictor.score_threshold if gate_threshold is None else gate_threshold
     judge = _Judge(model_dir, info, device, fast, threshold, gate_images, calibration, val_json, runtime)
     store = RuntimeCache.for_model(model_dir, judge.key()) if cache else None
-    cached = store.load() if store is not None else None
-    if cached is not None:
-        predictor = judge.rebuild(cached, torch_predictor, store)
-        if predictor is not None:
-            return _chosen(predictor, cached)
-    start = time.perf_counter()
-    predictor, choice = judge.decide(torch_predictor)
-    choice["decision_s"] = round(time.perf_counter() - start, 2)
-    logger.info("choosing the runtime took %.1f s%s", choice["decision_s"],
-                "" if store is not None else " (not cached: the next start chooses again)")
-    if store is not None:
-        judge.remember(store, predictor, choice)
+    # --workers' processes start together: one decides, the others wait for its entry
+    with store.deciding() if store is not None else contextlib.nullcontext():
+        cached = store.load() if store is not None else None
+        if cached is not None:
+            predictor = judge.rebuild(cached, torch_predictor, store)
+            if predictor is not None:
+                return _chosen(predictor, cached)
+        start = time.perf_counter()
+        predictor, choice = judge.decide(torch_predictor)
+        choice["decision_s"] = round(time.perf_counter() - start, 2)
+        logger.info("choosing the runtime took %.1f s%s", choice["decision_s"],
+                    "" if store is not None else " (not cached: the next start chooses again)")
+        if store is not None:
+            judge.remember(store, predictor, choice)
     return _chosen(predictor, choice)
 
 

@@ -21,6 +21,7 @@ read, is ignored with a log line and replaced. ``MRCNN_RUNTIME_CACHE=0`` turns t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +37,11 @@ from maskrcnn_finetune import __version__
 from maskrcnn_finetune.cli import is_true
 from maskrcnn_finetune.files import write_json_atomic
 from maskrcnn_finetune.model_format import MODEL_JSON, WEIGHTS
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, each process decides
+    fcntl = None
 
 __all__ = ["CACHE_ENV", "CACHE_FOLDER", "CACHE_ROOT_ENV", "RuntimeCache", "cpu_name", "decision_key",
            "describe_images"]
@@ -208,6 +214,21 @@ class RuntimeCache:
         logger.warning("no folder to cache the runtime decision in (%s): the next start decides again",
                        ", ".join(map(str, self.folders)))
         return None
+
+    @contextlib.contextmanager
+    def deciding(self):
+        """Held while this process reads, or makes and writes, the entry: another process asking the same
+        question (``--workers``' processes start together) waits, then reads the entry this one wrote."""
+        folder = self.prepare() if fcntl is not None else None
+        if folder is None:
+            yield
+            return
+        with open(folder / f"{self.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def store(self, choice: dict, files: list[str] = ()) -> Path | None:
         """Writes the entry (``choice``, and the names of its ``files`` already written next to it by
