@@ -9,7 +9,7 @@ measures them (pycocotools on every detection, on the model's own val json). The
 differences on the same images are reported beside, as information.
 
     report = compare_ap(eager, candidate, "outputs/demo/coco/val.json", threshold=0.5)
-    print(report.describe())  # "mask AP 0.712 against fp32's 0.715, box AP ...: within 0.01"
+    print(report.describe())  # "int8: mask AP ... vs fp32 ..., box AP ... vs fp32 ... on N val images (each within 0.01); ..."
 """
 
 from __future__ import annotations
