@@ -42,7 +42,7 @@ from pathlib import Path
 from maskrcnn_finetune.ap_check import compare_ap, model_val_json
 from maskrcnn_finetune.data.coco import load_coco
 from maskrcnn_finetune.devices import DEFAULT_RUNTIME, RUNTIME_CHOICES, RUNTIMES, resolve_device
-from maskrcnn_finetune.errors import ConfigError
+from maskrcnn_finetune.errors import ConfigError, ExportError
 from maskrcnn_finetune.model_dir import read_model_info
 from maskrcnn_finetune.modeling.openvino_backbone import openvino_missing
 from maskrcnn_finetune.parity import check_images, compare_with_eager
@@ -321,5 +321,9 @@ def calibration_images(info: dict, calibration=None) -> list:
         if not calibration:
             raise ConfigError("int8 needs calibration images and the model's training images are not here; pass a "
                               "folder of a few dozen of your images with --calibration-images DIR")
-    arrays, _ = check_images(calibration, None, info)
+    try:
+        arrays, _ = check_images(calibration, None, info)
+    except ExportError as exc:  # its advice names the export's flag
+        raise ConfigError(f"the int8 calibration images cannot be read ({str(exc).split('; ')[0]}); pass a folder "
+                          "of a few dozen of your images with --calibration-images DIR") from exc
     return arrays

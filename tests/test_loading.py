@@ -53,11 +53,12 @@ from maskrcnn_finetune.data.images import load_rgb
 from maskrcnn_finetune.devices import RUNTIME_CHOICES
 from maskrcnn_finetune.errors import ConfigError
 from maskrcnn_finetune.loading import load_predictor
-model_dir, images = sys.argv[1], [load_rgb(path) for path in sys.argv[2:]]
+model_dir, val_json, images = sys.argv[1], sys.argv[2], [load_rgb(path) for path in sys.argv[3:]]
 loaded = {}
 for name in RUNTIME_CHOICES:
     try:
-        predictor = load_predictor(model_dir, name, device="cpu", calibration=images, gate_images=images)
+        predictor = load_predictor(model_dir, name, device="cpu", calibration=images, gate_images=images,
+                                   val_json=val_json)
     except ConfigError as exc:
         loaded[name] = {"error": str(exc)}
         continue
@@ -70,7 +71,7 @@ print(json.dumps(loaded))
 def test_every_runtime_name_is_accepted(tiny_model_dir, tiny_coco):
     data = json.loads(tiny_coco["train"].read_text())
     paths = [str(tiny_coco["train"].parent / image["file_name"]) for image in data["images"][:3]]
-    run = subprocess.run([sys.executable, "-c", LOAD_EVERY_RUNTIME, str(tiny_model_dir), *paths],
+    run = subprocess.run([sys.executable, "-c", LOAD_EVERY_RUNTIME, str(tiny_model_dir), str(tiny_coco["val"]), *paths],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
@@ -84,9 +85,15 @@ def test_every_runtime_name_is_accepted(tiny_model_dir, tiny_coco):
         choice = result["choice"]
         assert choice["asked"] == name and choice["why"], choice
         assert result["mode"]["runtime"] == choice["runtime"] in RUNTIMES
-        assert choice["runtime"] in ("torch", name, "openvino")  # what was asked, or torch saying why not
-        if name != "torch":
+        if name == "auto":  # every runtime timed (int8 too: its val json and calibration images are given)
+            assert set(choice["ms_per_image"]) == set(RUNTIMES) and choice["runtime"] in RUNTIMES
+        else:
+            assert choice["runtime"] in ("torch", name)  # what was asked, or torch saying why not
+        if name == "openvino":
             assert choice["parity"] and "parity_ok" in choice  # the gate ran
+        if name == "openvino-int8":  # judged by the val APs, both printed
+            assert choice["ap"]["fp32"].keys() == choice["ap"]["int8"].keys() == {"mask", "box"} and "ap_ok" in choice
+            assert re.search(r"mask AP \d\.\d{3} vs fp32 \d\.\d{3}, box AP \d\.\d{3} vs fp32 \d\.\d{3}", choice["why"])
         assert result["instances"] > 0 and result["threshold"] == threshold
 
 

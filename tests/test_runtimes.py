@@ -129,7 +129,8 @@ def test_the_server_and_batch_prediction_take_runtime_openvino(tiny_model_dir, i
         assert answer.status_code == 200 and answer.json()["num_instances"] > 0
 
 
-def test_int8_follows_torch_with_real_calibration_and_is_refused_with_a_broken_one(tiny_model_dir, images, monkeypatch):
+def test_int8_follows_torch_with_real_calibration(tiny_model_dir, images):
+    """The quantised backbone's features; whether int8 is kept is judged by val AP (tests/test_runtime_choice.py)."""
     from maskrcnn_finetune.modeling.openvino_backbone import compile_backbone
 
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install nncf; make test installs it)")
@@ -144,11 +145,6 @@ def test_int8_follows_torch_with_real_calibration_and_is_refused_with_a_broken_o
             assert got[name].shape == want[name].shape
             cosine = torch.nn.functional.cosine_similarity(got[name].flatten(), want[name].flatten(), dim=0)
             assert float(cosine) > 0.98, (name, float(cosine))
-    # calibrated on blank images, the ranges are wrong and the predictions move: the gate keeps torch
-    blank = [np.zeros_like(image) for image in images]
-    predictor, choice = choose_runtime(tiny_model_dir, "openvino-int8", threshold=0.0, images=images, calibration=blank)
-    assert predictor.runtime == choice["runtime"] == "torch" and choice["parity_ok"] is False
-    assert choice["why"].startswith("OpenVINO int8 failed the parity check"), choice["why"]
 
 
 def test_int8_without_calibration_images_names_the_flag(tiny_model_dir, tmp_path):
