@@ -123,8 +123,8 @@ def compare_instances(reference: Instances, candidate: Instances, threshold: flo
                       name: str = "image") -> ParityReport:
     """Compares a candidate run's instances with the reference (fp32 eager) run's on one image.
 
-    Instances are paired greedily, highest reference score first, with the unpaired candidate
-    instance of the same class whose mask overlaps most.
+    Instances of the same class are paired greedily, the most overlapping masks first (ties: the higher
+    reference score), each instance at most once.
 
     Args:
         reference: the fp32 eager model's instances (any threshold at or below ``threshold``).
@@ -148,15 +148,18 @@ def compare_instances(reference: Instances, candidate: Instances, threshold: flo
     ious = mask_iou_matrix(ref.masks, cand.masks)
     ref_class = np.asarray(ref.class_ids)
     cand_class = np.asarray(cand.class_ids)
+    # the closest pairs first (ties: the higher reference score): paired in score order, a reference instance
+    # the candidate lost took its neighbour's twin at a low IoU, and the neighbour was then reported lost
+    ii, jj = np.nonzero((ref_class[:, None] == cand_class[None, :]) & (ious > 0)) if len(ref) and len(cand) else ([], [])
+    order = np.lexsort((-ref.scores[ii], -ious[ii, jj])) if len(ii) else []
     taken = np.zeros(len(cand), dtype=bool)
+    paired = np.zeros(len(ref), dtype=bool)
     pairs = []
-    for i in np.argsort(-ref.scores, kind="stable"):
-        options = np.where((cand_class == ref_class[i]) & ~taken & (ious[i] > 0))[0] if len(cand) else []
-        if len(options) == 0:
-            continue
-        j = options[np.argmax(ious[i, options])]
-        taken[j] = True
-        pairs.append((i, j))
+    for k in order:
+        i, j = ii[k], jj[k]
+        if not paired[i] and not taken[j]:
+            paired[i] = taken[j] = True
+            pairs.append((i, j))
     report = ParityReport(min_mask_iou_required=min_mask_iou, score_tolerance=score_tolerance)
     paired_ref = {i for i, _ in pairs}
     clear = threshold + score_tolerance

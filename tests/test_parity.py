@@ -143,3 +143,18 @@ def test_empty_runs_and_iou_matrix():
     assert mask_iou_matrix(a, np.zeros((0, *SIZE), bool)).shape == (2, 0)
     blank = np.zeros((1, *SIZE), bool)
     assert mask_iou_matrix(blank, blank)[0, 0] == 1.0  # two empty masks are the same mask
+
+
+def test_the_closest_masks_are_paired_first():
+    """A reference instance the candidate lost does not take its neighbour's twin at a low IoU (paired in
+    score order it did: the neighbour was then reported lost and the low IoU blamed on the pair)."""
+    twin = square(10, 10)
+    touching = np.zeros(SIZE, dtype=bool)
+    touching[10:20, 19:29] = True  # overlaps the twin by one column: IoU 10 / 190
+    lost_neighbour, kept, extra = (0.9, 0, touching), (0.8, 0, twin), (0.85, 0, square(28, 45))
+    reference = make([lost_neighbour, kept])
+    candidate = make([(0.8, 0, twin.copy()), extra])
+    report = compare_instances(reference, candidate, threshold=0.5)
+    assert (report.matched, report.missing, report.extra, report.low_iou) == (1, 1, 1, 0)
+    assert report.min_mask_iou == 1.0
+    assert "the reference's circle at score 0.900 (box [19, 10, 29, 20]) is missing" in report.describe()
