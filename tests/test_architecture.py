@@ -30,7 +30,7 @@ LAYERS = [
     ["maskrcnn_finetune.model_dir", "maskrcnn_finetune.modeling.detectron2.checkpoints",
      "maskrcnn_finetune.modeling.detectron2.importing"],
     ["maskrcnn_finetune.predictor", "maskrcnn_finetune.loading", "maskrcnn_finetune.evaluate",
-     "maskrcnn_finetune.parity",
+     "maskrcnn_finetune.parity", "maskrcnn_finetune.ap_check", "maskrcnn_finetune.runtime_cache",
      "maskrcnn_finetune.visualize", "maskrcnn_finetune.prelabel", "maskrcnn_finetune.coco_model"],
     ["maskrcnn_finetune.engines", "maskrcnn_finetune.export", "maskrcnn_finetune.predict", "maskrcnn_finetune.compare"],
     # the programs: command lines and the notebooks' helpers
