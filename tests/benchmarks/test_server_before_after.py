@@ -28,7 +28,7 @@ def test_both_commits_start_answer_and_go_into_one_table(tiny_model_dir, tmp_pat
     rounds = [line for line in run.stdout.splitlines() if line.startswith("round 1/1 ")]
     assert [line.split()[2] for line in rounds] == ["before", "after"]
 
-    tables = results_block(results, "server-before-after", "server_before_after.py", "--before HEAD~1 --rounds 1")
+    tables = results_block(results, "server-before-after", "server_before_after.py", "--before 'HEAD~1'", "--rounds 1")
     lines = tables.strip().splitlines()
     assert lines[0].startswith("1 start-ups of each, alternately, 2 requests each (160 px JPEG)")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
