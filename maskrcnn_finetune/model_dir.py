@@ -27,7 +27,6 @@ from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.backbones import freeze_norms
 from maskrcnn_finetune.modeling.detectron2 import require_detectron2
 from maskrcnn_finetune.modeling.maskrcnn import frozen_norm_eps
-from maskrcnn_finetune.modeling.programs import read_pt2, read_pt2_info
 from maskrcnn_finetune.registries import Registry
 
 logger = logging.getLogger(__name__)
@@ -94,6 +93,8 @@ def read_model_info(model_dir) -> dict:
         raise ModelDirError(f"model folder '{model_dir}' does not exist; pass the --output-dir of a training run")
     path = model_dir / MODEL_JSON
     if not path.is_file() and is_exported_dir(model_dir):
+        from maskrcnn_finetune.modeling.programs import read_pt2_info  # torch.export: only for an exported folder
+
         return read_pt2_info(model_dir / PT2_FILE)
     if not path.is_file():
         raise ModelDirError(f"'{model_dir}' has no {MODEL_JSON}, so it is not a model folder of this kit; "
@@ -135,6 +136,8 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
 def _load_exported_dir(model_dir: Path, device, info: dict):
     """An exported folder: the model assembled around the programs of its ``model.pt2`` (see
     :func:`~maskrcnn_finetune.modeling.programs.read_pt2`), with the folder's ``model.json``."""
+    from maskrcnn_finetune.modeling.programs import read_pt2  # torch.export: only for an exported folder
+
     model, _ = read_pt2(model_dir / PT2_FILE)
     logger.info("loaded the exported model %s (torch.export programs)", model_dir / PT2_FILE)
     return model.to(device).eval(), ModelSpec.from_dict(info["model"]), info

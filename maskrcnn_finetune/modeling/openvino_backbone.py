@@ -24,8 +24,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from maskrcnn_finetune.modeling.programs import ProgramPart, export_program, symbolic_sizes
-
 PRECISIONS = ("f32", "bf16", "int8")
 """OpenVINO's inference precision; ``int8`` is NNCF's post-training quantisation (calibrated on images
 given), the layers it leaves in float running in f32."""
@@ -94,6 +92,8 @@ def convert_program(ov, part: nn.Module, example: torch.Tensor):
     """``part`` converted by OpenVINO from its ``torch.export`` program: the program of an exported part
     (:class:`~maskrcnn_finetune.modeling.programs.ProgramPart`), else ``part`` exported on ``example`` with
     every size but the channels dynamic (the converted model takes any batch and image size)."""
+    from maskrcnn_finetune.modeling.programs import ProgramPart, export_program, symbolic_sizes  # with the runtime
+
     program = part.program if isinstance(part, ProgramPart) else export_program(part, (example,))
     with symbolic_sizes():  # OpenVINO decomposes the program again: sizes 0 and 1 stay dynamic there too
         return ov.convert_model(program)

@@ -12,7 +12,7 @@ program also serves a single RoI, or a 64 px image whose coarsest feature map is
 
 The ``.pt2`` file is torch's archive (``torch.export.pt2_archive``): the programs with their
 weights, plus ``model.json`` and the settings of the Python part (:func:`~maskrcnn_finetune.modeling.parts.python_settings`)
-as extra files, so it runs with no other file. Loading it unpickles nothing but tensors' storage;
+as extra files, so it runs with no other file. torch's loader may unpickle what an archive holds:
 load archives from sources you trust, as for any model file.
 """
 
