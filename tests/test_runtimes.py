@@ -232,7 +232,8 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     assert report["cases"][1]["label"] == "trained mobilenetv2_fpnlite at 96 px"
     for case in report["cases"]:
         rows = {row["path"]: row for row in case["rows"]}
-        assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
+        assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)", "kit (.pt2)", "onnxruntime",
+                "openvino on the onnx"} <= set(rows)
         assert rows["eager fp32"]["parity_ok"] is None
         assert all(len(row["all_ms"]) == 2 and row["median_ms"] > 0 for row in rows.values())
         assert case["floor"]["fp32_ms"] > case["floor"]["bf16_ms"] > 0
@@ -240,6 +241,9 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     # at the tiny model's size the kit runs exact fp32: a judged match on every detection
     assert demo["eager fp32"]["instances"] == demo["kit (torch)"]["instances"] == 20 * report["cases"][0]["images"]
     assert demo["kit (torch)"]["parity_ok"] is True and "predictions match" in demo["kit (torch)"]["parity"]
+    # the exports on the same programs: the .pt2 runs torch's kernels, the ONNX paths round differently but match
+    assert demo["kit (.pt2)"]["instances"] == demo["eager fp32"]["instances"] and demo["kit (.pt2)"]["parity_ok"] is True
+    assert demo["onnxruntime"]["parity_ok"] is True and demo["openvino on the onnx"]["parity_ok"] is True
     # nothing at the threshold: empty answers agree whatever the runtime, so parity is not claimed
     assert all(row["instances"] == 0 for row in trained.values())
     assert trained["kit (torch)"]["parity_ok"] is None and trained["kit (torch)"]["parity"].startswith("not judged")

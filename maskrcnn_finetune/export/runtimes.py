@@ -126,16 +126,23 @@ class OnnxPart(torch.nn.Module):
                          self.outputs)
 
 
-def onnx_parts(path, model=None) -> tuple[torch.nn.Module, dict] | None:
-    """The model of a kit ONNX file of parts (ONNX Runtime, CPU) and its ``model.json``; ``None`` for a file of
-    earlier versions (one graph of the whole model).
+def onnx_parts(path, session_for=None) -> tuple[torch.nn.Module, dict] | None:
+    """The model of a kit ONNX file of parts and its ``model.json``; ``None`` for a file of earlier versions
+    (one graph of the whole model).
 
     Each part's graph is taken out of the file (``onnx.utils.Extractor``) into a session of its own.
+
+    Args:
+        session_for: makes a part's session from its graph's bytes: anything with ONNX Runtime's
+            ``get_inputs()`` and ``run(None, feeds)``; default an ONNX Runtime session on the CPU.
     """
     import onnx
 
     onnxruntime = _require_onnx()
-    model = onnx.load(str(path)) if model is None else model
+    if session_for is None:
+        def session_for(data: bytes):
+            return onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(path))
     metadata = {p.key: p.value for p in model.metadata_props}
     if ONNX_PARTS_KEY not in metadata:
         return None
@@ -147,8 +154,7 @@ def onnx_parts(path, model=None) -> tuple[torch.nn.Module, dict] | None:
     settings, parts = kit["settings"], {}
     for name in PARTS:
         graph = kit["parts"][name]
-        session = onnxruntime.InferenceSession(extractor.extract_model(graph["inputs"], graph["outputs"]).SerializeToString(),
-                                               providers=["CPUExecutionProvider"])
+        session = session_for(extractor.extract_model(graph["inputs"], graph["outputs"]).SerializeToString())
         parts[name] = OnnxPart(session, graph["structure"], settings["out_channels"] if name == "backbone" else None)
     return assemble(parts, settings), json.loads(metadata[ONNX_INFO_KEY])
 
