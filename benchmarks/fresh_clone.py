@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -55,12 +56,22 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+# what this run's own make and virtualenv put into the environment; a new user's terminal has none of it
+_NOT_A_USERS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "RESULTS_MD_MAKE_TARGET", "VIRTUAL_ENV",
+                "PYTHONPATH")
+
+
+def users_environment() -> dict[str, str]:
+    """This process's environment without what ``make bench-clone`` and its virtualenv added."""
+    return {k: v for k, v in os.environ.items() if k not in _NOT_A_USERS}
+
+
 def timed(step: str, cmd: list[str], cwd: Path, log: Path) -> tuple[float, str]:
     """Runs ``cmd`` in ``cwd`` with its output in ``log``; returns (seconds, output). A failure stops the run."""
     print(f"{step}: {' '.join(cmd)} (log: {log})", flush=True)
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True, env=users_environment())
     seconds = time.perf_counter() - start
     output = log.read_text()
     if proc.returncode != 0:

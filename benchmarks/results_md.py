@@ -76,6 +76,7 @@ register("cpu-parity", "cpu_inference.py", "Parity of the fast path on trained m
 register("server-load", "server_load.py", "The server under load")
 register("server-workers", "server_load.py", "Several worker processes")
 register("server-micro-batch", "server_load.py", "Micro-batching")
+register("server-before-after", "server_before_after.py", "The server at two commits: start-up and overhead")
 for _case, _title in (("demo", "the demo model"), ("trained", "a trained model at 800 px"),
                       ("r50-800", "ResNet-50-FPN at 800 px")):
     register(f"runtime-peers-{_case}", "runtime_peers.py", f"The kit against other runtimes: {_title}")

@@ -22,12 +22,16 @@ Paths, all behind the same Predictor interface (RGB array in, instances out):
 
 - ``eager fp32``: the plain torchvision model (``fast=False``): the parity reference;
 - ``kit (torch)``: the kit's default CPU path;
-- ``kit (openvino)``: the kit's ``--runtime openvino`` (the backbone compiled by OpenVINO);
+- ``kit (openvino)``: the kit's ``--runtime openvino`` (the backbone converted by OpenVINO from its
+  ``torch.export`` program);
 - ``kit (openvino int8)``: ``--runtime openvino-int8`` (the backbone quantised by NNCF, calibrated on the
   model's first 32 training images, or for ``r50-800`` on its one image), shown even where the
   gate would refuse it;
-- ``onnxruntime``: the kit's ONNX export (``scripts/export.py --format onnx``) in ONNX Runtime;
-- ``openvino on the onnx``: the same ONNX file compiled by OpenVINO (f32), masks pasted as the ONNX path does;
+- ``kit (.pt2)``: the kit's export (``scripts/export.py``: the parts as ``torch.export`` programs) loaded
+  from its folder, as the server loads it (the fast CPU path around the programs);
+- ``onnxruntime``: the kit's ONNX export (``scripts/export.py --format onnx``: the same programs through
+  torch's ONNX exporter), each part's graph in ONNX Runtime, the Python between them the kit's;
+- ``openvino on the onnx``: the same ONNX file, each part's graph compiled by OpenVINO (f32);
 - ``torch.compile`` (with ``--compile``): inductor on the eager model (the first call compiles, minutes).
 
 Every path is timed once per round, in turn, for ``--rounds`` rounds after one warm-up each (a
@@ -94,32 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class OpenVINOOnnx(torch.nn.Module):
-    """The kit's exported ONNX file compiled by OpenVINO (f32), behind the eager interface like OnnxMaskRCNN."""
+class OpenVINOSession:
+    """One part's ONNX graph compiled by OpenVINO (f32), with the two methods of an ONNX Runtime session that the
+    kit's ONNX adapter calls (``get_inputs``, ``run``)."""
 
-    def __init__(self, onnx_path: Path) -> None:
-        super().__init__()
+    def __init__(self, graph: bytes) -> None:
+        from types import SimpleNamespace
+
         import openvino as ov
 
-        from maskrcnn_finetune.export.runtimes import OnnxMaskRCNN
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.inputs = [SimpleNamespace(name=i.get_any_name()) for i in self.compiled.inputs]
 
-        self.pastes_masks = OnnxMaskRCNN(onnx_path).pastes_masks
-        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self.names = [output.get_any_name() for output in self.compiled.outputs]
+    def get_inputs(self) -> list:
+        return self.inputs
 
-    def forward(self, images):
-        from torchvision.models.detection.roi_heads import paste_masks_in_image
-
-        from maskrcnn_finetune.export.formats import ONNX_OUTPUTS
-
-        results = []
-        for image in images:
-            out = self.compiled([image.detach().float().numpy()])
-            result = {name: torch.from_numpy(np.asarray(out[k])) for k, name in zip(range(len(ONNX_OUTPUTS)), ONNX_OUTPUTS)}
-            if self.pastes_masks:
-                result["masks"] = paste_masks_in_image(result["masks"], result["boxes"], tuple(image.shape[-2:]))
-            results.append(result)
-        return results
+    def run(self, _outputs, feeds: dict) -> list[np.ndarray]:
+        out = self.compiled([feeds[i.name] for i in self.inputs])
+        return [out[k] for k in range(len(self.compiled.outputs))]
 
 
 def r50_folder(work: Path) -> tuple[Path, list[np.ndarray]]:
@@ -156,7 +153,8 @@ def trained_folder_at(model_dir: Path, short: int, count: int, work: Path) -> tu
 
 
 def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict[str, Predictor]:
-    from maskrcnn_finetune.export import ExportParityError, export_onnx, load_exported_predictor
+    from maskrcnn_finetune.export import ExportParityError, export_onnx, export_pt2, load_exported_predictor
+    from maskrcnn_finetune.export.runtimes import onnx_parts
 
     paths = {"eager fp32": Predictor.from_dir(model_dir, fast=False), "kit (torch)": Predictor.from_dir(model_dir)}
     paths["kit (openvino)"] = Predictor.from_dir(model_dir, runtime="openvino")
@@ -172,16 +170,20 @@ def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict
         compiled = Predictor.from_dir(model_dir, fast=False)
         compiled.model = torch.compile(compiled.model)
         paths["torch.compile"] = compiled
-    try:
-        record = export_onnx(model_dir, output=work / f"{model_dir.name}.onnx", images=images, overwrite=True)
-    except ExportParityError as exc:  # the export keeps no file that fails its own check
-        tqdm.write(f"the ONNX export of {model_dir} failed its parity check, no ONNX paths: {exc}")
-        return paths
-    onnx_path = Path(record["path"])
-    paths["onnxruntime"] = load_exported_predictor(onnx_path)
-    peer = load_exported_predictor(onnx_path)
-    peer.model = OpenVINOOnnx(onnx_path)
-    paths["openvino on the onnx"] = peer
+    records, out = {}, work / "exports" / f"{model_dir.parent.name}_{model_dir.name}"  # a folder per case
+    for fmt, export in (("pt2", export_pt2), ("onnx", export_onnx)):
+        try:
+            records[fmt] = export(model_dir, output=out, images=images, overwrite=True)
+        except ExportParityError as exc:  # the export keeps no file that fails its own check
+            tqdm.write(f"the {fmt} export of {model_dir} failed its parity check, no {fmt} paths: {exc}")
+    if "pt2" in records:
+        paths["kit (.pt2)"] = Predictor.from_dir(Path(records["pt2"]["path"]).parent)
+    if "onnx" in records:
+        onnx_path = Path(records["onnx"]["path"])
+        paths["onnxruntime"] = load_exported_predictor(onnx_path)
+        peer = load_exported_predictor(onnx_path)
+        peer.model, _ = onnx_parts(onnx_path, session_for=OpenVINOSession)
+        paths["openvino on the onnx"] = peer
     return paths
 
 

@@ -2,6 +2,10 @@
 
 ``DIR/model.json`` says how to rebuild the model (engine, backbone, classes, image size,
 thresholds), what trained it and how well it did; ``DIR/model_final.pth`` holds the weights.
+
+A folder written by ``scripts/export.py`` (``model.pt2``, the model's parts as ``torch.export``
+programs with ``model.json`` inside, and no weights) is read the same way: it loads the programs
+instead of rebuilding the model (:mod:`maskrcnn_finetune.modeling.programs`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import torch
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.engine_names import ENGINES
-from maskrcnn_finetune.model_format import (CONFIG_YAML, FORMAT, FORMAT_VERSION, MODEL_JSON, WEIGHTS, ModelDirError,
-                                            load_checked, read_weights)
+from maskrcnn_finetune.model_format import (CONFIG_YAML, FORMAT, FORMAT_VERSION, MODEL_JSON, PT2_FILE, WEIGHTS,
+                                            ModelDirError, load_checked, read_weights)
 from maskrcnn_finetune.model_spec import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_finetune.modeling import ModelSpec, build_model
 from maskrcnn_finetune.modeling.backbones import freeze_norms
@@ -30,8 +34,8 @@ logger = logging.getLogger(__name__)
 LOADERS: Registry = Registry("model-folder loader", names=ENGINES)
 """How each engine's model folder comes back: ``loader(model_dir, device, info) -> (model, spec, info)``."""
 
-__all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "WEIGHTS", "load_model_dir",
-           "read_model_info", "rebuild_model", "write_model_dir"]
+__all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "PT2_FILE", "WEIGHTS",
+           "is_exported_dir", "load_model_dir", "read_model_info", "rebuild_model", "write_model_dir"]
 
 
 def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine: str = "torchvision",
@@ -71,8 +75,15 @@ def write_model_dir(out_dir, model: torch.nn.Module, spec: ModelSpec, *, engine:
     return out_dir
 
 
+def is_exported_dir(model_dir) -> bool:
+    """Whether ``model_dir`` is a folder written by ``scripts/export.py``: ``model.pt2`` and no weights."""
+    model_dir = Path(model_dir)
+    return (model_dir / PT2_FILE).is_file() and not (model_dir / WEIGHTS).is_file()
+
+
 def read_model_info(model_dir) -> dict:
-    """``model.json`` of a model folder, checked.
+    """``model.json`` of a model folder, checked (of an exported folder: the copy beside ``model.pt2``, else the
+    one inside it).
 
     Raises:
         ModelDirError: the folder, ``model.json`` or the weights are missing, or the json is damaged.
@@ -81,6 +92,10 @@ def read_model_info(model_dir) -> dict:
     if not model_dir.is_dir():
         raise ModelDirError(f"model folder '{model_dir}' does not exist; pass the --output-dir of a training run")
     path = model_dir / MODEL_JSON
+    if not path.is_file() and is_exported_dir(model_dir):
+        from maskrcnn_finetune.modeling.programs import read_pt2_info  # torch.export: only for an exported folder
+
+        return read_pt2_info(model_dir / PT2_FILE)
     if not path.is_file():
         raise ModelDirError(f"'{model_dir}' has no {MODEL_JSON}, so it is not a model folder of this kit; "
                             "pass the --output-dir of a finished training run")
@@ -91,7 +106,7 @@ def read_model_info(model_dir) -> dict:
         raise ModelDirError(f"{path} is damaged ({type(exc).__name__}: {exc}); train again or restore the file") from exc
     if info.get("format") != FORMAT:
         raise ModelDirError(f"{path} is not a model description of this kit (format {info.get('format')!r})")
-    if not (model_dir / WEIGHTS).is_file():
+    if not (model_dir / WEIGHTS).is_file() and not is_exported_dir(model_dir):
         raise ModelDirError(f"'{model_dir}' has no {WEIGHTS}; the training run did not finish. "
                             "Resume it with --resume, or train again")
     return info
@@ -109,11 +124,23 @@ def load_model_dir(model_dir, device: str | torch.device = "cpu") -> tuple[torch
     """
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
+    if is_exported_dir(model_dir):
+        return _load_exported_dir(model_dir, device, info)
     engine = info.get("engine", "torchvision")
     if engine not in LOADERS:
         raise ModelDirError(f"'{model_dir}' holds a model of the unknown engine '{engine}'; "
                             f"this kit reads {' and '.join(LOADERS)} models")
     return LOADERS[engine](model_dir, device, info)
+
+
+def _load_exported_dir(model_dir: Path, device, info: dict):
+    """An exported folder: the model assembled around the programs of its ``model.pt2`` (see
+    :func:`~maskrcnn_finetune.modeling.programs.read_pt2`), with the folder's ``model.json``."""
+    from maskrcnn_finetune.modeling.programs import read_pt2  # torch.export: only for an exported folder
+
+    model, _ = read_pt2(model_dir / PT2_FILE)
+    logger.info("loaded the exported model %s (torch.export programs)", model_dir / PT2_FILE)
+    return model.to(device).eval(), ModelSpec.from_dict(info["model"]), info
 
 
 @LOADERS.register("torchvision")

@@ -22,12 +22,15 @@ MODEL_JSON = "model.json"
 """How to rebuild the model (engine, backbone, classes, sizes, thresholds), what trained it, how well it did."""
 WEIGHTS = "model_final.pth"
 """The model's state dict (tensors only)."""
+PT2_FILE = "model.pt2"
+"""An exported model (``scripts/export.py``): its parts as ``torch.export`` programs, with ``model.json`` inside.
+A folder holding it (and no weights) is served and loaded as a model folder."""
 CONFIG_YAML = "detectron2_config.yaml"
 """The detectron2 config of a detectron2 model folder, beside ``model.json`` and the weights."""
 FORMAT = "maskrcnn-finetune/model-dir"
 FORMAT_VERSION = 1
 
-__all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "WEIGHTS",
+__all__ = ["CONFIG_YAML", "FORMAT", "FORMAT_VERSION", "MODEL_JSON", "ModelDirError", "PT2_FILE", "WEIGHTS",
            "load_checked", "read_weights"]
 
 

@@ -1,6 +1,6 @@
 """Do two runs of a model predict the same thing? The check behind every faster inference path.
 
-A faster path (bf16 on the CPU, an exported TorchScript model, ...) is only allowed when its
+A faster path (bf16 on the CPU, OpenVINO, an exported .pt2 or ONNX model, ...) is only allowed when its
 predictions match the plain fp32 model's on the same images:
 
 - the same instances above the threshold: every instance of one run is matched, by class and

@@ -96,8 +96,9 @@ class ServeConfig:
 
     # the model
     model_dir: str | None = _option(
-        None, "a model folder written by scripts/train.py, a bare detectron2 model_final.pth (with --d2-config and "
-        "--classes), or 'coco': torchvision's COCO-trained Mask R-CNN (80 classes, no training; downloaded once)",
+        None, "a model folder written by scripts/train.py (or the folder of scripts/export.py's model.pt2), a bare "
+        "detectron2 model_final.pth (with --d2-config and --classes), or 'coco': torchvision's COCO-trained Mask "
+        "R-CNN (80 classes, no training; downloaded once)",
         key="MODEL_DIR")
     weights: str | None = _option(
         None, "a detectron2 checkpoint (model_final.pth) to serve, a file or an http(s) URL (downloaded once into the "

@@ -1,4 +1,4 @@
-"""Export a model folder to TorchScript (or ONNX), kept only when it predicts like the eager fp32 model.
+"""Export a model folder to a .pt2 file (torch.export) or ONNX, kept only when it predicts like the eager fp32 model.
 
 An example entry point: the code is :mod:`maskrcnn_finetune.commands.export`, also installed as the
 ``mrcnn-export`` command. ``python scripts/export.py --help`` lists the options.

@@ -96,3 +96,24 @@ def test_readme_fits_a_screen_or_so_and_starts_with_colab():
 def test_every_docs_page_is_reachable_from_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert [p.name for p in PAGES[1:] if f"docs/{p.name}" not in readme] == []
+
+
+def test_the_screenshot_script_draws_the_page_with_the_masks(tiny_model_dir, tiny_coco, tmp_path):
+    """docs/screenshot.py, as the README's picture is made: the real server, Chromium, one upload."""
+    import importlib.util
+    import json
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("screenshot", ROOT / "docs" / "screenshot.py")
+    screenshot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screenshot)
+    coco = json.loads(Path(tiny_coco["val"]).read_text())
+    image = Path(tiny_coco["val"]).parent / coco["images"][0]["file_name"]
+    out = tmp_path / "page.png"
+    screenshot.main(["--model-dir", str(tiny_model_dir), "--image", str(image), "--out", str(out), "--width", "900"])
+    with Image.open(out) as page:
+        assert page.format == "PNG" and page.mode == "P"  # 256 colours
+        assert page.width == 900 and page.height > 600
+        colours = page.convert("RGB").getcolors(maxcolors=256)
+    assert colours is not None and len(colours) > 20  # a drawn page, not a blank one

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +37,60 @@ def images(tiny_coco) -> list[np.ndarray]:
     return [load_rgb(path) for path in paths[:4]]
 
 
+def _deprecations(caught) -> list[str]:
+    """The deprecation warnings among ``caught`` (torch.jit's are FutureWarnings): the kit's own calls raise none."""
+    return [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
+            if issubclass(w.category, (DeprecationWarning, FutureWarning)) or "torch.jit" in str(w.message)]
+
+
 def test_the_compiled_backbone_computes_what_torch_computes(tiny_model_dir):
     from maskrcnn_finetune.modeling.openvino_backbone import compile_backbone
+    from maskrcnn_finetune.modeling.programs import ProgramPart, export_program
 
     model = Predictor.from_dir(tiny_model_dir, fast=False).model
-    compiled = compile_backbone(model.backbone)
-    assert compiled.out_channels == model.backbone.out_channels
-    torch.manual_seed(0)
-    for shape in [(1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 128, 160)]:  # any batch and size, one compiled graph
-        x = torch.rand(shape)
-        with torch.no_grad():
-            want = model.backbone(x)
-        got = compiled(x)
-        assert list(got) == list(want) == ["0", "1", "2", "3", "pool"]
-        for name in want:
-            assert got[name].shape == want[name].shape
-            scale = want[name].abs().max()
-            assert float((got[name] - want[name]).abs().max()) <= 1e-4 * float(scale), (shape, name)
+    # OpenVINO converts from torch.export: the module's program made here, or an exported model's own
+    program = ProgramPart(export_program(model.backbone, (torch.rand(1, 3, 96, 128),)), model.backbone.out_channels)
+    for source in (model.backbone, program):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = compile_backbone(source)
+        assert not _deprecations(caught), _deprecations(caught)  # no torch.jit.trace underneath any more
+        assert compiled.out_channels == model.backbone.out_channels
+        torch.manual_seed(0)
+        for shape in [(1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 128, 160)]:  # any batch and size, one compiled graph
+            x = torch.rand(shape)
+            with torch.no_grad():
+                want = model.backbone(x)
+            got = compiled(x)
+            assert list(got) == list(want) == ["0", "1", "2", "3", "pool"]
+            for name in want:
+                assert got[name].shape == want[name].shape
+                scale = want[name].abs().max()
+                assert float((got[name] - want[name]).abs().max()) <= 1e-4 * float(scale), (shape, name)
+
+
+def test_an_exported_folder_runs_openvino_at_parity(tiny_model_dir, images, tmp_path):
+    """The --runtime openvino path on a .pt2 folder: OpenVINO converts the exported backbone's own program."""
+    from maskrcnn_finetune.model_dir import read_model_info
+    from maskrcnn_finetune.modeling.openvino_backbone import OpenVINOPart
+    from maskrcnn_finetune.modeling.parts import python_settings
+    from maskrcnn_finetune.modeling.programs import export_parts, write_pt2
+
+    model = Predictor.from_dir(tiny_model_dir, fast=False).model
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    write_pt2(folder / "model.pt2", export_parts(model), python_settings(model), read_model_info(tiny_model_dir))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor, choice = choose_runtime(folder, "openvino", threshold=0.0, images=images)
+    assert not _deprecations(caught), _deprecations(caught)
+    assert choice["runtime"] == predictor.runtime == "openvino" and choice["parity_ok"] is True
+    assert isinstance(predictor.model.backbone, OpenVINOPart)
+    reference = Predictor.from_dir(tiny_model_dir)
+    for k, image in enumerate(images):
+        want, got = reference(image, threshold=0.0), predictor(image, threshold=0.0)
+        assert len(want) > 0
+        assert_same_detections(got, want, score_atol=1e-3, box_atol=0.05, what=f"image {k}")
 
 
 def test_openvino_passes_the_gate_and_answers_as_torch_does(tiny_model_dir, images):
@@ -190,7 +228,8 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     assert report["cases"][1]["label"] == "trained mobilenetv2_fpnlite at 96 px"
     for case in report["cases"]:
         rows = {row["path"]: row for row in case["rows"]}
-        assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)"} <= set(rows)
+        assert {"eager fp32", "kit (torch)", "kit (openvino)", "kit (openvino int8)", "kit (.pt2)", "onnxruntime",
+                "openvino on the onnx"} <= set(rows)
         assert rows["eager fp32"]["parity_ok"] is None
         assert all(len(row["all_ms"]) == 2 and row["median_ms"] > 0 for row in rows.values())
         assert case["floor"]["fp32_ms"] > case["floor"]["bf16_ms"] > 0
@@ -198,6 +237,9 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     # at the tiny model's size the kit runs exact fp32: a judged match on every detection
     assert demo["eager fp32"]["instances"] == demo["kit (torch)"]["instances"] == 20 * report["cases"][0]["images"]
     assert demo["kit (torch)"]["parity_ok"] is True and "predictions match" in demo["kit (torch)"]["parity"]
+    # the exports on the same programs: the .pt2 runs torch's kernels, the ONNX paths round differently but match
+    assert demo["kit (.pt2)"]["instances"] == demo["eager fp32"]["instances"] and demo["kit (.pt2)"]["parity_ok"] is True
+    assert demo["onnxruntime"]["parity_ok"] is True and demo["openvino on the onnx"]["parity_ok"] is True
     # nothing at the threshold: empty answers agree whatever the runtime, so parity is not claimed
     assert all(row["instances"] == 0 for row in trained.values())
     assert trained["kit (torch)"]["parity_ok"] is None and trained["kit (torch)"]["parity"].startswith("not judged")

@@ -1,14 +1,17 @@
-"""Export a model folder to TorchScript (or ONNX), kept only when it predicts like the eager fp32 model.
+"""Export a model folder to a .pt2 file (torch.export) or ONNX, kept only when it predicts like the eager fp32 model.
 
-The exported model is loaded back and run next to the eager model on check images (a few
-synthetic ones by default): the same instances above the threshold, mask IoU >= 0.95, scores
-within 0.05. The file, export.json (parity report, versions, latency) and a copy of model.json
-are written only when that holds. --format onnx writes model.onnx and export_onnx.json instead
-(needs `pip install onnx onnxruntime`). --check checks an existing exported file against a model
-folder instead (e.g. before deploying it), and writes nothing.
+The parts of the model with weights become torch.export programs; the data-dependent rest (resize,
+anchors, NMS, RoIAlign, mask pasting) stays the kit's Python. The exported model is loaded back and
+run next to the eager model on check images (the model's own val images when they are here, else a
+few synthetic ones): the same instances above the threshold, mask IoU >= 0.95, scores within 0.05.
+The file, its report (export_pt2.json: parity, versions, latency) and a copy of model.json are written
+only when that holds; the folder they are in is served like a model folder (--model-dir). --format onnx
+writes model.onnx and export_onnx.json instead (needs `pip install onnx onnxscript onnxruntime`).
+--format torchscript still writes TorchScript, which torch deprecates. --check checks an existing
+exported file against a model folder instead (e.g. before deploying it), and writes nothing.
 
 Usage:
-    python scripts/export.py --model-dir DIR [--format torchscript|onnx] [--output FILE_OR_DIR]
+    python scripts/export.py --model-dir DIR [--format pt2|onnx|torchscript] [--output FILE_OR_DIR]
                              [--images DIR_OR_FILES ...] [--threshold T] [--overwrite]
     python scripts/export.py --model-dir DIR --check FILE [--images ...] [--threshold T]
 
@@ -24,23 +27,28 @@ from pathlib import Path
 
 from maskrcnn_finetune.cli import run_cli
 from maskrcnn_finetune.export import (
+    DEFAULT_FORMAT,
     EXPORT_DIR,
     FORMATS,
+    TORCHSCRIPT_DEPRECATED,
     ExportParityError,
     check_export,
     export_onnx,
+    export_pt2,
     export_torchscript,
 )
+
+EXPORTERS = {"pt2": export_pt2, "onnx": export_onnx, "torchscript": export_torchscript}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="a model folder written by scripts/train.py")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="torchscript",
-                        help="torchscript (default) or onnx (ONNX Runtime)")
+    parser.add_argument("--format", choices=list(FORMATS), default=DEFAULT_FORMAT,
+                        help="pt2 (default: torch.export), onnx (ONNX Runtime), or torchscript (deprecated by torch)")
     parser.add_argument("--output", type=Path, default=None,
-                        help=f"the file to write, or a folder (default: MODEL_DIR/{EXPORT_DIR}/model.torchscript.pt "
-                             "or model.onnx)")
+                        help=f"the file to write, or a folder (default: MODEL_DIR/{EXPORT_DIR}/"
+                             f"{FORMATS[DEFAULT_FORMAT][0]}, or the format's file name)")
     parser.add_argument("--images", nargs="+", default=None, metavar="DIR_OR_FILES",
                         help="images for the parity check (default: the first 12 of the val json the model was "
                              "trained with, when it is here; else 3 synthetic images at the model's size)")
@@ -59,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             result = check_export(args.check, args.model_dir, args.images, args.threshold)
             where = f"{args.check} predicts like {args.model_dir}"
         else:
-            export = export_onnx if args.format == "onnx" else export_torchscript
-            result = export(args.model_dir, args.output, args.images, args.threshold, args.overwrite)
+            if args.format == "torchscript":
+                print(f"warning: {TORCHSCRIPT_DEPRECATED}", file=sys.stderr)
+            result = EXPORTERS[args.format](args.model_dir, args.output, args.images, args.threshold, args.overwrite)
             report = Path(result["path"]).parent / FORMATS[args.format][1]
             where = f"exported to {result['path']} (report: {report})"
+            if args.format == "pt2":
+                where += f"; its folder is a model folder: --model-dir {Path(result['path']).parent}"
     except ExportParityError as exc:
         print(f"parity FAILED: {exc}", file=sys.stderr)
         return 1

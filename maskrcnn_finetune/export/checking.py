@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from maskrcnn_finetune.errors import ConfigError, ExportError, ExportParityError
-from maskrcnn_finetune.export.formats import FORMATS, LATENCY_RUNS
+from maskrcnn_finetune.export.formats import FORMATS, LATENCY_RUNS, format_of
 from maskrcnn_finetune.export.runtimes import load_exported
 from maskrcnn_finetune.model_dir import read_model_info
 from maskrcnn_finetune.parity import check_images, compare_with_eager, model_val_images
@@ -24,7 +24,7 @@ def _require_torchvision_engine(model_dir: Path) -> dict:
     engine = info.get("engine", "torchvision")
     if engine != "torchvision":
         raise ExportError(
-            f"'{model_dir}' holds a {engine} model; export (TorchScript, ONNX) here is for the torchvision engine. "
+            f"'{model_dir}' holds a {engine} model; export (.pt2, ONNX) here is for the torchvision engine. "
             "For detectron2 models use detectron2's own export tooling (detectron2.export: TracingAdapter, "
             "scripting_with_instances; tools/deploy/export_model.py), or train with --engine torchvision"
         )
@@ -35,7 +35,7 @@ def check_export(exported, model_dir, images=None, threshold: float | None = Non
     """Checks an exported file against the fp32 eager model of ``model_dir``.
 
     Args:
-        exported: the TorchScript file (or ONNX file, told by its ``.onnx`` suffix).
+        exported: the exported file: ``.pt2``, ``.onnx`` or TorchScript (told by its suffix).
         model_dir: the model folder it should behave like.
         images: check images (see :func:`check_images`); ``None`` for the model's val images, else synthetic ones.
         threshold: the score threshold the check is about (default: the model's).
@@ -52,8 +52,7 @@ def check_export(exported, model_dir, images=None, threshold: float | None = Non
     _require_torchvision_engine(model_dir)
     eager = Predictor.from_dir(model_dir, device="cpu", fast=False)
     arrays, names = check_images(images, eager.spec, eager.info)
-    fmt = "onnx" if Path(exported).suffix == ".onnx" else "torchscript"
-    return _check(eager, exported, model_dir, arrays, names, _threshold(threshold, eager), fmt)
+    return _check(eager, exported, model_dir, arrays, names, _threshold(threshold, eager), format_of(exported))
 
 
 def _threshold(threshold: float | None, eager: Predictor) -> float:
@@ -65,7 +64,7 @@ def _threshold(threshold: float | None, eager: Predictor) -> float:
 
 
 def _check(eager: Predictor, exported: Path, model_dir: Path, arrays, names, threshold: float,
-           fmt: str = "torchscript") -> dict:
+           fmt: str = "pt2") -> dict:
     candidate = Predictor(load_exported(exported, fmt), eager.spec, "cpu", threshold, eager.info,
                           InferenceOptions(fast=False))
     report = compare_with_eager(eager, candidate, arrays, threshold, names)

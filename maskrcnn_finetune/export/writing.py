@@ -1,29 +1,31 @@
-"""Writing an export: scripting with the eager-rounding resize, ONNX, the check on a temporary file, the record."""
+"""Writing an export: the parts as ``torch.export`` programs (``.pt2``, ONNX), TorchScript when asked, the check
+on a temporary file, the record."""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
-from torch import Tensor
 import torchvision
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskrcnn_finetune import __version__
 from maskrcnn_finetune.errors import ConfigError, ExportError, ExportParityError, first_line
-from maskrcnn_finetune.export.checking import check_images, _check, _require_torchvision_engine, _threshold
-from maskrcnn_finetune.export.formats import (EXPORT_DIR, EXPORT_FORMAT, FORMATS, ONNX_MASKS_KEY,
-                                              ONNX_MASKS_UNPASTED, ONNX_OPSET, ONNX_OUTPUTS)
-from maskrcnn_finetune.export.runtimes import _onnx_versions, _require_onnx
+from maskrcnn_finetune.export.checking import _check, _require_torchvision_engine, _threshold, check_images
+from maskrcnn_finetune.export.formats import (EXPORT_DIR, EXPORT_FORMAT, FORMATS, ONNX_INFO_KEY, ONNX_OPSET,
+                                              ONNX_PARTS_FORMAT, ONNX_PARTS_KEY, TORCHSCRIPT_DEPRECATED)
+from maskrcnn_finetune.export.runtimes import _onnx_versions, _require_onnx, _torchscript_allowed
 from maskrcnn_finetune.files import atomic_path, write_json_atomic
 from maskrcnn_finetune.model_dir import MODEL_JSON
+from maskrcnn_finetune.modeling.parts import PARTS, example_inputs, python_settings, structure_of
+from maskrcnn_finetune.modeling.programs import export_parts, symbolic_sizes, write_pt2
 from maskrcnn_finetune.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -40,12 +42,13 @@ def _resolve_output(model_dir: Path, output, file_name: str) -> Path:
 
 
 class EagerResizeTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform, whose resize computes its scale in float64 when scripted or traced too.
+    """torchvision's detection transform, whose resize computes its scale in float64 when scripted too.
 
     Inference only (no targets); the same scale, output size and bilinear resize as eager
-    torchvision's ``_resize_image_and_masks``. Scripted and traced (ONNX), torchvision computes the
-    scale and the output size in float32, so some images come out a row or column smaller than in
-    eager (a 307x361 image at 192 px: 191 rows) and their masks and scores move.
+    torchvision's ``_resize_image_and_masks``. Scripted, torchvision computes the scale and the
+    output size in float32, so some images come out a row or column smaller than in eager (a
+    307x361 image at 192 px: 191 rows) and their masks and scores move. (The ``.pt2`` and ONNX
+    exports keep the resize in eager Python, so they resize as eager does by construction.)
 
     Built from a model's own transform by :meth:`like`, and given to a copy of the model in its place.
     """
@@ -59,44 +62,17 @@ class EagerResizeTransform(GeneralizedRCNNTransform):
         return new.train(transform.training)
 
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
-        if torchvision._is_tracing():
-            return self._traced_resize(image), target
         height, width = image.shape[-2], image.shape[-1]
         scale = min(float(self.min_size[-1]) / float(min(height, width)), float(self.max_size) / float(max(height, width)))
         image = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear",
                                                 recompute_scale_factor=True, align_corners=False)[0]
         return image, target
 
-    @torch.jit.unused
-    def _traced_resize(self, image):  # no annotations: TorchScript reads those of unused methods too
-        """The eager output size, computed from the traced (dynamic) image size in float64."""
-        shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)  # height, width: dynamic in the graph
-        # one-element float64 tensors: the exporter makes Python floats and 0-d tensors float32 scalars
-        sides = torch.cat([shape.min(0, keepdim=True)[0], shape.max(0, keepdim=True)[0]])
-        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
-        scale = (limits / sides).min(0, keepdim=True)[0]
-        size = torch.floor(shape * scale).to(torch.int64)
-        return torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear",
-                                               align_corners=False)[0]
-
-
-class UnpastedMasksTransform(EagerResizeTransform):
-    """The eager-rounding transform whose output keeps the mask head's probabilities (N, 1, 28, 28) unpasted.
-
-    Used for the ONNX graph: the runtime adapter pastes them at image size with torchvision's eager
-    ``paste_masks_in_image`` (:class:`~maskrcnn_finetune.export.runtimes.OnnxMaskRCNN`), which is
-    exact where the traced paste rounds box corners differently, and faster.
-    """
-
-    def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
-                    original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        for pred, size, original in zip(result, image_shapes, original_image_sizes):
-            pred["boxes"] = resize_boxes(pred["boxes"], size, original)
-        return result
-
 
 def script_model(model: torch.nn.Module, eager_resize: bool = True) -> torch.jit.ScriptModule:
     """``torch.jit.script`` of a torchvision Mask R-CNN in eval mode (a copy; ``model`` is untouched).
+
+    TorchScript is deprecated by torch; the kit writes it only when asked (``--format torchscript``).
 
     Args:
         eager_resize: resize images as eager torchvision does (:class:`EagerResizeTransform`);
@@ -105,45 +81,64 @@ def script_model(model: torch.nn.Module, eager_resize: bool = True) -> torch.jit
     model = copy.deepcopy(model).eval()
     if eager_resize and type(model.transform) is GeneralizedRCNNTransform:
         model.transform = EagerResizeTransform.like(model.transform)  # a submodule of the copy, replaced
-    return torch.jit.script(model)
+    with _torchscript_allowed():
+        return torch.jit.script(model)
 
 
-def export_torchscript(model_dir, output=None, images=None, threshold: float | None = None,
-                       overwrite: bool = False, eager_resize: bool = True) -> dict:
-    """Exports a torchvision model folder to TorchScript and keeps it only if it predicts like eager.
+def export_pt2(model_dir, output=None, images=None, threshold: float | None = None, overwrite: bool = False) -> dict:
+    """Exports a torchvision model folder to a ``.pt2`` file (torch.export), kept only if it predicts like eager.
+
+    The parts of the model with weights (backbone and FPN, RPN head, box head and predictor, mask head
+    and predictor) become ``torch.export`` programs with dynamic sizes; the data-dependent rest (the
+    resize, anchors, proposal selection and NMS, RoIAlign, box decoding, mask pasting) stays
+    torchvision's Python, rebuilt at loading from the settings stored in the file
+    (:mod:`maskrcnn_finetune.modeling.programs`). The file holds ``model.json`` too: it runs alone, and
+    a folder holding it is loaded and served like a model folder.
 
     Args:
         model_dir: a model folder written by training (torchvision engine).
-        output: the file to write, or a folder for ``model.torchscript.pt`` in it
-            (default ``<model_dir>/exported/model.torchscript.pt``).
+        output: the file to write, or a folder for ``model.pt2`` in it
+            (default ``<model_dir>/exported/model.pt2``).
         images: check images: paths, folders, RGB arrays; ``None`` for the model's own val images
             (the first 12 of the val json it was trained with, when that is here), else a few
             synthetic images at the model's size (deterministic).
         threshold: the score threshold the parity check is about (default: the model's).
         overwrite: replace an existing exported file.
-        eager_resize: see :func:`script_model`.
 
     Returns:
-        The record written to ``export.json`` next to the file, plus ``"path"`` (the file).
+        The record written to ``export_pt2.json`` next to the file, plus ``"path"`` (the file).
 
     Raises:
-        ExportParityError: the reloaded TorchScript model predicts differently; nothing is kept
+        ExportParityError: the reloaded model predicts differently; nothing is kept
             (an existing export replaced with ``overwrite`` stays as it was).
         ExportError / ConfigError / ModelDirError: a detectron2 folder, an existing file without
             ``overwrite``, unreadable images, a broken model folder.
     """
-    return _export("torchscript", model_dir, output, images, threshold, overwrite, eager_resize)
+    return _export("pt2", model_dir, output, images, threshold, overwrite)
 
 
 def export_onnx(model_dir, output=None, images=None, threshold: float | None = None, overwrite: bool = False) -> dict:
     """Exports a torchvision model folder to ONNX (ONNX Runtime), kept only if it predicts like eager.
 
-    As :func:`export_torchscript`, with ``model.onnx`` and ``export_onnx.json``. The model is traced
-    with torch's TorchScript-based ONNX exporter (``dynamo=False``, the path torchvision's detection
-    models support) on the first check image, with the image height and width dynamic; it runs one
-    image at a time. Needs ``pip install onnx onnxruntime``.
+    As :func:`export_pt2`, with ``model.onnx`` and ``export_onnx.json``: the same programs translated by
+    torch's ONNX exporter (``torch.onnx.export`` of each program, opset :data:`ONNX_OPSET`), one graph
+    per part in one file, with the Python part's settings and ``model.json`` in its metadata. ONNX
+    Runtime runs each part's graph (:func:`~maskrcnn_finetune.export.runtimes.load_onnx`); the rest is
+    the kit's Python, as for ``.pt2``. Needs ``pip install onnx onnxscript onnxruntime``.
     """
     return _export("onnx", model_dir, output, images, threshold, overwrite)
+
+
+def export_torchscript(model_dir, output=None, images=None, threshold: float | None = None,
+                       overwrite: bool = False, eager_resize: bool = True) -> dict:
+    """As :func:`export_pt2`, to TorchScript (``model.torchscript.pt`` and ``export.json``): deprecated by torch,
+    written only when asked, with a warning in the log.
+
+    Args:
+        eager_resize: see :func:`script_model`.
+    """
+    logger.warning("--format torchscript: %s", TORCHSCRIPT_DEPRECATED)
+    return _export("torchscript", model_dir, output, images, threshold, overwrite, eager_resize)
 
 
 def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_resize: bool = True) -> dict:
@@ -165,7 +160,7 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_res
     # the check runs on a temporary file: a failed export never replaces a good one
     try:
         with atomic_path(path) as tmp:
-            _save(fmt, eager, arrays[0], tmp, model_dir, eager_resize)
+            _save(fmt, eager, tmp, model_dir, eager_resize)
             try:
                 result = _check(eager, tmp, model_dir, arrays, names, threshold, fmt)
             except ExportParityError as exc:
@@ -187,6 +182,7 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_res
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         **({"onnx": _onnx_versions()} if fmt == "onnx" else {}),
+        **({"parts": list(PARTS)} if fmt != "torchscript" else {}),
         **result,
     }
     write_json_atomic(out_dir / record_name, record)
@@ -197,36 +193,39 @@ def _export(fmt: str, model_dir, output, images, threshold, overwrite, eager_res
     return {**record, "path": str(path)}
 
 
-def _save(fmt: str, eager: Predictor, example: np.ndarray, tmp: Path, model_dir: Path, eager_resize: bool = True) -> None:
-    """Writes the model of ``eager`` to ``tmp`` as TorchScript or ONNX."""
+def _save(fmt: str, eager: Predictor, tmp: Path, model_dir: Path, eager_resize: bool = True) -> None:
+    """Writes the model of ``eager`` to ``tmp`` in ``fmt``."""
     model = eager.model.eval()
     try:
         if fmt == "torchscript":
             script_model(model, eager_resize).save(str(tmp))
             return
-        image = torch.from_numpy(example).permute(2, 0, 1).float().div(255.0)
-        model = copy.deepcopy(model)
-        if type(model.transform) is GeneralizedRCNNTransform:
-            model.transform = UnpastedMasksTransform.like(model.transform)  # a submodule of the copy, replaced
-        instances = {0: "instances"}
-        # the tracer warns about every Python-level branch of torchvision's detection code; whether
-        # the trace generalises to other images is what the parity check right after this decides
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, ([image],), str(tmp), opset_version=ONNX_OPSET, dynamo=False,
-                              input_names=["image"], output_names=list(ONNX_OUTPUTS),
-                              dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": instances,
-                                            "labels": instances, "scores": instances, "masks": instances})
-        _mark_unpasted_masks(tmp)
-    except Exception as exc:  # scripting and tracing raise many kinds of errors for unsupported Python code
+        settings = python_settings(model)
+        programs = export_parts(model)
+        if fmt == "pt2":
+            write_pt2(tmp, programs, settings, eager.info)
+        else:
+            _write_onnx(tmp, programs, settings, eager.info, example_inputs(model))
+    except Exception as exc:  # the exporters raise many kinds of errors for code they cannot follow
         raise ExportError(f"the {eager.spec.backbone} model of '{model_dir}' cannot be exported to {FORMATS[fmt][2]} "
                           f"({first_line(exc)}); export supports the torchvision backbones (resnet*, mobilenetv2*)") from exc
 
 
-def _mark_unpasted_masks(path: Path) -> None:
-    """Notes in the ONNX file's metadata that its masks are the mask head's, for the runtime to paste."""
+def _write_onnx(path: Path, programs: dict, settings: dict, info: dict, inputs: dict) -> None:
+    """The programs translated to ONNX, one graph per part (its names prefixed by the part's) merged into one
+    file, with :data:`ONNX_PARTS_KEY` saying where each part is and :data:`ONNX_INFO_KEY` holding ``model.json``."""
     import onnx
 
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {ONNX_MASKS_KEY: ONNX_MASKS_UNPASTED})
-    onnx.save(model, str(path))
+    merged, parts = None, {}
+    for name in PARTS:
+        with symbolic_sizes():  # the exporter decomposes the program again: sizes 0 and 1 stay dynamic there too
+            graph = torch.onnx.export(programs[name], opset_version=ONNX_OPSET, verbose=False).model_proto
+        graph = onnx.compose.add_prefix(graph, prefix=name.replace(".", "_") + "/")
+        with torch.no_grad():
+            outputs = programs[name].module()(*inputs[name])
+        parts[name] = {"inputs": [i.name for i in graph.graph.input], "outputs": [o.name for o in graph.graph.output],
+                       "structure": structure_of(outputs)}
+        merged = graph if merged is None else onnx.compose.merge_models(merged, graph, io_map=[])
+    kit = {"format": ONNX_PARTS_FORMAT, "parts": parts, "settings": settings}
+    onnx.helper.set_model_props(merged, {ONNX_PARTS_KEY: json.dumps(kit), ONNX_INFO_KEY: json.dumps(info)})
+    onnx.save(merged, str(path))

@@ -6,6 +6,10 @@ to float rounding in f32. The rest of the model (anchors, NMS, RoIAlign, the hea
 pasting) stays torch's, so the model answers exactly as before but for those roundings, and the
 parity gate decides whether it is kept (:mod:`maskrcnn_finetune.loading`).
 
+OpenVINO converts the backbone from its ``torch.export`` program (:func:`convert_program`): the
+program of an exported model (``model.pt2``), or one exported here from the torch module, with
+every size but the channels dynamic.
+
     fast = make_fast(model, backbone=compile_backbone(model.backbone, precision="f32"))  # modeling/fast_cpu.py
 
 OpenVINO is an optional extra (``pip install openvino``); without it :func:`openvino_missing`
@@ -64,9 +68,8 @@ class OpenVINOPart(nn.Module):
         self.precision = precision
         self.out_channels = getattr(part, "out_channels", None)
         part = part.eval()
-        free = ov.PartialShape([-1] + [example.shape[1]] + [-1] * (example.dim() - 2))
         with torch.no_grad():
-            converted = ov.convert_model(part, example_input=example, input=[free])
+            converted = convert_program(ov, part, example)
             reference = part(example)
         if model is not None:  # converted and quantised before: an OpenVINO model, or the path of its saved IR
             converted = ov.Core().read_model(str(model)) if isinstance(model, (str, Path)) else model
@@ -93,6 +96,17 @@ class OpenVINOPart(nn.Module):
         self._request.infer([x.detach().float().contiguous().numpy()])
         outputs = [torch.from_numpy(self._request.get_output_tensor(k).data.copy()) for k in range(len(self.names))]
         return OrderedDict(zip(self.names, outputs)) if self.as_dict else outputs[0]
+
+
+def convert_program(ov, part: nn.Module, example: torch.Tensor):
+    """``part`` converted by OpenVINO from its ``torch.export`` program: the program of an exported part
+    (:class:`~maskrcnn_finetune.modeling.programs.ProgramPart`), else ``part`` exported on ``example`` with
+    every size but the channels dynamic (the converted model takes any batch and image size)."""
+    from maskrcnn_finetune.modeling.programs import ProgramPart, export_program, symbolic_sizes  # with the runtime
+
+    program = part.program if isinstance(part, ProgramPart) else export_program(part, (example,))
+    with symbolic_sizes():  # OpenVINO decomposes the program again: sizes 0 and 1 stay dynamic there too
+        return ov.convert_model(program)
 
 
 def compile_backbone(backbone: nn.Module, precision: str = "f32", threads: int | None = None,

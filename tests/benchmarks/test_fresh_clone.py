@@ -37,3 +37,14 @@ def test_the_table_gives_each_step_and_the_demo_total():
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert [row[2] for row in rows] == ["1.5", "5.0", "6.5", "12.0"]
     assert "val mask AP50 0.901" in table and "`.venv` 5.6 GB" in table and "431 passed" in table
+
+
+def test_the_steps_run_in_a_users_environment_not_in_make_bench_clones(monkeypatch):
+    """make bench-clone runs the clone's make demo and make test: its own make and virtualenv stay out of them."""
+    fresh_clone = load_benchmark("fresh_clone")
+    for name, value in {"MAKEFLAGS": "w", "MAKELEVEL": "1", "RESULTS_MD_MAKE_TARGET": "bench-clone",
+                        "VIRTUAL_ENV": "/elsewhere/.venv", "HOME_FOR_TEST": "kept"}.items():
+        monkeypatch.setenv(name, value)
+    env = fresh_clone.users_environment()
+    assert not {"MAKEFLAGS", "MAKELEVEL", "RESULTS_MD_MAKE_TARGET", "VIRTUAL_ENV"} & set(env)
+    assert env["HOME_FOR_TEST"] == "kept" and env["PATH"] == fresh_clone.os.environ["PATH"]

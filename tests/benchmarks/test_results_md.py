@@ -147,7 +147,7 @@ def test_the_sections_the_scripts_write_are_the_registered_ones():
     results_md = load_benchmark("results_md")
     scripts = {name: load_benchmark(name) for name in ("demo_recipe", "runtime_peers", "server_load", "cpu_inference",
                                                        "predict_speed", "train_speed", "backbone_complexity",
-                                                       "fresh_clone")}
+                                                       "fresh_clone", "server_before_after")}
     parse = scripts["server_load"].build_parser().parse_args
     written = {
         "demo_recipe.py": [scripts["demo_recipe"].section_name(case) for case in scripts["demo_recipe"].CASES],
@@ -159,6 +159,7 @@ def test_the_sections_the_scripts_write_are_the_registered_ones():
         "train_speed.py": [scripts["train_speed"].SECTION],
         "backbone_complexity.py": [scripts["backbone_complexity"].SECTION],
         "fresh_clone.py": [scripts["fresh_clone"].SECTION],
+        "server_before_after.py": [scripts["server_before_after"].SECTION],
     }
     assert set(written) == set(SCRIPTS)
     for script, names in written.items():
@@ -169,7 +170,7 @@ def test_the_sections_the_scripts_write_are_the_registered_ones():
 
 
 def test_every_benchmark_script_takes_results_md_and_defaults_to_no_file():
-    assert len(SCRIPTS) == 8, SCRIPTS
+    assert len(SCRIPTS) == 9, SCRIPTS
     for script in SCRIPTS:
         parser = load_benchmark(script[:-3]).build_parser()
         assert "--results-md" in parser.format_help(), script
