@@ -69,7 +69,7 @@ class OpenVINOPart(nn.Module):
         self.out_channels = getattr(part, "out_channels", None)
         part = part.eval()
         with torch.no_grad():
-            converted = convert_program(ov, part, example)
+            converted = convert_program(ov, part, example) if model is None else None
             reference = part(example)
         if model is not None:  # converted and quantised before: an OpenVINO model, or the path of its saved IR
             converted = ov.Core().read_model(str(model)) if isinstance(model, (str, Path)) else model
