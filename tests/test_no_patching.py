@@ -45,4 +45,4 @@ def test_no_module_assigns_a_class():
     found = [f"{path.relative_to(ROOT)}:{line}"
              for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
              for line in class_assignments(path.read_text(encoding="utf-8"))]
-    assert not found, "assigns __class__ (wrap or subclass instead, see ../shared/STYLE.md): " + ", ".join(found)
+    assert not found, "assigns __class__ (wrap or subclass instead): " + ", ".join(found)
