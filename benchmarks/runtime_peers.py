@@ -32,7 +32,15 @@ Paths, all behind the same Predictor interface (RGB array in, instances out):
 - ``onnxruntime``: the kit's ONNX export (``scripts/export.py --format onnx``: the same programs through
   torch's ONNX exporter), each part's graph in ONNX Runtime, the Python between them the kit's;
 - ``openvino on the onnx``: the same ONNX file, each part's graph compiled by OpenVINO (f32);
-- ``torch.compile`` (with ``--compile``): inductor on the eager model (the first call compiles, minutes).
+- ``torch.compile`` (with ``--compile``): inductor on the eager model (the first call compiles, minutes);
+- ``default (auto: ...)``: what the server and batch prediction run unless told otherwise
+  (``--runtime auto``: the fastest of torch, OpenVINO and int8 that passes its check), as it chose here.
+
+Where the case's model folder has its val json here (``demo``, ``trained``), int8 and the default path
+are also judged as ``auto`` judges int8: their val mask AP and box AP (scripts/evaluate.py's COCOeval on
+the model's own val json) against eager fp32's. The start-up cost of the default is measured on a copy of
+the folder with no cached decision: loading torch, ``auto`` deciding (first start), ``auto`` reading the
+decision it cached (every later start).
 
 Every path is timed once per round, in turn, for ``--rounds`` rounds after one warm-up each (a
 machine that drifts during the run affects all paths alike); the table gives the median per image
@@ -48,7 +56,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,12 +74,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_inference import standard_spec, tame_random_weights, test_image  # noqa: E402
 
-from maskrcnn_finetune.loading import calibration_images  # noqa: E402
+from maskrcnn_finetune.ap_check import compare_ap, model_val_json  # noqa: E402
+from maskrcnn_finetune.data.coco import load_coco  # noqa: E402
+from maskrcnn_finetune.evaluate import predict_dataset  # noqa: E402
+from maskrcnn_finetune.loading import calibration_images, load_predictor  # noqa: E402
 from maskrcnn_finetune.model_dir import read_model_info, write_model_dir  # noqa: E402
+from maskrcnn_finetune.model_format import MODEL_JSON, WEIGHTS  # noqa: E402
 from maskrcnn_finetune.modeling import build_model  # noqa: E402
 from maskrcnn_finetune.parity import (CHECK_VAL_IMAGES, SCORE_TOLERANCE, check_images, compare_runs,  # noqa: E402
                                       model_val_images)
 from maskrcnn_finetune.predictor import Predictor  # noqa: E402
+from maskrcnn_finetune.runtime_cache import CACHE_ENV, CACHE_FOLDER, CACHE_ROOT_ENV  # noqa: E402
 from maskrcnn_finetune.timing import alternating_rounds  # noqa: E402
 from results_md import Machine, add_results_md_argument, check_results_file, command_line, write_sections  # noqa: E402
 
@@ -187,6 +202,38 @@ def build_paths(model_dir: Path, images, work: Path, with_compile: bool) -> dict
     return paths
 
 
+def default_path(model_dir: Path, work: Path) -> tuple[Predictor, dict]:
+    """The default runtime (``auto``) as a server starts it, on a copy of ``model_dir`` with no cached decision:
+    its predictor and the start-up seconds of torch, of ``auto`` deciding and of ``auto`` reading its cache."""
+    folder = work / "startup" / f"{model_dir.parent.name}_{model_dir.name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in (WEIGHTS, MODEL_JSON):
+        shutil.copy2(model_dir / name, folder / name)
+    os.environ[CACHE_ENV], os.environ[CACHE_ROOT_ENV] = "1", str(work / "user-cache")  # the cache as users have it
+    shutil.rmtree(work / "user-cache", ignore_errors=True)
+    seconds = {}
+    for name, runtime in (("torch", "torch"), ("auto, first start", "auto"), ("auto, cached", "auto")):
+        start = time.perf_counter()
+        predictor = load_predictor(folder, runtime, device="cpu")
+        seconds[name] = time.perf_counter() - start
+        if name == "auto, first start":
+            chosen = predictor
+    if not (folder / CACHE_FOLDER).is_dir():
+        raise SystemExit(f"auto cached no decision in {folder / CACHE_FOLDER}")
+    return chosen, {"seconds": seconds, "choice": chosen.choice, "cached_runtime": predictor.runtime}
+
+
+def judge_ap(paths: dict[str, Predictor], names: list[str], model_dir: Path, threshold: float) -> dict:
+    """The val mask AP and box AP of each of ``names`` against eager fp32's, where the model's val json is here."""
+    val_json = model_val_json(read_model_info(model_dir))
+    if val_json is None:
+        return {}
+    reference = predict_dataset(paths["eager fp32"], load_coco(val_json), progress=True)
+    return {name: compare_ap(paths["eager fp32"], paths[name], val_json, threshold, reference_runs=reference,
+                             name=name, progress=True).to_dict() for name in names}
+
+
 def floors_ms(model_dir: Path, image: np.ndarray, fp32_gflops: float, bf16_gflops: float) -> dict:
     """The model's multiply-adds on ``image`` over this machine's matrix rates: the fp32 and bf16 floors."""
     from maskrcnn_finetune.modeling.complexity import count_gmacs
@@ -200,6 +247,9 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
     info = read_model_info(model_dir)
     threshold = float(info.get("score_threshold", 0.5))
     paths = build_paths(model_dir, images, work, with_compile)
+    default, startup = default_path(model_dir, work)
+    default_name = f"default (auto: {default.runtime})"
+    paths[default_name] = default
     low = max(0.0, threshold - SCORE_TOLERANCE)
     first_ms, results = {}, {}
     for path, predictor in paths.items():  # the warm-up (torch.compile compiles here), and the parity answers
@@ -208,6 +258,7 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
         first_ms[path] = (time.perf_counter() - start) * 1000
     times = alternating_rounds(paths, images, rounds, desc=f"{name}: rounds")
     eager_ms = statistics.median(times["eager fp32"])
+    ap = judge_ap(paths, ["kit (openvino int8)", default_name], model_dir, threshold)
     rows = []
     for path, predictor in paths.items():
         report = compare_runs(results["eager fp32"], results[path], threshold)
@@ -221,9 +272,33 @@ def run_case(name: str, model_dir: Path, images, work: Path, rounds: int, with_c
         rows.append({"path": path, "mode": predictor.describe_mode() if path.startswith("kit") else "",
                      "instances": sum(int((r.scores >= threshold).sum()) for r in results[path]),
                      "median_ms": ms, "all_ms": times[path], "x_eager": eager_ms / ms, "first_call_ms": first_ms[path],
-                     "parity_ok": ok, "parity": parity})
+                     "parity_ok": ok, "parity": parity, "ap": ap.get(path)})
     return {"case": name, "model_dir": str(model_dir), "images": len(images), "threshold": threshold, "rows": rows,
-            "image_size": list(images[0].shape[:2])}
+            "image_size": list(images[0].shape[:2]), "default": default_name, "startup": startup}
+
+
+def ap_text(ap: dict | None, path: str) -> str:
+    """A row's val APs against eager's, or "-" where they were not measured."""
+    if not ap:
+        return "-"
+    ours = ap[path]
+    verdict = "within" if ap["ok"] else "more than"
+    return (f"mask {ours['mask']:.3f} vs {ap['fp32']['mask']:.3f}, box {ours['box']:.3f} vs {ap['fp32']['box']:.3f} "
+            f"({verdict} {ap['max_drop'] * 100:g} pt)")
+
+
+def goal_line(case: dict) -> str:
+    """The default path's speed-up over eager, and whether its val mask AP stayed within a point."""
+    row = next(row for row in case["rows"] if row["path"] == case["default"])
+    startup = case["startup"]["seconds"]
+    line = (f"Default path: {case['default']}, {row['x_eager']:.2f}x eager; start-up (load and choose, in the "
+            f"process): torch {startup['torch']:.1f} s, auto deciding {startup['auto, first start']:.1f} s, "
+            f"auto from its cached decision {startup['auto, cached']:.1f} s")
+    if row["ap"]:
+        line += f"; val AP {ap_text(row['ap'], row['path'])}"
+    elif case["default"].endswith("(auto: torch)"):
+        line += "; torch needs no AP check"
+    return line + "."
 
 
 def case_table(case: dict, rounds: int) -> str:
@@ -233,7 +308,7 @@ def case_table(case: dict, rounds: int) -> str:
                   f"fp32 rate, {floor['bf16_ms']:.0f} ms at the bf16 rate" if floor else "")
     lines = [f"{case['label']}: {case['images']} image(s) of {case['image_size'][0]}x{case['image_size'][1]}, "
              f"threshold {case['threshold']}; median of {rounds} alternating rounds{floor_text}.", "",
-             "| path | ms / image | x eager | parity with eager fp32 |", "|---|---|---|---|"]
+             "| path | ms / image | x eager | parity with eager fp32 | val AP vs eager fp32 |", "|---|---|---|---|---|"]
     for row in case["rows"]:
         if row["path"] == "eager fp32":
             parity = "-"
@@ -242,8 +317,8 @@ def case_table(case: dict, rounds: int) -> str:
         else:
             parity = "match" if row["parity_ok"] else "differs: " + row["parity"]
         label = row["path"] + (f" ({row['mode']})" if row["mode"] else "")
-        lines.append(f"| {label} | {row['median_ms']:.0f} | {row['x_eager']:.2f} | {parity} |")
-    return "\n".join(lines)
+        lines.append(f"| {label} | {row['median_ms']:.0f} | {row['x_eager']:.2f} | {parity} | {ap_text(row.get('ap'), row['path'])} |")
+    return "\n".join([*lines, "", goal_line(case)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ skipped with that reason, and the kit runs torch (the last test checks what it s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -271,8 +272,30 @@ def test_the_peer_benchmark_runs_end_to_end(tiny_model, tiny_coco, tmp_path):
     trained_table = results_block(results, "runtime-peers-trained", "runtime_peers.py", *args)
     assert "not judged: no instance" in trained_table and "| match |" not in trained_table
     assert trained_table.startswith("trained mobilenetv2_fpnlite at 96 px: 1 image(s)")
-    assert "| path | ms / image | x eager | parity with eager fp32 |" in demo_table
-    assert f"| eager fp32 | {demo['eager fp32']['median_ms']:.0f} | 1.00 | - |" in demo_table
+    assert "| path | ms / image | x eager | parity with eager fp32 | val AP vs eager fp32 |" in demo_table
+    assert f"| eager fp32 | {demo['eager fp32']['median_ms']:.0f} | 1.00 | - | - |" in demo_table
+    # the default path (auto), as a server starts it: its choice, start-up with and without a cached decision, and
+    # int8's and its val APs against eager's on the model's own val json (the tiny model's val images)
+    val_images = len(json.loads(Path(tiny_coco["val"]).read_text())["images"])
+    for case in report["cases"]:
+        rows = {row["path"]: row for row in case["rows"]}
+        default = rows[case["default"]]
+        assert case["default"] == f"default (auto: {case['startup']['choice']['runtime']})"
+        assert case["startup"]["cached_runtime"] == case["startup"]["choice"]["runtime"]
+        assert set(case["startup"]["seconds"]) == {"torch", "auto, first start", "auto, cached"}
+        assert all(s > 0 for s in case["startup"]["seconds"].values())
+        assert case["startup"]["choice"]["asked"] == "auto" and case["startup"]["choice"]["why"]
+        for path in ("kit (openvino int8)", case["default"]):
+            ap = rows[path]["ap"]
+            assert ap["images"] == val_images and ap["val_json"] == str(tiny_coco["val"])
+            assert 0 <= ap[path]["mask"] <= 1 and 0 <= ap["fp32"]["box"] <= 1
+            assert ap["ok"] == all(ap["fp32"][k] - ap[path][k] <= 0.01 + 1e-6 for k in ("mask", "box"))
+        assert rows["kit (torch)"]["ap"] is None and default["median_ms"] > 0
+    start = report["cases"][0]["startup"]["seconds"]
+    assert (f"Default path: {report['cases'][0]['default']}, {demo[report['cases'][0]['default']]['x_eager']:.2f}x "
+            f"eager; start-up (load and choose, in the process): torch {start['torch']:.1f} s") in demo_table
+    assert re.search(r"\| kit \(openvino int8\) \([^|]*\) \| \d+ \| [\d.]+ \| [^|]+ \| mask \d\.\d{3} vs \d\.\d{3}, "
+                     r"box \d\.\d{3} vs \d\.\d{3} \((within|more than) 1 pt\) \|", demo_table), demo_table
     assert "| kit (torch) (" in demo_table and "| match |" in demo_table
     assert results.read_text().startswith("# Results\n\n## Other\n\n<!-- results:model-cost -->\nkept\n"
                                           "<!-- /results:model-cost -->\n\n## ")
