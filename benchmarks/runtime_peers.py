@@ -120,9 +120,9 @@ class OpenVINOSession:
     def __init__(self, graph: bytes) -> None:
         from types import SimpleNamespace
 
-        import openvino as ov
+        from maskrcnn_finetune.modeling.openvino_backbone import openvino_core  # one Core per process (see there)
 
-        core = ov.Core()
+        core = openvino_core()
         self.compiled = core.compile_model(core.read_model(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         self.inputs = [SimpleNamespace(name=i.get_any_name()) for i in self.compiled.inputs]
 

@@ -30,6 +30,30 @@ PRECISIONS = ("f32", "bf16", "int8")
 given), the layers it leaves in float running in f32."""
 
 
+_CORE = None
+
+
+def openvino_core():
+    """The process's one OpenVINO ``Core``, its CPU plugin loaded at the first call and kept until the process ends.
+
+    OpenVINO's CPU plugin gives the thread that loads it an alternate signal stack of its own, and when the
+    plugin is unloaded it puts back the stack it found and unmaps its own. Every ``ov.Core()`` loads a plugin
+    of its own, so two runtimes freed in the order they were made (``auto`` dropping the candidate it did not
+    choose) would leave the thread's alternate stack unmapped, and the next signal handled on it (Ctrl-C,
+    SIGTERM, a DataLoader worker's SIGCHLD) would kill the process with a segmentation fault. With one Core
+    the kit's plugin is never unloaded, and NNCF's own plugin (:func:`quantize_int8`) is loaded and
+    unloaded on top of it.
+    """
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        core = ov.Core()
+        core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+        _CORE = core
+    return _CORE
+
+
 def openvino_missing(int8: bool = False) -> str | None:
     """Why the openvino runtime (``int8``: with NNCF's quantisation) cannot run here, or None when it can."""
     if importlib.util.find_spec("openvino") is None:
@@ -72,7 +96,7 @@ class OpenVINOPart(nn.Module):
             converted = convert_program(ov, part, example) if model is None else None
             reference = part(example)
         if model is not None:  # converted and quantised before: an OpenVINO model, or the path of its saved IR
-            converted = ov.Core().read_model(str(model)) if isinstance(model, (str, Path)) else model
+            converted = openvino_core().read_model(str(model)) if isinstance(model, (str, Path)) else model
         elif precision == "int8":
             converted = quantize_int8(converted, calibration)
         self.model = converted
@@ -80,7 +104,7 @@ class OpenVINOPart(nn.Module):
         self.names = list(reference) if self.as_dict else ["out"]  # a dict's outputs keep its order
         config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads())}
-        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self.compiled = openvino_core().compile_model(converted, "CPU", config)
         self._request = self.compiled.create_infer_request()
 
     def save(self, path) -> Path:
@@ -128,9 +152,14 @@ def quantize_int8(converted, calibration: list, ignored_scope=None):
     Raises:
         ValueError: no calibration inputs.
     """
+    import gc
+
     import nncf
 
     if not calibration:
         raise ValueError("int8 needs calibration inputs")
-    return nncf.quantize(converted, nncf.Dataset(list(calibration)), subset_size=len(calibration),
-                         preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored_scope)
+    openvino_core()  # the kit's CPU plugin first, so that NNCF's loads on top of it (see openvino_core)
+    quantized = nncf.quantize(converted, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+                              preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored_scope)
+    gc.collect()  # NNCF's Core and its plugin go now, before any other plugin is loaded
+    return quantized
