@@ -443,6 +443,30 @@ def test_onnx_export_predicts_what_eager_predicts(model_dir, eager, same_size_im
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_part_whose_graph_leaves_an_input_unused_runs_in_openvino():
+    """A part's ONNX graph may take a tensor it does not use (a feature level no head reads: the demo model's RPN
+    head). ONNX Runtime keeps such an input, OpenVINO drops it: the part feeds its tensors by name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from benchmark_scripts import load_benchmark
+    from maskrcnn_finetune.export.runtimes import OnnxPart
+
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (make test installs it)")
+    x = [helper.make_tensor_value_info(f"head/x_{k}", TensorProto.FLOAT, [1, 2, "h", "w"]) for k in range(2)]
+    y = helper.make_tensor_value_info("head/y", TensorProto.FLOAT, [1, 2, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Relu", ["head/x_1"], ["head/y"])], "head", x, [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    session = load_benchmark("runtime_peers").OpenVINOSession(model.SerializeToString())
+    assert [i.name for i in session.get_inputs()] == ["head/x_1"]  # OpenVINO dropped the unused input
+    part = OnnxPart(session, "tensor", inputs=["head/x_0", "head/x_1"])
+    first, second = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    assert torch.equal(part(first, second), second.clamp(min=0))
+    with pytest.raises(ValueError, match="the ONNX part takes 2 tensors, got 1"):
+        part(second)
+
+
 @pytest.mark.slow
 def test_an_onnx_file_of_earlier_versions_still_loads(model_dir, eager, same_size_images, tmp_path):
     """One traced graph of the whole model, as the kit wrote before torch.export (made here with torch's

@@ -107,12 +107,16 @@ class OnnxPart(torch.nn.Module):
         session: the session of the part's graph.
         outputs: how its outputs nest (:func:`~maskrcnn_finetune.modeling.parts.structure_of`).
         out_channels: for the backbone, its FPN's channels.
+        inputs: the names of the part's tensors in the order it is called with them (default: the session's).
     """
 
-    def __init__(self, session, outputs, out_channels: int | None = None) -> None:
+    def __init__(self, session, outputs, out_channels: int | None = None, inputs: list[str] | None = None) -> None:
         super().__init__()
         self.session = session
-        self.input_names = [i.name for i in session.get_inputs()]
+        self.input_names = list(inputs) if inputs is not None else [i.name for i in session.get_inputs()]
+        # what the session takes: a runtime may drop an input its graph does not use (OpenVINO does; e.g. a feature
+        # level that no head reads), so tensors are fed by name
+        self.session_inputs = {i.name for i in session.get_inputs()}
         self.outputs = outputs
         if out_channels is not None:
             self.out_channels = out_channels
@@ -121,7 +125,8 @@ class OnnxPart(torch.nn.Module):
         tensors = flatten(args)
         if len(tensors) != len(self.input_names):
             raise ValueError(f"the ONNX part takes {len(self.input_names)} tensors, got {len(tensors)}")
-        feeds = {name: t.detach().float().contiguous().cpu().numpy() for name, t in zip(self.input_names, tensors)}
+        feeds = {name: t.detach().float().contiguous().cpu().numpy() for name, t in zip(self.input_names, tensors)
+                 if name in self.session_inputs}
         return unflatten([torch.from_numpy(np.ascontiguousarray(v)) for v in self.session.run(None, feeds)],
                          self.outputs)
 
@@ -155,7 +160,8 @@ def onnx_parts(path, session_for=None) -> tuple[torch.nn.Module, dict] | None:
     for name in PARTS:
         graph = kit["parts"][name]
         session = session_for(extractor.extract_model(graph["inputs"], graph["outputs"]).SerializeToString())
-        parts[name] = OnnxPart(session, graph["structure"], settings["out_channels"] if name == "backbone" else None)
+        parts[name] = OnnxPart(session, graph["structure"], settings["out_channels"] if name == "backbone" else None,
+                               inputs=graph["inputs"])
     return assemble(parts, settings), json.loads(metadata[ONNX_INFO_KEY])
 
 
