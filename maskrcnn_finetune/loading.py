@@ -128,6 +128,10 @@ def load_predictor(model_dir, runtime: str = "torch", *, device="auto", fast: bo
             predictor = judge.rebuild(cached, torch_predictor, store)
             if predictor is not None:
                 return _chosen(predictor, cached)
+        logger.info("choosing the runtime for this model on this machine (asked: %s): checking %s against the plain "
+                    "model takes a while on a small CPU; %s", runtime,
+                    "and timing the candidates" if runtime == "auto" else runtime,
+                    "the decision is cached for later starts" if store is not None else "not cached")
         start = time.perf_counter()
         predictor, choice = judge.decide(torch_predictor)
         choice["decision_s"] = round(time.perf_counter() - start, 2)
