@@ -7,6 +7,7 @@ Every known failure becomes a :class:`TunnelError` whose message says what to do
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -232,6 +233,7 @@ def open_cloudflared(port: int, timeout: float | None = None) -> Tunnel:
         time.sleep(0.05)
 
     def _close() -> None:
+        atexit.unregister(_close)
         if process.poll() is None:
             process.terminate()  # cloudflared then waits for requests in flight (its --grace-period)
             try:
@@ -241,6 +243,7 @@ def open_cloudflared(port: int, timeout: float | None = None) -> Tunnel:
                 process.wait(timeout=5)
 
     if registered.is_set():
+        atexit.register(_close)  # a process that ends without closing it (a notebook kernel shut down) stops it too
         return Tunnel("cloudflared", found["url"], _close)
     # cloudflared ends with the error that stopped it; while it retries, its last ERR line says why
     last = next((line for line in reversed(lines) if " ERR " in line), None) or \

@@ -193,6 +193,28 @@ def test_cloudflared_quick_tunnel_opens_and_closes(fake_cloudflared, local_servi
     assert not cloudflared_stand_in.alive(started["pid"])
 
 
+OPEN_AND_LEAVE = """
+import json, sys
+from rest_api_flask.tunnel import open_cloudflared
+open_cloudflared(int(sys.argv[1]))
+print(json.dumps("opened"))
+"""
+
+
+def test_a_process_that_ends_without_closing_its_cloudflared_stops_it(fake_cloudflared, local_service):
+    """A notebook kernel shut down (or any process ending normally) with a quick tunnel open does not leave
+    cloudflared running without its parent."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run([sys.executable, "-c", OPEN_AND_LEAVE, str(local_service)], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0 and run.stdout.strip() == '"opened"', run.stderr[-2000:]
+    started = cloudflared_stand_in.notes(fake_cloudflared)[0]
+    assert not cloudflared_stand_in.alive(started["pid"])
+
+
 @pytest.mark.parametrize("mode, words", [
     ("refused", r"cloudflared stopped \(exit code 1\) before the tunnel opened; its last line: failed to request "
                 r"quick Tunnel: .*connection refused\. Is this machine online\?"),
@@ -251,7 +273,9 @@ def test_cloudflared_that_cannot_be_downloaded_says_so(empty_cloudflared):
 
 def test_auto_opens_ngrok_with_a_token_and_cloudflared_without(fake_cloudflared, local_service, tmp_path,
                                                                 monkeypatch):
-    assert open_tunnel("auto", local_service, authtoken=None).kind == "cloudflared"
+    first = open_tunnel("auto", local_service, authtoken=None)
+    first.close()
+    assert first.kind == "cloudflared"
     binary, log = fake_ngrok_binary(tmp_path, "ok")
     monkeypatch.setenv("PYNGROK_NGROK_PATH", str(binary))
     monkeypatch.setenv("HOME", str(tmp_path))
